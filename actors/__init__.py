@@ -1,0 +1,1 @@
+"""Ray actors: env workers, inference workers, placement and fault handling (``rlsys.actors``)."""

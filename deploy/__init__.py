@@ -1,0 +1,1 @@
+"""Job entry, cluster configs, Serve app and dashboards (``rlsys.deploy``)."""

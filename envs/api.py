@@ -1,0 +1,116 @@
+"""The env API every simulator wrapper implements.
+
+A wrapper is a ``gymnasium.Env`` subclass of :class:`RobotEnv`:
+
+- observation: ``{"images": uint8 [C, Hi, Wi, 3], "proprio": float32 [P]}``
+- action: float32 ``[A]`` in ``[-1, 1]`` (the embodiment's native action layout)
+- ``info`` after reset/step: ``instruction`` (str), ``task`` (str), ``success`` (bool)
+- ``terminated`` means success (or unrecoverable failure); ``truncated`` the time limit
+- ``embodiment`` (:class:`Embodiment`) describes the robot for the Qwen-VLA prompt
+
+Wrappers are registered with ``rlsys.registry.ENVS`` (``make_env(**kwargs) -> RobotEnv``).
+:func:`execute_chunk` runs an action chunk on one env; ``rlsys.envs.pool.EnvPool`` vectorises.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+
+class ActionError(ValueError):
+    """An action handed to an env has the wrong shape/dtype or non-finite values."""
+
+
+@dataclass(frozen=True)
+class Embodiment:
+    """What the Qwen-VLA embodiment prompt says about a robot."""
+
+    robot: str  # e.g. "a Franka Panda arm"
+    arms: str  # "single arm" | "dual arms"
+    control_hz: float
+    action_dim: int  # real action channels (<= the policy's padded K)
+    proprio_dim: int
+    action_names: tuple[str, ...]
+
+
+def validate_action(action: Any, dim: int) -> np.ndarray:
+    """Return ``action`` as float32 ``[dim]`` or raise ActionError naming the problem."""
+    arr = np.asarray(action)
+    if arr.shape != (dim,):
+        raise ActionError(f"action: expected shape ({dim},), got {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ActionError(f"action: expected a float array, got dtype {arr.dtype}")
+    if not np.all(np.isfinite(arr)):
+        raise ActionError(f"action: contains NaN or inf: {arr}")
+    return arr.astype(np.float32)
+
+
+class RobotEnv(gym.Env):
+    """Base class of rlsys env wrappers (see module docstring for the contract)."""
+
+    embodiment: Embodiment
+    cameras: tuple[str, ...]
+    task_names: tuple[str, ...]
+
+    @property
+    def instruction(self) -> str:
+        raise NotImplementedError
+
+    def privileged_state(self) -> dict[str, np.ndarray]:
+        """Simulator state for scripted experts (not for policies)."""
+        raise NotImplementedError(f"{type(self).__name__} exposes no privileged state")
+
+
+@dataclass
+class ChunkStep:
+    """Result of executing one action chunk on one env.
+
+    rewards [H] float32 (0 where not run), exec_mask [H] bool; ``obs``/``info`` are the last ones.
+    """
+
+    obs: dict[str, np.ndarray]
+    rewards: np.ndarray
+    exec_mask: np.ndarray
+    terminated: bool
+    truncated: bool
+    success: bool
+    info: dict[str, Any]
+
+    @property
+    def reward(self) -> float:
+        return float(self.rewards.sum())
+
+    @property
+    def done(self) -> bool:
+        return self.terminated or self.truncated
+
+
+def execute_chunk(env: gym.Env, actions: np.ndarray, length: int | None = None) -> ChunkStep:
+    """Run up to ``length`` (default H) sub-steps of ``actions [H, A]``; stop at the first done.
+
+    Rewards are summed by the caller (``ChunkStep.reward``); ``exec_mask`` says which ran.
+    """
+    actions = np.asarray(actions)
+    if actions.ndim != 2:
+        raise ActionError(f"action chunk: expected [H, A], got shape {actions.shape}")
+    h = actions.shape[0]
+    length = h if length is None else length
+    if not 1 <= length <= h:
+        raise ActionError(f"action chunk: length must be in 1..{h}, got {length}")
+    rewards = np.zeros(h, np.float32)
+    mask = np.zeros(h, bool)
+    terminated = truncated = success = False
+    obs: dict[str, np.ndarray] = {}
+    info: dict[str, Any] = {}
+    for i in range(length):
+        obs, r, terminated, truncated, info = env.step(actions[i])
+        rewards[i] = r
+        mask[i] = True
+        success = success or bool(info["success"])
+        if terminated or truncated:
+            break
+    return ChunkStep(obs, rewards, mask, bool(terminated), bool(truncated), success, info)

@@ -1,0 +1,1 @@
+"""The embedded MuJoCo tabletop suite (registered as env ``tabletop``)."""

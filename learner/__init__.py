@@ -1,0 +1,1 @@
+"""PPO / GRPO math, the learner and the training loop spine (``rlsys.learner``)."""

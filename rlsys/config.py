@@ -1,0 +1,236 @@
+"""Config schema: one frozen dataclass per component, defaults here, checks at construction.
+
+Presets live in ``rlsys/presets/*.yaml`` (partial trees merged over these defaults); the CLI
+applies dotted overrides (``--set algo.actor_lr=3e-4``) on top. See ``load_config``.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import yaml
+
+from rlsys.configtools import ConfigError, check, from_dict, merge, parse_override, suggest, to_dict
+
+__all__ = [
+    "ConfigError", "RenderConfig", "EnvConfig", "PolicyConfig", "SamplerConfig", "SFTConfig",
+    "AlgoConfig", "RolloutConfig", "PlacementConfig", "TrainConfig", "load_config", "list_presets",
+    "to_dict",
+]
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    """Offscreen render quality. The cheap defaults matter on CPU (shadows cost ~20x)."""
+
+    shadows: bool = False
+    multisample: bool = False
+    reflections: bool = False
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    name: str = "tabletop"
+    tasks: tuple[str, ...] = ()  # empty: every task of the suite
+    cameras: tuple[str, ...] = ("agentview", "wrist")
+    image_size: int = 64
+    num_envs: int = 8  # per env worker
+    max_episode_steps: int = 0  # 0: the env's own limit
+    subprocess: bool = False  # one simulator per subprocess
+    step_timeout_s: float = 60.0  # subprocess envs: a step slower than this is a hang -> restart
+    render: RenderConfig = field(default_factory=RenderConfig)
+
+    def __post_init__(self) -> None:
+        check(16 <= self.image_size <= 512, "image_size", "16..512 pixels", self.image_size)
+        check(self.num_envs >= 1, "num_envs", ">= 1", self.num_envs)
+        check(self.max_episode_steps >= 0, "max_episode_steps", ">= 0 (0 = env default)", self.max_episode_steps)
+        check(len(self.cameras) >= 1, "cameras", "at least one camera name", self.cameras)
+        check(self.step_timeout_s > 0, "step_timeout_s", "> 0", self.step_timeout_s)
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    backbone: str = "tiny"
+    width: int = 128
+    heads: int = 4
+    backbone_layers: int = 2
+    expert_layers: int = 3
+    action_horizon: int = 5  # H, sub-steps per chunk
+    action_channels: int = 7  # K, padded action channels
+    proprio_dim: int = 8  # P, padded proprio dim
+    num_cameras: int = 2
+    image_size: int = 64
+    max_tokens: int = 64  # L, prompt + instruction tokens
+    vocab_size: int = 1024  # hashed word vocabulary of the offline tokenizer
+    denoise_steps: int = 4  # S, flow integration steps
+    detach_critic_input: bool = True  # keep critic gradients out of the backbone
+    noise_head: bool = False  # learned exploration std (Flow-Noise)
+
+    def __post_init__(self) -> None:
+        check(self.width % self.heads == 0, "width", f"a multiple of heads={self.heads}", self.width)
+        check(self.action_horizon >= 1, "action_horizon", ">= 1", self.action_horizon)
+        check(self.action_channels >= 1, "action_channels", ">= 1", self.action_channels)
+        check(1 <= self.denoise_steps <= 1000, "denoise_steps", "1..1000", self.denoise_steps)
+        check(self.num_cameras >= 1, "num_cameras", ">= 1", self.num_cameras)
+        check(self.image_size % 16 == 0, "image_size", "a multiple of 16", self.image_size)
+        check(self.max_tokens >= 8, "max_tokens", ">= 8", self.max_tokens)
+        check(self.vocab_size >= 16, "vocab_size", ">= 16", self.vocab_size)
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Rollout sampler (strategy object built from the registry by ``name``)."""
+
+    name: str = "flow_sde"  # ode | flow_sde | flow_noise
+    noise_level: float = 0.5  # Flow-SDE a
+    exclude_last_step: bool = False  # Flow-SDE: never pick the last transition as stochastic
+    sigma_min: float = 0.08  # Flow-Noise std range
+    sigma_max: float = 0.16
+    logprob: Literal["chunk_level", "token_level"] = "chunk_level"
+
+    def __post_init__(self) -> None:
+        check(self.noise_level >= 0, "noise_level", ">= 0", self.noise_level)
+        check(0 < self.sigma_min <= self.sigma_max, "sigma_min", "0 < sigma_min <= sigma_max", self.sigma_min)
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    demos: str = ""  # demo folder; empty: generate with the scripted expert
+    demos_per_task: int = 20
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    timestep_sampling: Literal["uniform", "beta", "logit_normal"] = "beta"
+    eval_episodes: int = 10  # per task, ODE sampling, at the end
+    log_every: int = 100
+
+    def __post_init__(self) -> None:
+        check(self.steps >= 1, "steps", ">= 1", self.steps)
+        check(self.batch_size >= 1, "batch_size", ">= 1", self.batch_size)
+        check(self.lr > 0, "lr", "> 0", self.lr)
+        check(self.demos_per_task >= 1, "demos_per_task", ">= 1", self.demos_per_task)
+        check(self.eval_episodes >= 0, "eval_episodes", ">= 0", self.eval_episodes)
+
+
+@dataclass(frozen=True)
+class AlgoConfig:
+    name: str = "ppo"  # ppo | grpo
+    gamma: float = 0.99
+    lam: float = 0.95
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    value_clip: float = 0.2
+    value_loss: Literal["huber", "mse"] = "huber"
+    huber_delta: float = 10.0
+    value_coef: float = 0.5
+    entropy_coef: float = 0.0
+    adv_norm: bool = True
+    epochs: int = 4
+    minibatches: int = 4
+    actor_lr: float = 1e-4
+    critic_lr: float = 1e-3
+    critic_warmup_iters: int = 0  # iterations that update only the critic
+    betas: tuple[float, ...] = (0.9, 0.95)
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    group_size: int = 8  # GRPO: rollouts per initial state
+    filter_groups: bool = True  # GRPO: drop groups whose success rate is 0 or 1
+
+    def __post_init__(self) -> None:
+        check(0 < self.gamma <= 1, "gamma", "(0, 1]", self.gamma)
+        check(0 <= self.lam <= 1, "lam", "[0, 1]", self.lam)
+        check(0 < self.clip_low < 1, "clip_low", "(0, 1)", self.clip_low)
+        check(self.clip_high > 0, "clip_high", "> 0", self.clip_high)
+        check(self.epochs >= 1 and self.minibatches >= 1, "epochs", "epochs, minibatches >= 1", self.epochs)
+        check(self.actor_lr > 0 and self.critic_lr > 0, "actor_lr", "actor_lr, critic_lr > 0", self.actor_lr)
+        check(len(self.betas) == 2, "betas", "two numbers", self.betas)
+        check(self.group_size >= 2, "group_size", ">= 2", self.group_size)
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    num_env_workers: int = 2
+    num_inference_workers: int = 1
+    chunks_per_segment: int = 16  # T
+    max_batch: int = 64  # inference worker batching
+    max_wait_ms: float = 5.0
+    max_staleness: int = 0  # 0: strictly on-policy
+    env_groups: int = 2  # pipelining: env groups per worker (1 disables)
+    transport: Literal["ray", "zmq"] = "ray"
+
+    def __post_init__(self) -> None:
+        check(self.num_env_workers >= 1, "num_env_workers", ">= 1", self.num_env_workers)
+        check(self.num_inference_workers >= 1, "num_inference_workers", ">= 1", self.num_inference_workers)
+        check(self.chunks_per_segment >= 1, "chunks_per_segment", ">= 1", self.chunks_per_segment)
+        check(self.max_staleness >= 0, "max_staleness", ">= 0", self.max_staleness)
+        check(self.env_groups >= 1, "env_groups", ">= 1", self.env_groups)
+
+
+@dataclass(frozen=True)
+class PlacementConfig:
+    mode: Literal["disaggregated", "collocated", "pipelined"] = "collocated"
+    sim_resource: str = "sim"  # custom resource that marks simulator (CPU pool) nodes
+    use_gpu: bool = False  # request GPUs for inference workers and the learner
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
+    iterations: int = 100
+    eval_every: int = 10
+    eval_episodes: int = 8  # per task
+    checkpoint_every: int = 10
+    init_checkpoint: str = ""  # SFT checkpoint to start from; empty: run few-shot SFT first
+    run_dir: str = "runs"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check(self.iterations >= 0, "iterations", ">= 0", self.iterations)
+        check(self.eval_every >= 1, "eval_every", ">= 1", self.eval_every)
+        check(self.checkpoint_every >= 1, "checkpoint_every", ">= 1", self.checkpoint_every)
+        check(
+            self.policy.num_cameras == len(self.env.cameras),
+            "policy.num_cameras",
+            f"the number of env.cameras ({len(self.env.cameras)})",
+            self.policy.num_cameras,
+        )
+        check(
+            self.policy.image_size == self.env.image_size,
+            "policy.image_size",
+            f"env.image_size ({self.env.image_size})",
+            self.policy.image_size,
+        )
+
+
+def list_presets() -> list[str]:
+    root = importlib.resources.files("rlsys") / "presets"
+    return sorted(p.name[: -len(".yaml")] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def _preset_data(name: str) -> dict[str, Any]:
+    presets = list_presets()
+    if name not in presets:
+        raise ConfigError(f"preset {name!r}: unknown. {suggest(name, presets)}")
+    text = (importlib.resources.files("rlsys") / "presets" / f"{name}.yaml").read_text()
+    data = yaml.safe_load(text) or {}
+    base = data.pop("base", None)
+    return merge(_preset_data(base), data) if base else data
+
+
+def load_config(
+    preset: str | None = None, overrides: tuple[str, ...] | list[str] = (), cls: type = TrainConfig
+) -> Any:
+    """Defaults <- preset YAML <- dotted overrides; validated as a whole before returning."""
+    data: dict[str, Any] = _preset_data(preset) if preset else {}
+    for text in overrides:
+        data = merge(data, parse_override(text))
+    return from_dict(cls, data)

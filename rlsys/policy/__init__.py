@@ -1,0 +1,1 @@
+"""Flow-matching VLA policy: backbones, DiT action expert, value and noise heads."""

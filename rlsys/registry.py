@@ -1,0 +1,87 @@
+"""One registration mechanism for envs, backbones, samplers and algorithms.
+
+Entries are either objects registered with a decorator, or lazy ``"module:attr"`` strings whose
+module is imported only when the entry is chosen (heavy simulators stay unimported otherwise).
+Third-party packages add entries through the entry-point group ``rlsys.<kind>`` (for example
+``[project.entry-points."rlsys.envs"] my_sim = "my_pkg.env:make_env"``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any
+
+from rlsys.configtools import ConfigError, suggest
+
+
+class Registry:
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Any] = {}  # name -> object or "module:attr"
+        self._entry_points_loaded = False
+
+    def register(self, name: str, target: Any = None) -> Any:
+        """``@reg.register("x")`` on an object, or ``reg.register("x", "pkg.mod:attr")`` (lazy)."""
+        if target is not None:
+            self._add(name, target)
+            return target
+
+        def deco(obj: Any) -> Any:
+            self._add(name, obj)
+            return obj
+
+        return deco
+
+    def _add(self, name: str, target: Any) -> None:
+        if name in self._entries and self._entries[name] is not target:
+            raise ValueError(f"{self.kind} {name!r} is registered twice")
+        self._entries[name] = target
+
+    def _load_entry_points(self) -> None:
+        if self._entry_points_loaded:
+            return
+        self._entry_points_loaded = True
+        for ep in entry_points(group=f"rlsys.{self.kind}"):
+            self._entries.setdefault(ep.name, ep.value)
+
+    def names(self) -> list[str]:
+        self._load_entry_points()
+        return sorted(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.names()
+
+    def get(self, name: str) -> Any:
+        self._load_entry_points()
+        if name not in self._entries:
+            raise ConfigError(f"unknown {self.kind[:-1] if self.kind.endswith('s') else self.kind} "
+                              f"{name!r}. {suggest(name, self._entries)}")
+        target = self._entries[name]
+        if isinstance(target, str):
+            module, _, attr = target.partition(":")
+            obj: Any = importlib.import_module(module)
+            for part in attr.split(".") if attr else []:
+                obj = getattr(obj, part)
+            self._entries[name] = target = obj
+        return target
+
+    def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        factory: Callable[..., Any] = self.get(name)
+        return factory(*args, **kwargs)
+
+
+ENVS = Registry("envs")
+BACKBONES = Registry("backbones")
+SAMPLERS = Registry("samplers")
+ALGORITHMS = Registry("algorithms")
+
+# Built-in entries, lazily imported.
+ENVS.register("tabletop", "rlsys.envs.tabletop.env:make_env")
+BACKBONES.register("tiny", "rlsys.policy.backbone:TinyBackbone")
+SAMPLERS.register("ode", "rlsys.flow:ODE")
+SAMPLERS.register("flow_sde", "rlsys.flow:FlowSDE")
+SAMPLERS.register("flow_noise", "rlsys.flow:FlowNoise")
+ALGORITHMS.register("ppo", "rlsys.learner.losses:PPOAlgorithm")
+ALGORITHMS.register("grpo", "rlsys.learner.losses:GRPOAlgorithm")
