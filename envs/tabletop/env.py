@@ -80,7 +80,7 @@ class TabletopEnv(RobotEnv):
         self.observation_space = gym.spaces.Dict(
             {
                 "images": gym.spaces.Box(0, 255, (len(self.cameras), image_size, image_size, 3), np.uint8),
-                "proprio": gym.spaces.Box(-np.inf, np.inf, (EMBODIMENT.proprio_dim,), np.float32),
+                "proprio": gym.spaces.Box(-10.0, 10.0, (EMBODIMENT.proprio_dim,), np.float32),
             }
         )
         self.action_space = gym.spaces.Box(-1.0, 1.0, (EMBODIMENT.action_dim,), np.float32)

@@ -1,0 +1,339 @@
+"""``EnvPool``: N envs stepped together, in-process or one simulator per subprocess.
+
+Vector API (gymnasium-style, batched over N envs):
+
+- ``reset(seeds=None, options=None) -> (obs, infos)``; ``obs = {"images": [N, C, S, S, 3] uint8,
+  "proprio": [N, P] float32}``, ``infos`` a list of per-env dicts (instruction, task, success)
+- ``step(actions [N, A]) -> obs, rewards [N], terminated [N], truncated [N], infos``
+- ``execute_chunk(actions [N, H, A]) -> PoolChunk`` runs each env up to H sub-steps, stopping at
+  its first done.
+
+Auto-reset (same step): when an env's episode ends, it is reset at once; the returned ``obs`` is
+the first observation of the new episode and the last observation of the finished one is kept in
+``final_obs`` (needed to bootstrap on truncation). Episode seeds are deterministic:
+``SeedSequence([seed, group, episode])`` where ``group`` is the env index, or the env's seed
+group when ``seed_groups`` is given (envs of one group start every episode from the same state,
+as GRPO needs). An observation or reward with NaN/inf marks the chunk ``bad``; the env is reset.
+
+Subprocess mode gives crash isolation (a dead simulator raises ``EnvCrashed``; ``restart(i)``
+brings it back) and hang detection (a call slower than ``step_timeout_s`` kills the process).
+``python=`` starts the subprocesses with another interpreter (a simulator in its own venv).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from rlsys.config import EnvConfig
+from rlsys.envs.api import Embodiment, execute_chunk
+from rlsys.registry import ENVS
+
+
+class EnvCrashed(RuntimeError):
+    """A simulator subprocess died or hung; ``env_index`` says which."""
+
+    def __init__(self, env_index: int, message: str) -> None:
+        super().__init__(f"env {env_index}: {message}")
+        self.env_index = env_index
+
+
+class EnvError(RuntimeError):
+    """The simulator raised; the message carries its traceback."""
+
+
+def make_single_env(cfg: EnvConfig) -> Any:
+    """Build one env of ``cfg`` through the registry (lazy import of the simulator)."""
+    factory = ENVS.get(cfg.name)
+    kwargs: dict[str, Any] = {"cameras": cfg.cameras, "image_size": cfg.image_size, "render": cfg.render}
+    if cfg.tasks:
+        kwargs["tasks"] = cfg.tasks
+    if cfg.max_episode_steps:
+        kwargs["max_episode_steps"] = cfg.max_episode_steps
+    return factory(**kwargs)
+
+
+class _Server:
+    """Runs commands against one env; used in-process and inside the subprocess loop."""
+
+    def __init__(self, cfg: EnvConfig) -> None:
+        self.env = make_single_env(cfg)
+
+    def handle(self, cmd: str, payload: Any) -> Any:
+        env = self.env
+        if cmd == "spec":
+            return (env.embodiment, env.cameras, env.task_names, env.observation_space, env.action_space)
+        if cmd == "reset":
+            seed, options = payload
+            return env.reset(seed=seed, options=options)
+        if cmd == "step":
+            return env.step(payload)
+        if cmd == "chunk":
+            actions, length, next_seed = payload
+            res = execute_chunk(env, actions, length)
+            reset = env.reset(seed=next_seed) if res.done else None
+            return res, reset
+        if cmd == "privileged":
+            return env.privileged_state()
+        if cmd == "close":
+            env.close()
+            return None
+        raise ValueError(f"unknown env command {cmd!r}")
+
+
+def _subprocess_main(conn: Any, cfg: EnvConfig) -> None:
+    try:
+        server = _Server(cfg)
+        conn.send(("ok", None))
+    except Exception:
+        conn.send(("error", traceback.format_exc()))
+        return
+    while True:
+        try:
+            cmd, payload = conn.recv()
+        except (EOFError, KeyboardInterrupt):
+            return
+        try:
+            conn.send(("ok", server.handle(cmd, payload)))
+        except Exception:
+            conn.send(("error", traceback.format_exc()))
+        if cmd == "close":
+            return
+
+
+class _Remote:
+    def __init__(self, cfg: EnvConfig, index: int, python: str | None) -> None:
+        ctx = mp.get_context("spawn")
+        if python:
+            ctx.set_executable(python)
+        self.index, self.timeout = index, cfg.step_timeout_s
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_subprocess_main, args=(child, cfg), daemon=True)
+        self.proc.start()
+        child.close()
+        self.recv(timeout=max(self.timeout, 120.0))  # construction (imports, assets) can be slow
+
+    def send(self, cmd: str, payload: Any = None) -> None:
+        try:
+            self.conn.send((cmd, payload))
+        except (BrokenPipeError, OSError) as e:
+            raise EnvCrashed(self.index, f"simulator process is gone ({e})") from e
+
+    def recv(self, timeout: float | None = None) -> Any:
+        timeout = self.timeout if timeout is None else timeout
+        if not self.conn.poll(timeout):
+            self.kill()
+            raise EnvCrashed(self.index, f"no answer within {timeout:.0f}s (hang); process killed")
+        try:
+            status, value = self.conn.recv()
+        except (EOFError, OSError) as e:
+            code = self.proc.exitcode
+            raise EnvCrashed(self.index, f"simulator process died (exit code {code})") from e
+        if status == "error":
+            raise EnvError(f"env {self.index} raised:\n{value}")
+        return value
+
+    def call(self, cmd: str, payload: Any = None) -> Any:
+        self.send(cmd, payload)
+        return self.recv()
+
+    def kill(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join(timeout=5)
+
+
+class _Local:
+    def __init__(self, cfg: EnvConfig, index: int) -> None:
+        self.server = _Server(cfg)
+        self._pending: Any = None
+
+    def send(self, cmd: str, payload: Any = None) -> None:
+        self._pending = self.server.handle(cmd, payload)
+
+    def recv(self, timeout: float | None = None) -> Any:
+        out, self._pending = self._pending, None
+        return out
+
+    def call(self, cmd: str, payload: Any = None) -> Any:
+        return self.server.handle(cmd, payload)
+
+    def kill(self) -> None:
+        pass
+
+
+@dataclass
+class PoolChunk:
+    """Result of ``EnvPool.execute_chunk`` for N envs (H = chunk length).
+
+    obs:         observation to act on next (first obs of a new episode where one ended)
+    final_obs:   last observation of each env's chunk (before any auto-reset)
+    rewards [N, H] float32, exec_mask [N, H] bool, terminated/truncated/success/bad [N] bool
+    instructions / tasks: for ``obs`` (the new episode's where one ended)
+    episode_ids [N] int64: the episode each chunk belonged to
+    """
+
+    obs: dict[str, np.ndarray]
+    final_obs: dict[str, np.ndarray]
+    rewards: np.ndarray
+    exec_mask: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    success: np.ndarray
+    bad: np.ndarray
+    instructions: list[str]
+    tasks: list[str]
+    episode_ids: np.ndarray
+
+
+def _stack(obs_list: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.stack([o[k] for o in obs_list]) for k in obs_list[0]}
+
+
+def _finite(obs: dict[str, np.ndarray], rewards: np.ndarray) -> bool:
+    return bool(np.all(np.isfinite(obs["proprio"])) and np.all(np.isfinite(rewards)))
+
+
+class EnvPool:
+    def __init__(
+        self,
+        cfg: EnvConfig,
+        seed: int = 0,
+        num_envs: int | None = None,
+        env_id_offset: int = 0,
+        seed_groups: list[int] | None = None,
+        python: str | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.num_envs = num_envs or cfg.num_envs
+        self.seed = seed
+        self.env_ids = np.arange(env_id_offset, env_id_offset + self.num_envs, dtype=np.int64)
+        self.seed_groups = list(seed_groups) if seed_groups is not None else list(self.env_ids)
+        if len(self.seed_groups) != self.num_envs:
+            raise ValueError(f"seed_groups: expected {self.num_envs} entries, got {len(self.seed_groups)}")
+        self._python = python
+        self._envs: list[Any] = [self._spawn(i) for i in range(self.num_envs)]
+        spec = self._envs[0].call("spec")
+        self.embodiment: Embodiment = spec[0]
+        self.cameras: tuple[str, ...] = spec[1]
+        self.task_names: tuple[str, ...] = spec[2]
+        self.single_observation_space, self.single_action_space = spec[3], spec[4]
+        self._episode = np.zeros(self.num_envs, np.int64)
+        self._instructions = [""] * self.num_envs
+        self._tasks = [""] * self.num_envs
+        self.restarts = 0
+        self.bad_episodes = 0
+
+    def _spawn(self, i: int) -> Any:
+        return _Remote(self.cfg, i, self._python) if self.cfg.subprocess else _Local(self.cfg, i)
+
+    def episode_seed(self, i: int, episode: int) -> int:
+        return int(np.random.SeedSequence([self.seed, int(self.seed_groups[i]), episode]).generate_state(1)[0])
+
+    def episode_ids(self) -> np.ndarray:
+        return self.env_ids * 1_000_000 + self._episode
+
+    # ------------------------------------------------------------------ vector API
+    def reset(
+        self, seeds: list[int] | None = None, options: list[dict[str, Any] | None] | None = None
+    ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+        for i, env in enumerate(self._envs):
+            seed = seeds[i] if seeds is not None else self.episode_seed(i, int(self._episode[i]))
+            env.send("reset", (seed, options[i] if options is not None else None))
+        results = [env.recv() for env in self._envs]
+        for i, (_, info) in enumerate(results):
+            self._instructions[i], self._tasks[i] = info["instruction"], info["task"]
+        return _stack([r[0] for r in results]), [r[1] for r in results]
+
+    def step(self, actions: np.ndarray):
+        """One sub-step for every env (a chunk of length 1), gymnasium SAME_STEP auto-reset."""
+        res = self.execute_chunk(np.asarray(actions)[:, None, :])
+        infos = [
+            {"instruction": self._instructions[i], "task": self._tasks[i], "success": bool(res.success[i]),
+             **({"final_obs": {k: v[i] for k, v in res.final_obs.items()}}
+                if res.terminated[i] or res.truncated[i] else {})}
+            for i in range(self.num_envs)
+        ]
+        return res.obs, res.rewards[:, 0], res.terminated, res.truncated, infos
+
+    def execute_chunk(self, actions: np.ndarray, lengths: np.ndarray | None = None) -> PoolChunk:
+        actions = np.asarray(actions, dtype=np.float32)
+        n, h = actions.shape[:2]
+        if n != self.num_envs:
+            raise ValueError(f"execute_chunk: got actions for {n} envs, pool has {self.num_envs}")
+        episode_ids = self.episode_ids()
+        for i, env in enumerate(self._envs):
+            length = int(lengths[i]) if lengths is not None else h
+            env.send("chunk", (actions[i], length, self.episode_seed(i, int(self._episode[i]) + 1)))
+        out = [env.recv() for env in self._envs]
+        obs, final = [], []
+        bad = np.zeros(n, bool)
+        for i, (res, reset) in enumerate(out):
+            final.append(res.obs)
+            bad[i] = not _finite(res.obs, res.rewards)
+            if bad[i] and reset is None:  # drop the episode: reset the env
+                self.bad_episodes += 1
+                reset = self._envs[i].call("reset", (self.episode_seed(i, int(self._episode[i]) + 1), None))
+            elif bad[i]:
+                self.bad_episodes += 1
+            if reset is not None:
+                self._episode[i] += 1
+                obs.append(reset[0])
+                self._instructions[i], self._tasks[i] = reset[1]["instruction"], reset[1]["task"]
+            else:
+                obs.append(res.obs)
+        return PoolChunk(
+            obs=_stack(obs),
+            final_obs=_stack(final),
+            rewards=np.stack([r.rewards for r, _ in out]).astype(np.float32),
+            exec_mask=np.stack([r.exec_mask for r, _ in out]),
+            terminated=np.array([r.terminated for r, _ in out]) & ~bad,
+            truncated=np.array([r.truncated for r, _ in out]) | bad,
+            success=np.array([r.success for r, _ in out]) & ~bad,
+            bad=bad,
+            instructions=list(self._instructions),
+            tasks=list(self._tasks),
+            episode_ids=episode_ids,
+        )
+
+    @property
+    def instructions(self) -> list[str]:
+        return list(self._instructions)
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self._tasks)
+
+    def privileged_state(self, i: int) -> dict[str, Any]:
+        return self._envs[i].call("privileged")
+
+    def restart(self, i: int) -> dict[str, np.ndarray]:
+        """Replace env ``i`` (after EnvCrashed) with a fresh one; its episode is abandoned.
+
+        Returns the new env's first observation."""
+        self._envs[i].kill()
+        self._envs[i] = self._spawn(i)
+        self.restarts += 1
+        self._episode[i] += 1
+        obs, info = self._envs[i].call("reset", (self.episode_seed(i, int(self._episode[i])), None))
+        self._instructions[i], self._tasks[i] = info["instruction"], info["task"]
+        return obs
+
+    def close(self) -> None:
+        for env in self._envs:
+            try:
+                env.call("close")
+            except (EnvCrashed, EnvError):
+                pass
+            env.kill()
+        self._envs = []
+
+    def __enter__(self) -> EnvPool:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
