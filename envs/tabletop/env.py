@@ -203,7 +203,7 @@ class TabletopEnv(RobotEnv):
         proprio = np.concatenate(
             [d.site_xpos[self._grip_site], [0.0, 0.0, yaw], d.qpos[self._finger_q]]
         ).astype(np.float32)
-        images = self._renderer.render(self.data, self.cameras)
+        images = self._renderer.render(self.data, self.cameras)  # cameras=() -> no rendering
         return {"images": images, "proprio": proprio}
 
     def _info(self, success: bool) -> dict[str, Any]:

@@ -1,0 +1,250 @@
+"""Demonstrations in a LeRobotDataset (v2.1) compatible layout.
+
+    DIR/meta/info.json            features, fps, counts, path templates (+ an "rlsys" block)
+    DIR/meta/tasks.jsonl          {"task_index", "task"}  (task = the language instruction)
+    DIR/meta/episodes.jsonl       {"episode_index", "tasks", "length"}
+    DIR/meta/episodes_stats.jsonl per-episode min/max/mean/std/count of numeric features
+    DIR/data/chunk-000/episode_000000.parquet
+        observation.images.<camera>  struct<bytes: binary (PNG), path: string>  (HF Image feature)
+        observation.state            list<float32> [P]
+        action                       list<float32> [A]
+        timestamp, frame_index, episode_index, index, task_index, next.reward, next.done, next.success
+
+Images are stored inside the parquet files as PNG (LeRobot's "image" dtype), not as videos.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from rlsys.envs.api import Embodiment
+
+CHUNK_SIZE = 1000
+DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
+
+
+def _png(img: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def _stats(x: np.ndarray) -> dict[str, Any]:
+    return {"min": x.min(0).tolist(), "max": x.max(0).tolist(), "mean": x.mean(0).tolist(),
+            "std": x.std(0).tolist(), "count": [int(x.shape[0])]}
+
+
+class DemoWriter:
+    """Append episodes, then ``close()`` writes the metadata."""
+
+    def __init__(self, root: str | os.PathLike, env_name: str, embodiment: Embodiment,
+                 cameras: tuple[str, ...], image_size: int) -> None:
+        self.root = Path(root)
+        if (self.root / "meta" / "info.json").exists():
+            raise FileExistsError(f"{self.root} already holds a dataset; choose a new --out folder")
+        (self.root / "meta").mkdir(parents=True, exist_ok=True)
+        self.env_name, self.embodiment, self.cameras, self.image_size = env_name, embodiment, cameras, image_size
+        self.tasks: dict[str, int] = {}
+        self.episodes: list[dict[str, Any]] = []
+        self.stats: list[dict[str, Any]] = []
+        self.frames = 0
+
+    def add_episode(self, images: np.ndarray, states: np.ndarray, actions: np.ndarray,
+                    rewards: np.ndarray, success: np.ndarray, instruction: str) -> None:
+        """images [T, C, S, S, 3] uint8, states [T, P], actions [T, A], rewards/success [T]."""
+        t = len(actions)
+        ep = len(self.episodes)
+        task_index = self.tasks.setdefault(instruction, len(self.tasks))
+        cols: dict[str, Any] = {
+            f"observation.images.{cam}": [{"bytes": _png(images[i, c]), "path": None} for i in range(t)]
+            for c, cam in enumerate(self.cameras)
+        }
+        cols["observation.state"] = pa.array(list(states.astype(np.float32)), pa.list_(pa.float32()))
+        cols["action"] = pa.array(list(actions.astype(np.float32)), pa.list_(pa.float32()))
+        fps = self.embodiment.control_hz
+        cols.update({
+            "timestamp": np.arange(t, dtype=np.float32) / np.float32(fps),
+            "frame_index": np.arange(t, dtype=np.int64),
+            "episode_index": np.full(t, ep, np.int64),
+            "index": np.arange(self.frames, self.frames + t, dtype=np.int64),
+            "task_index": np.full(t, task_index, np.int64),
+            "next.reward": rewards.astype(np.float32),
+            "next.done": np.arange(t) == t - 1,
+            "next.success": success.astype(bool),
+        })
+        path = self.root / DATA_PATH.format(episode_chunk=ep // CHUNK_SIZE, episode_index=ep)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table(cols), path)
+        self.episodes.append({"episode_index": ep, "tasks": [instruction], "length": t})
+        self.stats.append({"episode_index": ep, "stats": {"observation.state": _stats(states),
+                                                          "action": _stats(actions)}})
+        self.frames += t
+
+    def close(self) -> None:
+        s = self.image_size
+        features: dict[str, Any] = {
+            f"observation.images.{cam}": {"dtype": "image", "shape": [s, s, 3],
+                                          "names": ["height", "width", "channel"]}
+            for cam in self.cameras
+        }
+        features["observation.state"] = {"dtype": "float32", "shape": [self.embodiment.proprio_dim],
+                                         "names": None}
+        features["action"] = {"dtype": "float32", "shape": [self.embodiment.action_dim],
+                              "names": list(self.embodiment.action_names)}
+        for name, dtype in (("timestamp", "float32"), ("frame_index", "int64"), ("episode_index", "int64"),
+                            ("index", "int64"), ("task_index", "int64"), ("next.reward", "float32"),
+                            ("next.done", "bool"), ("next.success", "bool")):
+            features[name] = {"dtype": dtype, "shape": [1], "names": None}
+        info = {
+            "codebase_version": "v2.1",
+            "robot_type": self.embodiment.robot,
+            "total_episodes": len(self.episodes),
+            "total_frames": self.frames,
+            "total_tasks": len(self.tasks),
+            "total_videos": 0,
+            "total_chunks": (len(self.episodes) - 1) // CHUNK_SIZE + 1 if self.episodes else 0,
+            "chunks_size": CHUNK_SIZE,
+            "fps": self.embodiment.control_hz,
+            "splits": {"train": f"0:{len(self.episodes)}"},
+            "data_path": DATA_PATH,
+            "video_path": None,
+            "features": features,
+            "rlsys": {"env": self.env_name, "cameras": list(self.cameras), "image_size": s,
+                      "embodiment": asdict(self.embodiment)},
+        }
+        meta = self.root / "meta"
+        (meta / "info.json").write_text(json.dumps(info, indent=2))
+        _jsonl(meta / "tasks.jsonl", [{"task_index": i, "task": t} for t, i in self.tasks.items()])
+        _jsonl(meta / "episodes.jsonl", self.episodes)
+        _jsonl(meta / "episodes_stats.jsonl", self.stats)
+
+
+def _jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@dataclass
+class DemoSet:
+    """All frames of a demo folder in memory (small datasets: the tiny-policy regime).
+
+    images [F, C, S, S, 3] uint8, states [F, P], actions [F, A] float32,
+    episode_index / frame_index [F] int64, instructions [F] (str), episode_starts [E] int64.
+    """
+
+    images: np.ndarray
+    states: np.ndarray
+    actions: np.ndarray
+    episode_index: np.ndarray
+    frame_index: np.ndarray
+    instructions: list[str]
+    episode_starts: np.ndarray
+    episode_lengths: np.ndarray
+    info: dict[str, Any]
+
+    @property
+    def embodiment(self) -> Embodiment:
+        e = dict(self.info["rlsys"]["embodiment"])
+        e["action_names"] = tuple(e["action_names"])
+        return Embodiment(**e)
+
+    def action_chunks(self, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per frame, the next ``horizon`` actions within its episode ([F, H, A]) and a [F, H]
+        mask that is False past the episode end (those entries repeat the last action)."""
+        f = len(self.actions)
+        offs = np.arange(horizon)
+        end = (self.episode_starts + self.episode_lengths)[self.episode_index]
+        idx = np.arange(f)[:, None] + offs[None]
+        mask = idx < end[:, None]
+        idx = np.minimum(idx, end[:, None] - 1)
+        return self.actions[idx], mask
+
+
+def load_demos(root: str | os.PathLike) -> DemoSet:
+    root = Path(root)
+    info_path = root / "meta" / "info.json"
+    if not info_path.exists():
+        raise FileNotFoundError(f"{root}: not a demo folder (missing meta/info.json); "
+                                "make one with `rlsys demos --env tabletop --out DIR`")
+    info = json.loads(info_path.read_text())
+    cams = info["rlsys"]["cameras"]
+    episodes = [json.loads(line) for line in (root / "meta" / "episodes.jsonl").read_text().splitlines()]
+    images, states, actions, ep_idx, fr_idx, instr = [], [], [], [], [], []
+    for ep in episodes:
+        e = ep["episode_index"]
+        table = pq.read_table(root / info["data_path"].format(episode_chunk=e // info["chunks_size"],
+                                                              episode_index=e)).to_pydict()
+        n = len(table["action"])
+        images.append(np.stack([
+            np.stack([np.asarray(Image.open(io.BytesIO(table[f"observation.images.{c}"][i]["bytes"])))
+                      for c in cams]) for i in range(n)
+        ]))
+        states.append(np.asarray(table["observation.state"], np.float32))
+        actions.append(np.asarray(table["action"], np.float32))
+        ep_idx.append(np.full(n, e, np.int64))
+        fr_idx.append(np.arange(n, dtype=np.int64))
+        instr += [ep["tasks"][0]] * n
+    lengths = np.array([len(a) for a in actions], np.int64)
+    return DemoSet(
+        images=np.concatenate(images), states=np.concatenate(states), actions=np.concatenate(actions),
+        episode_index=np.concatenate(ep_idx), frame_index=np.concatenate(fr_idx), instructions=instr,
+        episode_starts=np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64),
+        episode_lengths=lengths, info=info,
+    )
+
+
+DEMO_SEED_BASE = 1_000_000  # demo episodes use seeds DEMO_SEED_BASE + k; evaluation uses others
+
+
+def collect_expert_demos(env: Any, out: str | os.PathLike, episodes_per_task: int, env_name: str,
+                         seed_base: int = DEMO_SEED_BASE, progress: Any = None) -> dict[str, Any]:
+    """Roll out ``env.expert()`` (privileged scripted expert) and keep successful episodes.
+
+    Writes ``episodes_per_task`` successful episodes per task; returns per-task attempt counts.
+    """
+    if not hasattr(env, "expert"):
+        raise ValueError(f"{type(env).__name__} has no scripted expert; demos need one")
+    writer = DemoWriter(out, env_name, env.embodiment, env.cameras, env.observation_space["images"].shape[1])
+    report: dict[str, Any] = {}
+    seed = seed_base
+    for task in env.task_names:
+        kept = attempts = 0
+        while kept < episodes_per_task:
+            if attempts >= 3 * episodes_per_task + 10:
+                raise RuntimeError(f"expert keeps failing on {task}: {kept}/{attempts} successful")
+            obs, info = env.reset(seed=seed, options={"task": task})
+            seed += 1
+            attempts += 1
+            expert = env.expert()
+            frames: dict[str, list[Any]] = {"images": [], "states": [], "actions": [], "rewards": [],
+                                            "success": []}
+            for _ in range(env.max_episode_steps):
+                action = expert.act(env.privileged_state())
+                frames["images"].append(obs["images"])
+                frames["states"].append(obs["proprio"])
+                frames["actions"].append(action)
+                obs, reward, terminated, truncated, step_info = env.step(action)
+                frames["rewards"].append(reward)
+                frames["success"].append(step_info["success"])
+                if terminated or truncated:
+                    break
+            if not frames["success"][-1]:
+                continue
+            writer.add_episode(*(np.asarray(frames[k]) for k in ("images", "states", "actions", "rewards",
+                                                                  "success")), instruction=info["instruction"])
+            kept += 1
+            if progress is not None:
+                progress()
+        report[task] = {"kept": kept, "attempts": attempts, "expert_success": kept / attempts}
+    writer.close()
+    (Path(out) / "meta" / "expert_report.json").write_text(json.dumps(report, indent=2))
+    return report

@@ -1,0 +1,123 @@
+"""``rlsys`` command line: train, sft, eval, demos, presets.
+
+Every subcommand takes ``--preset NAME`` and ``--set dotted.key=value`` overrides where it uses
+the config; the config is validated before anything starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import yaml
+
+from rlsys.config import ConfigError, list_presets, load_config, to_dict
+
+
+def _config_args(p: argparse.ArgumentParser, default_preset: str | None) -> None:
+    p.add_argument("--preset", default=default_preset,
+                   help=f"named preset from rlsys/presets (default: {default_preset}); see `rlsys presets`")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted override, repeatable, e.g. --set algo.actor_lr=3e-4 --set env.num_envs=4")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+
+
+def _load(args: argparse.Namespace) -> Any:
+    cfg = load_config(args.preset, args.overrides)
+    if args.print_config:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        raise SystemExit(0)
+    return cfg
+
+
+def cmd_presets(args: argparse.Namespace) -> None:
+    for name in list_presets():
+        print(name)
+
+
+def cmd_demos(args: argparse.Namespace) -> None:
+    from rlsys.envs.demos import collect_expert_demos
+    from rlsys.envs.pool import make_single_env
+    from rlsys.progress import Progress
+
+    cfg = _load(args)
+    env_cfg = cfg.env
+    if args.env:
+        from dataclasses import replace
+
+        env_cfg = replace(env_cfg, name=args.env)
+    env = make_single_env(env_cfg)
+    total = args.episodes * len(env.task_names)
+    with Progress(f"demos {env_cfg.name}", total=total) as bar:
+        report = collect_expert_demos(env, args.out, args.episodes, env_cfg.name, progress=bar.advance)
+    env.close()
+    print(json.dumps(report, indent=2))
+    print(f"wrote {total} episodes to {args.out}")
+
+
+def cmd_sft(args: argparse.Namespace) -> None:
+    from rlsys.sft import run_sft
+
+    cfg = _load(args)
+    run_sft(cfg, out_dir=args.out, demos=args.demos)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from rlsys.evaluation import run_eval_command
+
+    cfg = _load(args)
+    run_eval_command(cfg, ckpt=args.ckpt, out_dir=args.out, episodes=args.episodes, tasks=args.tasks)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from rlsys.train import train
+
+    cfg = _load(args)
+    train(cfg, resume=args.resume)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlsys", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands: dict[str, tuple[Callable[[argparse.Namespace], None], str]] = {
+        "train": (cmd_train, "RL post-training (PPO / GRPO) on Ray: SFT start -> rollouts -> updates"),
+        "sft": (cmd_sft, "supervised flow-matching training from demos; writes a checkpoint"),
+        "eval": (cmd_eval, "evaluate a checkpoint with deterministic (ODE) sampling"),
+        "demos": (cmd_demos, "write scripted-expert demonstrations (LeRobotDataset layout)"),
+        "presets": (cmd_presets, "list the named config presets"),
+    }
+    ps = {name: sub.add_parser(name, help=h, description=h) for name, (_, h) in commands.items()}
+    for name, p in ps.items():
+        p.set_defaults(func=commands[name][0])
+    _config_args(ps["train"], "tabletop_ppo")
+    ps["train"].add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    _config_args(ps["sft"], "tabletop_sft")
+    ps["sft"].add_argument("--demos", help="demo folder (default: sft.demos, else generate expert demos)")
+    ps["sft"].add_argument("--out", required=True, help="checkpoint folder to write")
+    _config_args(ps["eval"], "tabletop_sft")
+    ps["eval"].add_argument("--ckpt", required=True, help="checkpoint folder (safetensors + JSON)")
+    ps["eval"].add_argument("--env", help="env name (default: the checkpoint's env)")
+    ps["eval"].add_argument("--tasks", nargs="*", help="subset of task names")
+    ps["eval"].add_argument("--episodes", type=int, default=50, help="episodes per task (default 50)")
+    ps["eval"].add_argument("--out", help="folder for the result table (JSON + markdown) and videos")
+    _config_args(ps["demos"], None)
+    ps["demos"].add_argument("--env", help="env name (default: env.name of the config)")
+    ps["demos"].add_argument("--episodes", type=int, required=True, help="successful episodes per task")
+    ps["demos"].add_argument("--out", required=True, help="new folder to write the dataset into")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ConfigError as e:
+        print(f"rlsys {args.command}: config error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
