@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from rlsys.config import EnvConfig
-from rlsys.envs.api import Embodiment, execute_chunk
+from rlsys.envs.api import ChunkStep, Embodiment, execute_chunk
 from rlsys.registry import ENVS
 
 
@@ -223,6 +223,7 @@ class EnvPool:
         self.task_names: tuple[str, ...] = spec[2]
         self.single_observation_space, self.single_action_space = spec[3], spec[4]
         self._episode = np.zeros(self.num_envs, np.int64)
+        self._last_obs: list[dict[str, np.ndarray]] = [{} for _ in range(self.num_envs)]
         self._instructions = [""] * self.num_envs
         self._tasks = [""] * self.num_envs
         self.restarts = 0
@@ -245,8 +246,9 @@ class EnvPool:
             seed = seeds[i] if seeds is not None else self.episode_seed(i, int(self._episode[i]))
             env.send("reset", (seed, options[i] if options is not None else None))
         results = [env.recv() for env in self._envs]
-        for i, (_, info) in enumerate(results):
+        for i, (o, info) in enumerate(results):
             self._instructions[i], self._tasks[i] = info["instruction"], info["task"]
+            self._last_obs[i] = o
         return _stack([r[0] for r in results]), [r[1] for r in results]
 
     def step(self, actions: np.ndarray):
@@ -260,16 +262,22 @@ class EnvPool:
         ]
         return res.obs, res.rewards[:, 0], res.terminated, res.truncated, infos
 
+    def _idle(self, i: int, h: int) -> ChunkStep:
+        return ChunkStep(self._last_obs[i], np.zeros(h, np.float32), np.zeros(h, bool), False, False, False, {})
+
     def execute_chunk(self, actions: np.ndarray, lengths: np.ndarray | None = None) -> PoolChunk:
+        """``lengths[i]`` caps env i's sub-steps; 0 leaves env i untouched (no step, no reset)."""
         actions = np.asarray(actions, dtype=np.float32)
         n, h = actions.shape[:2]
         if n != self.num_envs:
             raise ValueError(f"execute_chunk: got actions for {n} envs, pool has {self.num_envs}")
         episode_ids = self.episode_ids()
+        active = [lengths is None or int(lengths[i]) > 0 for i in range(n)]
         for i, env in enumerate(self._envs):
-            length = int(lengths[i]) if lengths is not None else h
-            env.send("chunk", (actions[i], length, self.episode_seed(i, int(self._episode[i]) + 1)))
-        out = [env.recv() for env in self._envs]
+            if active[i]:
+                length = int(lengths[i]) if lengths is not None else h
+                env.send("chunk", (actions[i], length, self.episode_seed(i, int(self._episode[i]) + 1)))
+        out = [env.recv() if active[i] else (self._idle(i, h), None) for i, env in enumerate(self._envs)]
         obs, final = [], []
         bad = np.zeros(n, bool)
         for i, (res, reset) in enumerate(out):
@@ -286,6 +294,7 @@ class EnvPool:
                 self._instructions[i], self._tasks[i] = reset[1]["instruction"], reset[1]["task"]
             else:
                 obs.append(res.obs)
+            self._last_obs[i] = obs[-1]
         return PoolChunk(
             obs=_stack(obs),
             final_obs=_stack(final),
@@ -321,6 +330,7 @@ class EnvPool:
         self._episode[i] += 1
         obs, info = self._envs[i].call("reset", (self.episode_seed(i, int(self._episode[i])), None))
         self._instructions[i], self._tasks[i] = info["instruction"], info["task"]
+        self._last_obs[i] = obs
         return obs
 
     def close(self) -> None:

@@ -62,7 +62,7 @@ class PolicyConfig:
     proprio_dim: int = 8  # P, padded proprio dim
     num_cameras: int = 2
     image_size: int = 64
-    max_tokens: int = 64  # L, prompt + instruction tokens
+    max_tokens: int = 48  # L, prompt + instruction tokens (left-truncated: the instruction is kept)
     vocab_size: int = 1024  # hashed word vocabulary of the offline tokenizer
     denoise_steps: int = 4  # S, flow integration steps
     detach_critic_input: bool = True  # keep critic gradients out of the backbone

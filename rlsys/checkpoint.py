@@ -1,0 +1,104 @@
+"""Policy checkpoints: ``model.safetensors`` + ``config.json`` (+ ``normalization.json``).
+
+Writes are atomic: everything goes to a temporary sibling folder that is renamed into place, so
+a crash never leaves a half-written checkpoint. Loading never unpickles: only safetensors + JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+
+from rlsys.config import EnvConfig, PolicyConfig, to_dict
+from rlsys.configtools import ConfigError, from_dict
+from rlsys.envs.api import Embodiment
+
+FORMAT = "rlsys-policy-v1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, malformed, or incompatible with the requested config."""
+
+
+def atomic_dir_write(path: str | os.PathLike, write: Any) -> Path:
+    """Call ``write(tmp_dir)`` then move ``tmp_dir`` to ``path`` (replacing an older one)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        write(tmp)
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        old = path.with_name(f".{path.name}.old")
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(path, old)
+        os.rename(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def save_policy(path: str | os.PathLike, policy: Any, env_cfg: EnvConfig, embodiment: Embodiment,
+                meta: dict[str, Any] | None = None) -> Path:
+    state = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
+    config = {"format": FORMAT, "policy": to_dict(policy.cfg), "env": to_dict(env_cfg),
+              "embodiment": asdict(embodiment), "meta": meta or {}}
+    norm = {k: state[k].tolist() for k in ("action_mean", "action_std", "proprio_mean", "proprio_std")}
+
+    def write(tmp: Path) -> None:
+        save_file(state, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        (tmp / "normalization.json").write_text(json.dumps(norm, indent=2))
+
+    return atomic_dir_write(path, write)
+
+
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    cfg_file = path / "config.json"
+    if not cfg_file.exists():
+        raise CheckpointError(f"{path}: not a checkpoint (missing config.json; expected model.safetensors + config.json)")
+    data = json.loads(cfg_file.read_text())
+    if data.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: format {data.get('format')!r}, expected {FORMAT!r}")
+    return data
+
+
+def load_policy(path: str | os.PathLike, expect: PolicyConfig | None = None,
+                device: str = "cpu") -> tuple[Any, EnvConfig, Embodiment, dict[str, Any]]:
+    """-> (policy, env config, embodiment, meta). ``expect`` (optional) must match the stored config."""
+    from rlsys.policy.flow_policy import FlowPolicy
+
+    data = read_config(path)
+    try:
+        pcfg = from_dict(PolicyConfig, data["policy"], "policy")
+        ecfg = from_dict(EnvConfig, data["env"], "env")
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: stored config is invalid: {e}") from e
+    if expect is not None and expect != pcfg:
+        diffs = [f"policy.{k}: checkpoint {v!r} vs requested {getattr(expect, k)!r}"
+                 for k, v in to_dict(pcfg).items() if to_dict(expect)[k] != v]
+        raise CheckpointError(f"{path}: incompatible policy config: " + "; ".join(diffs))
+    policy = FlowPolicy(pcfg)
+    state = load_file(str(Path(path) / "model.safetensors"), device=device)
+    try:
+        missing, unexpected = policy.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatch
+        raise CheckpointError(f"{path}: weights do not match the stored config: {e}") from e
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not match the config (missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]})")
+    emb = dict(data["embodiment"])
+    emb["action_names"] = tuple(emb["action_names"])
+    return policy.to(device), ecfg, Embodiment(**emb), data["meta"]

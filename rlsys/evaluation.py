@@ -1,0 +1,128 @@
+"""Evaluation with deterministic (ODE) sampling: per-task success tables and a few videos.
+
+Seeds: evaluation episode ``e`` of task index ``j`` uses seed ``EVAL_SEED_BASE + 10_000 * j + e``,
+disjoint from demo seeds (``rlsys.envs.demos.DEMO_SEED_BASE``) and from training rollouts
+(which draw 32-bit seeds from ``SeedSequence``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlsys.config import EnvConfig
+from rlsys.flow import ODE, Sampler
+from rlsys.prompt import ObservationBuilder
+
+EVAL_SEED_BASE = 2_000_000
+
+
+def run_episodes(policy: Any, pool: Any, builder: ObservationBuilder, task: str, seeds: list[int],
+                 sampler: Sampler, generator: torch.Generator, frames: list[np.ndarray] | None = None) -> np.ndarray:
+    """One episode per env of ``pool`` (len(seeds) == pool.num_envs) on ``task``; -> success [N]."""
+    n = pool.num_envs
+    obs, _ = pool.reset(seeds=seeds, options=[{"task": task}] * n)
+    done = np.zeros(n, bool)
+    success = np.zeros(n, bool)
+    h = policy.cfg.action_horizon
+    while not done.all():
+        o = builder(obs["images"], obs["proprio"], pool.instructions)
+        chunk = policy.sample(o, sampler, generator)
+        a = chunk.actions[:, :, : pool.embodiment.action_dim]
+        res = pool.execute_chunk(a, lengths=np.where(done, 0, h))
+        if frames is not None and not done[0]:
+            frames.append(res.final_obs["images"][0, 0])
+        ended = (res.terminated | res.truncated) & ~done
+        success |= ended & res.success
+        done |= ended
+        obs = res.obs
+    return success
+
+
+def evaluate(policy: Any, env_cfg: EnvConfig, embodiment: Any, episodes_per_task: int,
+             tasks: tuple[str, ...] | None = None, num_envs: int = 8, sampler: Sampler | None = None,
+             seed: int = 0, video_dir: str | Path | None = None, progress: Any = None) -> dict[str, Any]:
+    """Success rate per task (ODE sampling by default), episodes run ``num_envs`` at a time."""
+    from rlsys.envs.pool import EnvPool
+
+    sampler = sampler or ODE()
+    builder = ObservationBuilder(policy.cfg, embodiment)
+    n = max(1, min(num_envs, episodes_per_task))
+    cfg = dataclasses.replace(env_cfg, num_envs=n)
+    generator = torch.Generator().manual_seed(seed)
+    results: dict[str, Any] = {}
+    was_training = policy.training
+    policy.eval()
+    with EnvPool(cfg) as pool:
+        all_tasks = tuple(tasks) if tasks else pool.task_names
+        for j, task in enumerate(all_tasks):
+            wins, frames = [], [] if video_dir else None
+            for start in range(0, episodes_per_task, n):
+                seeds = [EVAL_SEED_BASE + 10_000 * j + start + i for i in range(n)]
+                s = run_episodes(policy, pool, builder, task, seeds, sampler, generator,
+                                 frames if start == 0 else None)
+                wins += s[: episodes_per_task - start].tolist()
+                if progress is not None:
+                    progress(min(n, episodes_per_task - start))
+            results[task] = {"success": float(np.mean(wins)), "episodes": len(wins)}
+            if video_dir and frames:
+                save_video(Path(video_dir) / f"{task}.gif", frames)
+    policy.train(was_training)
+    mean = float(np.mean([r["success"] for r in results.values()]))
+    return {"tasks": results, "mean_success": mean, "sampler": type(sampler).__name__,
+            "seed_base": EVAL_SEED_BASE}
+
+
+def save_video(path: Path, frames: list[np.ndarray], fps: int = 10) -> None:
+    import imageio.v2 as imageio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imageio.mimsave(path, [np.repeat(np.repeat(f, 2, 0), 2, 1) for f in frames], duration=1.0 / fps, loop=0)
+
+
+def markdown_table(result: dict[str, Any], title: str = "") -> str:
+    lines = [f"### {title}" if title else "", "| task | success | episodes |", "|---|---|---|"]
+    for task, r in result["tasks"].items():
+        lines.append(f"| {task} | {100 * r['success']:.1f}% | {r['episodes']} |")
+    lines.append(f"| **mean** | **{100 * result['mean_success']:.1f}%** | |")
+    return "\n".join(line for line in lines if line) + "\n"
+
+
+def write_result(out_dir: str | Path, result: dict[str, Any], title: str) -> None:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(result, indent=2))
+    (out / "eval.md").write_text(markdown_table(result, title))
+
+
+def task_names(env_cfg: EnvConfig) -> tuple[str, ...]:
+    from rlsys.envs.pool import make_single_env
+
+    env = make_single_env(env_cfg)
+    names = tuple(env.task_names)
+    env.close()
+    return names
+
+
+def run_eval_command(cfg: Any, ckpt: str, out_dir: str | None, episodes: int,
+                     tasks: list[str] | None) -> dict[str, Any]:
+    """``rlsys eval``: load a checkpoint, evaluate on its env, write eval.json/eval.md/videos."""
+    from rlsys.checkpoint import load_policy
+    from rlsys.progress import Progress
+
+    policy, env_cfg, embodiment, _ = load_policy(ckpt)
+    env_cfg = dataclasses.replace(env_cfg, render=cfg.env.render)
+    out = Path(out_dir or Path(ckpt) / "eval")
+    all_tasks = tuple(tasks) if tasks else task_names(env_cfg)
+    with Progress(f"eval {env_cfg.name}", total=episodes * len(all_tasks)) as bar:
+        result = evaluate(policy, env_cfg, embodiment, episodes, all_tasks,
+                          video_dir=out / "videos", progress=bar.advance)
+    result["checkpoint"] = str(ckpt)
+    write_result(out, result, f"{env_cfg.name}: {ckpt}")
+    print(markdown_table(result, f"{env_cfg.name}: {ckpt}"))
+    return result

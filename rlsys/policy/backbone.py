@@ -1,0 +1,64 @@
+"""Backbones: observation -> prefix tokens. ``tiny`` trains on 2 CPU cores in minutes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from rlsys.config import PolicyConfig
+
+
+@dataclass
+class Prefix:
+    """tokens [B, N, W], mask [B, N] bool (True = real), pooled [B, W]."""
+
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    pooled: torch.Tensor
+
+    def index(self, idx: torch.Tensor) -> Prefix:
+        return Prefix(self.tokens[idx], self.mask[idx], self.pooled[idx])
+
+
+class TinyBackbone(nn.Module):
+    """Shared small CNN per camera (S/16 x S/16 patch tokens each), hashed-word embeddings,
+    a proprio token, and a small pre-norm transformer over all prefix tokens."""
+
+    def __init__(self, cfg: PolicyConfig) -> None:
+        super().__init__()
+        w = cfg.width
+        chans = (3, 16, 32, 64, w)
+        layers: list[nn.Module] = []
+        for i in range(4):
+            layers += [nn.Conv2d(chans[i], chans[i + 1], 4 if i < 3 else 3, 2, 1),
+                       nn.GroupNorm(8, chans[i + 1]), nn.GELU()]
+        self.cnn = nn.Sequential(*layers)
+        patches = (cfg.image_size // 16) ** 2
+        self.cam_emb = nn.Parameter(torch.zeros(cfg.num_cameras, 1, w))
+        self.patch_pos = nn.Parameter(torch.randn(patches, w) * 0.02)
+        self.tok_emb = nn.Embedding(cfg.vocab_size, w, padding_idx=0)
+        self.tok_pos = nn.Parameter(torch.randn(cfg.max_tokens, w) * 0.02)
+        self.proprio = nn.Sequential(nn.Linear(cfg.proprio_dim, w), nn.GELU(), nn.Linear(w, w))
+        layer = nn.TransformerEncoderLayer(w, cfg.heads, 4 * w, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, cfg.backbone_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(w)
+
+    def forward(self, images: torch.Tensor, proprio: torch.Tensor, tokens: torch.Tensor,
+                token_mask: torch.Tensor) -> Prefix:
+        """images [B, C, S, S, 3] float in [0, 1]; proprio [B, P] (normalised); tokens/mask [B, L]."""
+        b, c = images.shape[:2]
+        x = images.flatten(0, 1).permute(0, 3, 1, 2) - 0.5
+        feat = self.cnn(x).flatten(2).transpose(1, 2)  # [B*C, patches, W]
+        feat = feat.view(b, c, -1, feat.shape[-1]) + self.cam_emb + self.patch_pos
+        img = feat.flatten(1, 2)
+        txt = self.tok_emb(tokens) + self.tok_pos[: tokens.shape[1]]
+        prop = self.proprio(proprio)[:, None]
+        seq = torch.cat([img, prop, txt], 1)
+        mask = torch.cat([torch.ones(b, img.shape[1] + 1, dtype=torch.bool, device=seq.device), token_mask], 1)
+        out = self.norm(self.encoder(seq, src_key_padding_mask=~mask))
+        m = mask.unsqueeze(-1).float()
+        pooled = (out * m).sum(1) / m.sum(1)
+        return Prefix(out, mask, pooled)

@@ -1,0 +1,241 @@
+"""``FlowPolicy`` = backbone + DiT action expert + value head (+ noise head for Flow-Noise).
+
+The plug-in surface is three methods: ``sample(obs, sampler) -> ActionChunk`` (rollout, keeps
+every denoising state), ``log_prob_and_value(...)`` (learner recompute from stored chains) and
+``sft_loss(...)`` (masked per-channel flow matching). Actions live in a normalised, zero-padded
+K-channel space inside the policy; ``ActionChunk.actions`` are env-space.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from rlsys.config import PolicyConfig
+from rlsys import flow  # sampling and recompute both go through flow.time_grid / flow.transition
+from rlsys.flow import Sampler, gaussian_entropy, gaussian_log_prob, reduce_log_prob
+from rlsys.policy.backbone import Prefix
+from rlsys.policy.dit import ActionExpert
+from rlsys.registry import BACKBONES
+from rlsys.types import ActionChunk, ContractError, Observation
+
+
+@dataclass
+class Recompute:
+    """Learner-side recompute for a batch (torch, differentiable): logp/value/entropy [B]."""
+
+    logp: torch.Tensor
+    value: torch.Tensor
+    entropy: torch.Tensor
+
+
+class FlowPolicy(nn.Module):
+    def __init__(self, cfg: PolicyConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        w, k = cfg.width, cfg.action_channels
+        self.backbone = BACKBONES.build(cfg.backbone, cfg)
+        self.expert = ActionExpert(cfg)
+        self.value_head = nn.Sequential(nn.Linear(w, w), nn.GELU(), nn.Linear(w, 1))
+        self.noise_head = nn.Linear(w, k) if cfg.noise_head else None
+        if self.noise_head is not None:
+            nn.init.zeros_(self.noise_head.weight)
+            nn.init.zeros_(self.noise_head.bias)
+        self.register_buffer("action_mean", torch.zeros(k))
+        self.register_buffer("action_std", torch.ones(k))
+        self.register_buffer("proprio_mean", torch.zeros(cfg.proprio_dim))
+        self.register_buffer("proprio_std", torch.ones(cfg.proprio_dim))
+
+    # ------------------------------------------------------------------ normalisation
+    def set_normalization(self, action_mean: np.ndarray, action_std: np.ndarray,
+                          proprio_mean: np.ndarray, proprio_std: np.ndarray) -> None:
+        """Per-channel stats of one dataset (shorter vectors are padded with mean 0 / std 1)."""
+        for name, vec, size in (("action_mean", action_mean, self.cfg.action_channels),
+                                ("action_std", action_std, self.cfg.action_channels),
+                                ("proprio_mean", proprio_mean, self.cfg.proprio_dim),
+                                ("proprio_std", proprio_std, self.cfg.proprio_dim)):
+            vec = np.asarray(vec, np.float32)
+            if vec.shape[0] > size:
+                raise ContractError(f"{name}: {vec.shape[0]} channels exceed the policy's {size}")
+            buf = torch.zeros(size) if name.endswith("mean") else torch.ones(size)
+            buf[: vec.shape[0]] = torch.from_numpy(vec)
+            getattr(self, name).copy_(buf)
+
+    def normalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        """env-space [..., A] -> normalised, zero-padded [..., K]."""
+        pad = self.cfg.action_channels - actions.shape[-1]
+        if pad < 0:
+            raise ContractError(f"actions have {actions.shape[-1]} channels, policy has {self.cfg.action_channels}")
+        a = torch.nn.functional.pad(actions.float(), (0, pad))
+        return (a - self.action_mean) / self.action_std
+
+    def denormalize_actions(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.action_std + self.action_mean
+
+    # ------------------------------------------------------------------ building blocks
+    @property
+    def device(self) -> torch.device:
+        return self.action_mean.device
+
+    def _tensors(self, obs: Observation) -> dict[str, torch.Tensor]:
+        c = self.cfg
+        want = (c.num_cameras, c.image_size, c.image_size, 3)
+        if obs.images.shape[1:] != want:
+            raise ContractError(f"Observation.images: policy expects [B, {', '.join(map(str, want))}], "
+                                f"got {obs.images.shape}")
+        if obs.proprio.shape[1] != c.proprio_dim:
+            raise ContractError(f"Observation.proprio: policy expects {c.proprio_dim} dims, got {obs.proprio.shape[1]}")
+        if obs.tokens.shape[1] > c.max_tokens:
+            raise ContractError(f"Observation.tokens: {obs.tokens.shape[1]} tokens > policy.max_tokens {c.max_tokens}")
+        if int(obs.action_dim.max()) > c.action_channels:
+            raise ContractError(f"Observation.action_dim: {int(obs.action_dim.max())} channels > "
+                                f"policy.action_channels {c.action_channels}")
+        dev = self.device
+        return {
+            "images": torch.from_numpy(obs.images).to(dev).float() / 255.0,
+            "proprio": (torch.from_numpy(obs.proprio).to(dev) - self.proprio_mean) / self.proprio_std,
+            "tokens": torch.from_numpy(obs.tokens).to(dev),
+            "token_mask": torch.from_numpy(obs.token_mask).to(dev),
+            "action_dim": torch.from_numpy(obs.action_dim).to(dev),
+        }
+
+    def encode(self, t: dict[str, torch.Tensor]) -> Prefix:
+        return self.backbone(t["images"], t["proprio"], t["tokens"], t["token_mask"])
+
+    def channel_mask(self, action_dim: torch.Tensor) -> torch.Tensor:
+        return torch.arange(self.cfg.action_channels, device=action_dim.device)[None] < action_dim[:, None]
+
+    def velocity(self, x: torch.Tensor, t: torch.Tensor, prefix: Prefix, cmask: torch.Tensor,
+                 sampler: Sampler) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """v(x, t) on real channels (padded inputs are zeroed), plus noise-head output if needed."""
+        x = x * cmask[:, None]
+        v, feat = self.expert(x, t, prefix)
+        h = None
+        if sampler.needs_noise_head:
+            if self.noise_head is None:
+                raise ContractError("this sampler needs a noise head: set policy.noise_head: true")
+            h = self.noise_head(feat)
+        return v, h
+
+    def value_of(self, prefix: Prefix) -> torch.Tensor:
+        pooled = prefix.pooled.detach() if self.cfg.detach_critic_input else prefix.pooled
+        return self.value_head(pooled).squeeze(-1)
+
+    # ------------------------------------------------------------------ rollout
+    @torch.no_grad()
+    def sample(self, obs: Observation, sampler: Sampler, generator: torch.Generator | None = None,
+               version: int = 0) -> ActionChunk:
+        t = self._tensors(obs)
+        prefix = self.encode(t)
+        b, h, k, s = obs.batch_size, self.cfg.action_horizon, self.cfg.action_channels, self.cfg.denoise_steps
+        cmask = self.channel_mask(t["action_dim"])
+        grid = flow.time_grid(s).to(self.device)
+        step_mask = sampler.step_mask(b, s, generator).to(self.device)
+        x = torch.randn(b, h, k, generator=generator).to(self.device) * cmask[:, None]
+        chain = [x]
+        logp_steps = torch.zeros(b, h, device=self.device)
+        for i in range(s):
+            kk = torch.full((b,), i, dtype=torch.long, device=self.device)
+            v, nh = self.velocity(x, grid[kk], prefix, cmask, sampler)
+            mean, std = flow.transition(sampler, x, v, kk, s, step_mask[:, i], cmask, nh)
+            noise = torch.randn(b, h, k, generator=generator).to(self.device)
+            x_next = (mean + std * noise) * cmask[:, None]
+            on = (step_mask[:, i, None] & cmask)[:, None, :]
+            lp = gaussian_log_prob(x_next, mean, torch.where(on, std, torch.ones_like(std)))
+            logp_steps += (lp * on).sum(-1)
+            chain.append(x_next)
+            x = x_next
+        actions = self.denormalize_actions(x) * cmask[:, None]
+        noise_level = torch.full((b,), float(sampler.noise_level))
+        return ActionChunk(
+            actions=actions.float().cpu().numpy(),
+            action_mask=cmask.cpu().numpy(),
+            chain=torch.stack(chain, 1).float().cpu().numpy(),
+            step_mask=step_mask.cpu().numpy(),
+            logp_steps=logp_steps.float().cpu().numpy(),
+            value=self.value_of(prefix).float().cpu().numpy(),
+            noise_level=noise_level.numpy(),
+            version=int(version),
+        )
+
+    # ------------------------------------------------------------------ learner
+    def log_prob_and_value(self, obs: Observation, chain: np.ndarray, step_mask: np.ndarray,
+                           exec_mask: np.ndarray, sampler: Sampler, mode: str) -> Recompute:
+        """Recompute the log-prob of the stored stochastic transitions under the current weights.
+
+        chain [B, S+1, H, K], step_mask [B, S], exec_mask [B, H] (numpy, as stored by rollout).
+        """
+        t = self._tensors(obs)
+        prefix = self.encode(t)
+        dev = self.device
+        chain_t = torch.as_tensor(chain, device=dev).float().detach()
+        smask = torch.as_tensor(step_mask, device=dev)
+        emask = torch.as_tensor(exec_mask, device=dev)
+        b, s = smask.shape
+        h = chain_t.shape[2]
+        cmask = self.channel_mask(t["action_dim"])
+        logp_steps = torch.zeros(b, h, device=dev)
+        ent_steps = torch.zeros(b, h, device=dev)
+        bi, ki = smask.nonzero(as_tuple=True)  # one row per stochastic transition
+        if bi.numel():
+            x_k, x_next = chain_t[bi, ki], chain_t[bi, ki + 1]
+            v, nh = self.velocity(x_k, flow.time_grid(s).to(dev)[ki], prefix.index(bi), cmask[bi], sampler)
+            mean, std = flow.transition(sampler, x_k, v, ki, s, torch.ones_like(bi, dtype=torch.bool), cmask[bi], nh)
+            on = cmask[bi][:, None, :].expand_as(mean)
+            safe_std = torch.where(on, std, torch.ones_like(std))
+            lp = (gaussian_log_prob(x_next, mean, safe_std) * on).sum(-1)
+            ent = (gaussian_entropy(safe_std) * on).sum(-1)
+            logp_steps = logp_steps.index_add(0, bi, lp)
+            ent_steps = ent_steps.index_add(0, bi, ent)
+        n_stoch = smask.sum(1)
+        return Recompute(
+            logp=reduce_log_prob(logp_steps, emask, t["action_dim"], n_stoch, mode),
+            value=self.value_of(prefix),
+            entropy=reduce_log_prob(ent_steps, emask, t["action_dim"], n_stoch, "token_level"),
+        )
+
+    def value(self, obs: Observation) -> torch.Tensor:
+        return self.value_of(self.encode(self._tensors(obs)))
+
+    # ------------------------------------------------------------------ SFT
+    def sft_loss(self, obs: Observation, actions: np.ndarray, valid: np.ndarray,
+                 timestep_sampling: str = "beta", generator: torch.Generator | None = None) -> torch.Tensor:
+        """Masked flow-matching loss: per active channel average over valid horizon steps, then the
+        mean over active channels (Qwen-VLA), then over the batch.
+
+        actions [B, H, A] env-space, valid [B, H] bool (False past the episode end).
+        """
+        t_in = self._tensors(obs)
+        prefix = self.encode(t_in)
+        dev = self.device
+        a = self.normalize_actions(torch.as_tensor(actions, device=dev))
+        b = a.shape[0]
+        cmask = self.channel_mask(t_in["action_dim"])
+        a = a * cmask[:, None]
+        t = sample_timesteps(b, timestep_sampling, generator).to(dev)
+        eps = torch.randn(a.shape, generator=generator).to(dev) * cmask[:, None]
+        tt = t.view(-1, 1, 1)
+        x_t = tt * eps + (1 - tt) * a
+        v, _ = self.expert(x_t, t, prefix)
+        err = (v - (eps - a)) ** 2
+        m = torch.as_tensor(valid, device=dev)[:, :, None] & cmask[:, None, :]
+        per_channel = (err * m).sum(1) / m.sum(1).clamp_min(1)
+        per_sample = (per_channel * cmask).sum(1) / cmask.sum(1).clamp_min(1)
+        return per_sample.mean()
+
+
+def sample_timesteps(n: int, how: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Flow time t in (0, 1] (t = 1 is noise): uniform, Beta(1.5, 1) (pi0), or logit-normal."""
+    if how == "uniform":
+        u = torch.rand(n, generator=generator)
+    elif how == "beta":
+        # Beta(1.5, 1) by inverse CDF (F(t) = t^1.5): emphasises the noisy end, as pi0 does.
+        u = torch.rand(n, generator=generator) ** (1.0 / 1.5)
+    elif how == "logit_normal":
+        u = torch.sigmoid(torch.randn(n, generator=generator))
+    else:
+        raise ValueError(f"timestep_sampling {how!r}: allowed uniform, beta, logit_normal")
+    return 0.001 + 0.999 * u
