@@ -55,6 +55,7 @@ class RobotEnv(gym.Env):
     embodiment: Embodiment
     cameras: tuple[str, ...]
     task_names: tuple[str, ...]
+    max_episode_steps: int  # control steps before truncation
 
     @property
     def instruction(self) -> str:

@@ -66,7 +66,8 @@ class _Server:
     def handle(self, cmd: str, payload: Any) -> Any:
         env = self.env
         if cmd == "spec":
-            return (env.embodiment, env.cameras, env.task_names, env.observation_space, env.action_space)
+            return (env.embodiment, env.cameras, env.task_names, env.observation_space, env.action_space,
+                    env.max_episode_steps)
         if cmd == "reset":
             seed, options = payload
             return env.reset(seed=seed, options=options)
@@ -75,7 +76,7 @@ class _Server:
         if cmd == "chunk":
             actions, length, next_seed = payload
             res = execute_chunk(env, actions, length)
-            reset = env.reset(seed=next_seed) if res.done else None
+            reset = env.reset(seed=next_seed) if res.done and next_seed is not None else None
             return res, reset
         if cmd == "privileged":
             return env.privileged_state()
@@ -222,6 +223,7 @@ class EnvPool:
         self.cameras: tuple[str, ...] = spec[1]
         self.task_names: tuple[str, ...] = spec[2]
         self.single_observation_space, self.single_action_space = spec[3], spec[4]
+        self.max_episode_steps: int = int(spec[5])
         self._episode = np.zeros(self.num_envs, np.int64)
         self._last_obs: list[dict[str, np.ndarray]] = [{} for _ in range(self.num_envs)]
         self._instructions = [""] * self.num_envs
@@ -265,8 +267,10 @@ class EnvPool:
     def _idle(self, i: int, h: int) -> ChunkStep:
         return ChunkStep(self._last_obs[i], np.zeros(h, np.float32), np.zeros(h, bool), False, False, False, {})
 
-    def execute_chunk(self, actions: np.ndarray, lengths: np.ndarray | None = None) -> PoolChunk:
-        """``lengths[i]`` caps env i's sub-steps; 0 leaves env i untouched (no step, no reset)."""
+    def execute_chunk(self, actions: np.ndarray, lengths: np.ndarray | None = None,
+                      autoreset: bool = True) -> PoolChunk:
+        """``lengths[i]`` caps env i's sub-steps; 0 leaves env i untouched (no step, no reset).
+        With ``autoreset=False`` an ended env is left as it is (the caller resets the pool)."""
         actions = np.asarray(actions, dtype=np.float32)
         n, h = actions.shape[:2]
         if n != self.num_envs:
@@ -276,18 +280,21 @@ class EnvPool:
         for i, env in enumerate(self._envs):
             if active[i]:
                 length = int(lengths[i]) if lengths is not None else h
-                env.send("chunk", (actions[i], length, self.episode_seed(i, int(self._episode[i]) + 1)))
+                nxt = self.episode_seed(i, int(self._episode[i]) + 1) if autoreset else None
+                env.send("chunk", (actions[i], length, nxt))
         out = [env.recv() if active[i] else (self._idle(i, h), None) for i, env in enumerate(self._envs)]
         obs, final = [], []
         bad = np.zeros(n, bool)
         for i, (res, reset) in enumerate(out):
             final.append(res.obs)
             bad[i] = not _finite(res.obs, res.rewards)
-            if bad[i] and reset is None:  # drop the episode: reset the env
+            if bad[i] and reset is None and autoreset:  # drop the episode: reset the env
                 self.bad_episodes += 1
                 reset = self._envs[i].call("reset", (self.episode_seed(i, int(self._episode[i]) + 1), None))
             elif bad[i]:
                 self.bad_episodes += 1
+            if res.done and not autoreset:
+                self._episode[i] += 1
             if reset is not None:
                 self._episode[i] += 1
                 obs.append(reset[0])

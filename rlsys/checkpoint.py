@@ -50,7 +50,8 @@ def atomic_dir_write(path: str | os.PathLike, write: Any) -> Path:
 
 
 def save_policy(path: str | os.PathLike, policy: Any, env_cfg: EnvConfig, embodiment: Embodiment,
-                meta: dict[str, Any] | None = None) -> Path:
+                meta: dict[str, Any] | None = None, extra: dict[str, bytes] | None = None) -> Path:
+    """Write a checkpoint folder atomically; ``extra`` adds files (name -> bytes) to the same folder."""
     state = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
     config = {"format": FORMAT, "policy": to_dict(policy.cfg), "env": to_dict(env_cfg),
               "embodiment": asdict(embodiment), "meta": meta or {}}
@@ -60,6 +61,8 @@ def save_policy(path: str | os.PathLike, policy: Any, env_cfg: EnvConfig, embodi
         save_file(state, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         (tmp / "normalization.json").write_text(json.dumps(norm, indent=2))
+        for name, data in (extra or {}).items():
+            (tmp / name).write_bytes(data)
 
     return atomic_dir_write(path, write)
 
@@ -68,7 +71,9 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     cfg_file = path / "config.json"
     if not cfg_file.exists():
-        raise CheckpointError(f"{path}: not a checkpoint (missing config.json; expected model.safetensors + config.json)")
+        raise CheckpointError(
+            f"{path}: not a checkpoint (missing config.json; expected model.safetensors + config.json)"
+        )
     data = json.loads(cfg_file.read_text())
     if data.get("format") != FORMAT:
         raise CheckpointError(f"{path}: format {data.get('format')!r}, expected {FORMAT!r}")

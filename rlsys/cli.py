@@ -73,9 +73,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    cfg = _load(args)
     from rlsys.train import train
 
-    cfg = _load(args)
     train(cfg, resume=args.resume)
 
 
@@ -112,10 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    from rlsys.checkpoint import CheckpointError
+    from rlsys.types import ContractError
+
     try:
         args.func(args)
     except ConfigError as e:
         print(f"rlsys {args.command}: config error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except (CheckpointError, ContractError, FileNotFoundError, FileExistsError) as e:
+        print(f"rlsys {args.command}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

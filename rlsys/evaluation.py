@@ -34,7 +34,7 @@ def run_episodes(policy: Any, pool: Any, builder: ObservationBuilder, task: str,
         o = builder(obs["images"], obs["proprio"], pool.instructions)
         chunk = policy.sample(o, sampler, generator)
         a = chunk.actions[:, :, : pool.embodiment.action_dim]
-        res = pool.execute_chunk(a, lengths=np.where(done, 0, h))
+        res = pool.execute_chunk(a, lengths=np.where(done, 0, h), autoreset=False)
         if frames is not None and not done[0]:
             frames.append(res.final_obs["images"][0, 0])
         ended = (res.terminated | res.truncated) & ~done

@@ -45,7 +45,9 @@ class SFTData:
     def __len__(self) -> int:
         return self.obs.batch_size
 
-    def batch(self, idx: np.ndarray, rng: np.random.Generator, shift: int) -> tuple[Observation, np.ndarray, np.ndarray]:
+    def batch(
+        self, idx: np.ndarray, rng: np.random.Generator, shift: int
+    ) -> tuple[Observation, np.ndarray, np.ndarray]:
         obs = self.obs.index(idx)
         if shift:
             obs = dataclasses.replace(obs, images=random_shift(obs.images, shift, rng))
@@ -93,7 +95,8 @@ def train_sft(policy: FlowPolicy, data: SFTData, cfg: TrainConfig, seed: int = 0
             running += loss.item()
             if (step + 1) % s.log_every == 0 or step + 1 == s.steps:
                 n = (step % s.log_every) + 1
-                row = {"step": step + 1, "loss": running / n, "samples_per_s": (step + 1) * s.batch_size / (time.time() - t0)}
+                rate = (step + 1) * s.batch_size / (time.time() - t0)
+                row = {"step": step + 1, "loss": running / n, "samples_per_s": rate}
                 history.append(row)
                 running = 0.0
                 if log is not None:

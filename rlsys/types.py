@@ -162,6 +162,7 @@ class Segment:
     last_value:     [N] float32, V(obs after the last chunk-step)
     episode_ids:    [T, N] int64, globally unique episode id of each chunk-step
     env_ids:        [N] int64
+    valid:          [T, N] bool, False for idle envs and for episodes dropped (NaN/inf)
     """
 
     obs: Observation
@@ -176,6 +177,7 @@ class Segment:
     last_value: np.ndarray
     episode_ids: np.ndarray
     env_ids: np.ndarray
+    valid: np.ndarray
 
     def __post_init__(self) -> None:
         _check("Segment", "versions", self.versions, np.int64, 2)
@@ -188,6 +190,7 @@ class Segment:
             ("success", np.bool_, 2),
             ("bootstrap_value", np.float32, 2),
             ("episode_ids", np.int64, 2),
+            ("valid", np.bool_, 2),
         ):
             v = getattr(self, name)
             _check("Segment", name, v, dtype, nd)

@@ -8,14 +8,15 @@ import torch
 
 from rlsys import flow
 from rlsys.config import PolicyConfig
-from rlsys.flow import FlowNoise, FlowSDE, ODE, flow_sde_step, gaussian_entropy, gaussian_log_prob, transition
+from rlsys.flow import ODE, FlowNoise, FlowSDE, flow_sde_step, gaussian_entropy, gaussian_log_prob, transition
 from rlsys.policy.flow_policy import FlowPolicy
 from rlsys.types import Observation
 
 B, H, K = 12, 5, 7
 
 
-def make_obs(b=B, action_dim=7, seed=0, cfg=PolicyConfig()):
+def make_obs(b=B, action_dim=7, seed=0, cfg=None):
+    cfg = cfg or PolicyConfig()
     rng = np.random.default_rng(seed)
     L = cfg.max_tokens
     return Observation(

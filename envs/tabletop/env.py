@@ -16,7 +16,6 @@ Auto-reset is not done here (single env); see rlsys.envs.pool.EnvPool.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import gymnasium as gym

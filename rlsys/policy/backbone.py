@@ -22,9 +22,21 @@ class Prefix:
         return Prefix(self.tokens[idx], self.mask[idx], self.pooled[idx])
 
 
+class SpatialSoftmax(nn.Module):
+    """Expected (x, y) image coordinates of each feature channel -> [N, 2C] (keypoints)."""
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = feat.shape
+        attn = torch.softmax(feat.flatten(2), -1).view(n, c, h, w)
+        ys = torch.linspace(-1, 1, h, device=feat.device)
+        xs = torch.linspace(-1, 1, w, device=feat.device)
+        return torch.cat([(attn.sum(3) * ys).sum(-1), (attn.sum(2) * xs).sum(-1)], -1)
+
+
 class TinyBackbone(nn.Module):
-    """Shared small CNN per camera (S/16 x S/16 patch tokens each), hashed-word embeddings,
-    a proprio token, and a small pre-norm transformer over all prefix tokens."""
+    """Shared small CNN per camera: S/16 x S/16 patch tokens plus one spatial-softmax keypoint
+    token (object locations), hashed-word embeddings, a proprio token, and a small pre-norm
+    transformer over all prefix tokens."""
 
     def __init__(self, cfg: PolicyConfig) -> None:
         super().__init__()
@@ -35,7 +47,8 @@ class TinyBackbone(nn.Module):
             layers += [nn.Conv2d(chans[i], chans[i + 1], 4 if i < 3 else 3, 2, 1),
                        nn.GroupNorm(8, chans[i + 1]), nn.GELU()]
         self.cnn = nn.Sequential(*layers)
-        patches = (cfg.image_size // 16) ** 2
+        self.keypoints = nn.Sequential(nn.Conv2d(chans[3], 32, 1), SpatialSoftmax(), nn.Linear(64, w))
+        patches = (cfg.image_size // 16) ** 2 + 1
         self.cam_emb = nn.Parameter(torch.zeros(cfg.num_cameras, 1, w))
         self.patch_pos = nn.Parameter(torch.randn(patches, w) * 0.02)
         self.tok_emb = nn.Embedding(cfg.vocab_size, w, padding_idx=0)
@@ -51,7 +64,9 @@ class TinyBackbone(nn.Module):
         """images [B, C, S, S, 3] float in [0, 1]; proprio [B, P] (normalised); tokens/mask [B, L]."""
         b, c = images.shape[:2]
         x = images.flatten(0, 1).permute(0, 3, 1, 2) - 0.5
-        feat = self.cnn(x).flatten(2).transpose(1, 2)  # [B*C, patches, W]
+        mid = self.cnn[:9](x)  # S/8 x S/8 map
+        patches = self.cnn[9:](mid).flatten(2).transpose(1, 2)  # [B*C, (S/16)^2, W]
+        feat = torch.cat([patches, self.keypoints(mid)[:, None]], 1)
         feat = feat.view(b, c, -1, feat.shape[-1]) + self.cam_emb + self.patch_pos
         img = feat.flatten(1, 2)
         txt = self.tok_emb(tokens) + self.tok_pos[: tokens.shape[1]]

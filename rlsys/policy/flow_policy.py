@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlsys.config import PolicyConfig
 from rlsys import flow  # sampling and recompute both go through flow.time_grid / flow.transition
+from rlsys.config import PolicyConfig
 from rlsys.flow import Sampler, gaussian_entropy, gaussian_log_prob, reduce_log_prob
 from rlsys.policy.backbone import Prefix
 from rlsys.policy.dit import ActionExpert

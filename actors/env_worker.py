@@ -1,0 +1,155 @@
+"""``EnvWorkerCore``: owns env pools and turns policy chunks into ``Segment``s.
+
+Plain class (tests construct it in-process); ``rlsys.actors.system`` wraps it in a Ray actor.
+Inference is reached through two callables, ``submit(obs) -> handle`` and ``wait(handle) ->
+ActionChunk`` (Ray: ``actor.infer.remote`` / ``ray.get``), so with two or more env groups one
+group steps its simulators while the other group's observations are being inferred.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from rlsys.config import TrainConfig
+from rlsys.envs.pool import EnvPool, PoolChunk
+from rlsys.prompt import ObservationBuilder
+from rlsys.types import ActionChunk, Observation, Segment
+
+Submit = Callable[[Observation], Any]
+Wait = Callable[[Any], ActionChunk]
+
+
+class EnvWorkerCore:
+    def __init__(self, cfg: TrainConfig, worker_index: int, episodic: bool = False) -> None:
+        self.cfg, self.index, self.episodic = cfg, worker_index, episodic
+        n, groups = cfg.env.num_envs, cfg.rollout.env_groups
+        if n % groups:
+            raise ValueError(f"env.num_envs={n} must be divisible by rollout.env_groups={groups}")
+        per = n // groups
+        base = worker_index * n
+        grpo_g = cfg.algo.group_size
+        self.pools = []
+        for g in range(groups):
+            ids = np.arange(base + g * per, base + (g + 1) * per)
+            # GRPO: envs of one seed group start every episode from the same state
+            seed_groups = list(ids // grpo_g) if episodic else None
+            self.pools.append(EnvPool(cfg.env, seed=cfg.seed, num_envs=per, env_id_offset=int(ids[0]),
+                                      seed_groups=seed_groups))
+        self.embodiment = self.pools[0].embodiment
+        self.builder = ObservationBuilder(cfg.policy, self.embodiment)
+        self._obs: list[dict[str, np.ndarray] | None] = [None] * groups
+        self.env_steps = 0
+        self.episodes_done = 0
+        self.successes = 0
+
+    def _observation(self, g: int) -> Observation:
+        obs = self._obs[g]
+        assert obs is not None
+        return self.builder(obs["images"], obs["proprio"], self.pools[g].instructions)
+
+    def rollout(self, submit: Submit, wait: Wait, values: Callable[[Observation], np.ndarray]) -> Segment:
+        """Collect one segment: T chunk-steps (PPO), or one full episode per env (episodic/GRPO)."""
+        h = self.cfg.policy.action_horizon
+        groups = len(self.pools)
+        if self.episodic or any(o is None for o in self._obs):
+            for g, pool in enumerate(self.pools):
+                self._obs[g] = pool.reset()[0]
+        max_chunks = -(-self.pools[0].max_episode_steps // h) + 1
+        t_len = max_chunks if self.episodic else self.cfg.rollout.chunks_per_segment
+        done = [np.zeros(p.num_envs, bool) for p in self.pools]
+        rec: list[list[tuple[Observation, ActionChunk, PoolChunk, np.ndarray]]] = [[] for _ in range(groups)]
+        pending = [submit(self._observation(g)) for g in range(groups)]
+        for t in range(t_len):
+            for g, pool in enumerate(self.pools):
+                obs = self._observation(g)
+                chunk = wait(pending[g])
+                active = ~done[g]
+                res = pool.execute_chunk(chunk.actions[:, :, : self.embodiment.action_dim],
+                                         lengths=np.where(active, h, 0), autoreset=not self.episodic)
+                rec[g].append((obs, chunk, res, active))
+                self._obs[g] = res.obs
+                if self.episodic:
+                    done[g] |= res.terminated | res.truncated
+                last = t == t_len - 1 or (self.episodic and all(d.all() for d in done))
+                if not last:
+                    pending[g] = submit(self._observation(g))
+            if self.episodic and all(d.all() for d in done):
+                break
+        return self._segment(rec, values)
+
+    def _segment(self, rec: list[list[Any]], values: Callable[[Observation], np.ndarray]) -> Segment:
+        t_len = min(len(r) for r in rec)
+        # stack groups side by side: [T, N]
+        obs = [Observation.concat([rec[g][t][0] for g in range(len(rec))]) for t in range(t_len)]
+        chunks = [_concat_chunks([rec[g][t][1] for g in range(len(rec))]) for t in range(t_len)]
+        res = [[rec[g][t][2] for g in range(len(rec))] for t in range(t_len)]
+        active = np.stack([np.concatenate([rec[g][t][3] for g in range(len(rec))]) for t in range(t_len)])
+
+        def cat(f: Callable[[PoolChunk], np.ndarray]) -> np.ndarray:
+            return np.stack([np.concatenate([f(r) for r in row]) for row in res])
+
+        terminated, truncated = cat(lambda r: r.terminated), cat(lambda r: r.truncated)
+        bad = cat(lambda r: r.bad)
+        episode_ids = cat(lambda r: r.episode_ids)
+        exec_mask = cat(lambda r: r.exec_mask)
+        # bootstrap V(final obs) where the time limit cut an episode (one batched value call)
+        bootstrap = np.zeros(terminated.shape, np.float32)
+        trunc_idx = np.argwhere(truncated & ~terminated & ~bad)
+        if len(trunc_idx):
+            # the finished episode's last frame, with the prompt tokens of that episode
+            rows = [obs[t].index(np.array([i])) for t, i in trunc_idx]
+            finals = [self._locate(i) for _, i in trunc_idx]
+            images = np.stack([rec[g][t][2].final_obs["images"][j] for (t, _), (g, j) in zip(trunc_idx, finals)])
+            proprio = np.stack([rec[g][t][2].final_obs["proprio"][j] for (t, _), (g, j) in zip(trunc_idx, finals)])
+            head = Observation.concat(rows)
+            fobs = self.builder(images, proprio, [""] * len(rows))
+            fobs = dataclasses.replace(fobs, tokens=head.tokens, token_mask=head.token_mask)
+            bootstrap[trunc_idx[:, 0], trunc_idx[:, 1]] = values(fobs)
+        last_obs = Observation.concat([self._observation(g) for g in range(len(rec))])
+        last_value = values(last_obs).astype(np.float32)
+        valid = active & exec_mask.any(-1)
+        for t, i in np.argwhere(bad):  # drop the whole episode that produced NaN/inf
+            valid[episode_ids[:, i] == episode_ids[t, i], i] = False
+        self.env_steps += int(exec_mask.sum())
+        ended = (terminated | truncated) & valid
+        self.episodes_done += int(ended.sum())
+        self.successes += int((cat(lambda r: r.success) & ended).sum())
+        return Segment(
+            obs=Observation.concat(obs),
+            chunk=_concat_chunks(chunks),
+            versions=np.stack([np.concatenate([np.full(rec[g][t][1].batch_size, rec[g][t][1].version)
+                                               for g in range(len(rec))]) for t in range(t_len)]).astype(np.int64),
+            rewards=cat(lambda r: r.rewards).astype(np.float32),
+            exec_mask=exec_mask,
+            terminated=terminated,
+            truncated=truncated,
+            success=cat(lambda r: r.success),
+            bootstrap_value=bootstrap,
+            last_value=last_value,
+            episode_ids=episode_ids,
+            env_ids=np.concatenate([p.env_ids for p in self.pools]),
+            valid=valid,
+        )
+
+    def _locate(self, i: int) -> tuple[int, int]:
+        per = self.pools[0].num_envs
+        return int(i // per), int(i % per)
+
+    def stats(self) -> dict[str, Any]:
+        return {"env_steps": self.env_steps, "episodes": self.episodes_done, "successes": self.successes,
+                "restarts": sum(p.restarts for p in self.pools),
+                "bad_episodes": sum(p.bad_episodes for p in self.pools)}
+
+    def close(self) -> None:
+        for p in self.pools:
+            p.close()
+
+
+def _concat_chunks(chunks: list[ActionChunk]) -> ActionChunk:
+    arrays = {k: np.concatenate([c.arrays()[k] for c in chunks]) for k in chunks[0].arrays()}
+    return ActionChunk(**arrays, version=min(c.version for c in chunks))
+

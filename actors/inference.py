@@ -1,0 +1,46 @@
+"""``InferenceEngine``: a policy copy that turns observation batches into ``ActionChunk``s.
+
+Plain class; ``rlsys.actors.system.PolicyActor`` wraps it with cross-request batching.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from rlsys.config import TrainConfig
+from rlsys.flow import build_sampler
+from rlsys.policy.flow_policy import FlowPolicy
+from rlsys.types import ActionChunk, Observation
+
+
+def state_to_numpy(policy: torch.nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy().copy() for k, v in policy.state_dict().items()}
+
+
+def load_numpy_state(policy: torch.nn.Module, state: dict[str, np.ndarray]) -> None:
+    policy.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
+
+
+class InferenceEngine:
+    def __init__(self, cfg: TrainConfig, policy: FlowPolicy | None = None, seed: int = 0,
+                 device: str = "cpu") -> None:
+        self.policy = policy if policy is not None else FlowPolicy(cfg.policy).to(device)
+        self.sampler = build_sampler(cfg.sampler)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.version = -1
+
+    def set_weights(self, state: dict[str, np.ndarray], version: int) -> None:
+        load_numpy_state(self.policy, state)
+        self.version = int(version)
+
+    def infer(self, obs: Observation) -> ActionChunk:
+        was = self.policy.training
+        self.policy.eval()
+        chunk = self.policy.sample(obs, self.sampler, self.generator, self.version)
+        self.policy.train(was)
+        return chunk
+
+    @torch.no_grad()
+    def values(self, obs: Observation) -> np.ndarray:
+        return self.policy.value(obs).float().cpu().numpy()

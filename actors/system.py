@@ -1,0 +1,285 @@
+"""The Ray layer: actors, placement, weight broadcast, restarts. Everything else is plain classes.
+
+- ``EnvWorker`` wraps ``EnvWorkerCore`` (CPU, custom resource ``sim`` when disaggregated).
+- ``PolicyActor`` wraps an ``InferenceEngine`` (role ``infer``) or a ``Learner`` (role
+  ``learner``; in ``collocated`` placement it also serves inference with the same weights).
+  Inference requests from all env workers are batched (``max_batch`` / ``max_wait_ms``).
+- Weights: the learner ``ray.put``s its state once per version; the same ObjectRef goes to
+  every inference worker. Chunks carry the version; the learner enforces ``max_staleness``.
+- Faults: actors restart automatically (``max_restarts=-1``). A segment from an env worker that
+  died is discarded and the worker is rebuilt; inference calls are retried on a live worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from ray.exceptions import RayActorError, RayTaskError
+
+from rlsys.config import TrainConfig
+from rlsys.types import ActionChunk, Observation, Segment
+
+RESTART = {"max_restarts": -1}
+RETRY = {"max_restarts": -1, "max_task_retries": -1}
+
+
+def ensure_ray(cfg: TrainConfig, num_cpus: int | None = None) -> None:
+    """Start a local Ray (loopback only) unless one is already connected."""
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    r = cfg.rollout
+    need = r.num_env_workers + r.num_inference_workers + 2
+    ray.init(num_cpus=max(os.cpu_count() or 1, num_cpus or need),
+             resources={cfg.placement.sim_resource: r.num_env_workers},
+             include_dashboard=False, log_to_driver=True, _node_ip_address="127.0.0.1")
+
+
+def actor_options(cfg: TrainConfig, role: str) -> dict[str, Any]:
+    """Ray resource requests per role for the placement mode (one place decides placement)."""
+    p = cfg.placement
+    if role == "env":
+        opts: dict[str, Any] = {"num_cpus": 1}
+        if p.mode in ("disaggregated", "pipelined"):
+            opts["resources"] = {p.sim_resource: 1}
+        return opts
+    gpu = 1 if p.use_gpu else 0
+    if role == "infer" and p.mode == "collocated":
+        raise ValueError("collocated placement serves inference from the learner")
+    return {"num_cpus": 1, "num_gpus": gpu}
+
+
+@ray.remote
+class EnvWorker:
+    def __init__(self, cfg: TrainConfig, index: int, episodic: bool) -> None:
+        from rlsys.actors.env_worker import EnvWorkerCore
+
+        torch.set_num_threads(1)
+        self.core = EnvWorkerCore(cfg, index, episodic)
+        self.index = index
+
+    def rollout(self, policy_actors: list[Any]) -> Segment:
+        order = [policy_actors[(self.index + i) % len(policy_actors)] for i in range(len(policy_actors))]
+
+        def call(method: str, obs: Observation) -> Any:
+            last: Exception | None = None
+            for actor in order:  # a dead inference worker: try the next live one
+                try:
+                    return ray.get(getattr(actor, method).remote(obs))
+                except (RayActorError, RayTaskError) as e:
+                    last = e
+            raise RuntimeError(f"no inference worker answered: {last}")
+
+        return self.core.rollout(lambda obs: obs, lambda obs: call("infer", obs),
+                                 lambda obs: call("values", obs))
+
+    def rollout_pipelined(self, policy_actors: list[Any]) -> Segment:
+        actor = policy_actors[self.index % len(policy_actors)]
+        return self.core.rollout(lambda obs: actor.infer.remote(obs), ray.get,
+                                 lambda obs: ray.get(actor.values.remote(obs)))
+
+    def stats(self) -> dict[str, Any]:
+        return self.core.stats()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+@ray.remote
+class PolicyActor:
+    """Inference (batched across env workers) and/or learning on one copy of the weights."""
+
+    def __init__(self, cfg: TrainConfig, role: str, init_state: dict[str, np.ndarray] | None = None,
+                 learner: Any = None, seed: int = 0) -> None:
+        from rlsys.actors.inference import InferenceEngine, load_numpy_state
+        from rlsys.learner.learner import Learner
+        from rlsys.policy.flow_policy import FlowPolicy
+
+        torch.set_num_threads(1)
+        torch.manual_seed(seed)
+        self.cfg, self.role = cfg, role
+        device = "cuda" if cfg.placement.use_gpu and torch.cuda.is_available() else "cpu"
+        policy = FlowPolicy(cfg.policy).to(device)
+        self.learner = None
+        if role == "learner":
+            if init_state is not None:
+                load_numpy_state(policy, init_state)
+            self.learner = Learner(cfg, policy, seed)
+        self.engine = InferenceEngine(cfg, policy, seed=seed, device=device)
+        if role == "learner":
+            self.engine.version = 0
+        elif learner is not None:  # (re)started inference worker: pull the current weights
+            version, (ref,) = ray.get(learner.publish.remote())
+            self.engine.set_weights(ray.get(ref), version)
+        self._queue: list[tuple[Observation, asyncio.Future]] = []
+        self._full = asyncio.Event()
+        self._flusher: asyncio.Task | None = None
+        self._exec = ThreadPoolExecutor(1)
+        self._lock = asyncio.Lock()
+        self.batch_sizes: list[int] = []
+        self.latencies: list[float] = []
+        self._published: tuple[int, list[Any]] | None = None
+
+    # ---------------------------------------------------------------- inference
+    async def infer(self, obs: Observation) -> ActionChunk:
+        fut = asyncio.get_running_loop().create_future()
+        self._queue.append((obs, fut))
+        if sum(o.batch_size for o, _ in self._queue) >= self.cfg.rollout.max_batch:
+            self._full.set()
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush())
+        return await fut
+
+    async def _flush(self) -> None:
+        try:
+            await asyncio.wait_for(self._full.wait(), self.cfg.rollout.max_wait_ms / 1000.0)
+        except asyncio.TimeoutError:
+            pass
+        while self._queue:
+            self._full.clear()
+            batch, total = [], 0
+            while self._queue and (not batch or total + self._queue[0][0].batch_size <= self.cfg.rollout.max_batch):
+                item = self._queue.pop(0)
+                batch.append(item)
+                total += item[0].batch_size
+            obs = Observation.concat([o for o, _ in batch])
+            t0 = time.perf_counter()
+            async with self._lock:
+                try:
+                    chunk = await asyncio.get_running_loop().run_in_executor(self._exec, self.engine.infer, obs)
+                except Exception as e:  # hand the error to every waiting request
+                    for _, fut in batch:
+                        fut.set_exception(e)
+                    continue
+            self.latencies.append(time.perf_counter() - t0)
+            self.batch_sizes.append(total)
+            start = 0
+            for o, fut in batch:
+                fut.set_result(chunk.index(slice(start, start + o.batch_size)))
+                start += o.batch_size
+
+    async def values(self, obs: Observation) -> np.ndarray:
+        async with self._lock:
+            return await asyncio.get_running_loop().run_in_executor(self._exec, self.engine.values, obs)
+
+    async def set_weights(self, state: dict[str, np.ndarray], version: int) -> int:
+        async with self._lock:
+            self.engine.set_weights(state, version)
+        return version
+
+    async def infer_stats(self) -> dict[str, float]:
+        b, lat = self.batch_sizes, self.latencies
+        self.batch_sizes, self.latencies = [], []
+        return {"batch_size": float(np.mean(b)) if b else 0.0, "latency_s": float(np.mean(lat)) if lat else 0.0,
+                "batches": float(len(b)), "version": float(self.engine.version)}
+
+    # ---------------------------------------------------------------- learner
+    async def publish(self) -> tuple[int, list[Any]]:
+        """(version, [ObjectRef of the state]) -- ray.put once per version."""
+        from rlsys.actors.inference import state_to_numpy
+
+        assert self.learner is not None
+        if self._published is None or self._published[0] != self.learner.version:
+            self._published = (self.learner.version, [ray.put(state_to_numpy(self.learner.policy))])
+        return self._published
+
+    async def update(self, segments: list[Segment]) -> dict[str, float]:
+        assert self.learner is not None
+        async with self._lock:
+            metrics = await asyncio.get_running_loop().run_in_executor(self._exec, self.learner.update, segments)
+        self.engine.version = self.learner.version  # collocated: inference uses the new weights at once
+        return metrics
+
+    async def training_state(self) -> dict[str, Any]:
+        from rlsys.actors.inference import state_to_numpy
+
+        assert self.learner is not None
+        tensors, scalars = self.learner.optimizer_state()
+        return {"policy": state_to_numpy(self.learner.policy),
+                "optimizer": {k: v.numpy() for k, v in tensors.items()}, "optimizer_scalars": scalars,
+                "version": self.learner.version, "iteration": self.learner.iteration,
+                "rng": self.learner.rng.bit_generator.state}
+
+    async def load_training_state(self, state: dict[str, Any]) -> None:
+        from rlsys.actors.inference import load_numpy_state
+
+        assert self.learner is not None
+        load_numpy_state(self.learner.policy, state["policy"])
+        self.learner.load_optimizer_state({k: torch.from_numpy(v) for k, v in state["optimizer"].items()},
+                                          state["optimizer_scalars"])
+        self.learner.version, self.learner.iteration = state["version"], state["iteration"]
+        self.learner.rng.bit_generator.state = state["rng"]
+        self.engine.version = self.learner.version
+
+    async def pid(self) -> int:
+        return os.getpid()
+
+
+class RaySystem:
+    """Starts and drives the actors for one run (placement from ``cfg.placement.mode``)."""
+
+    def __init__(self, cfg: TrainConfig, init_state: dict[str, np.ndarray], episodic: bool) -> None:
+        ensure_ray(cfg)
+        self.cfg, self.episodic = cfg, episodic
+        r = cfg.rollout
+        self.learner = PolicyActor.options(**actor_options(cfg, "learner"), **RESTART).remote(
+            cfg, "learner", init_state, seed=cfg.seed)
+        if cfg.placement.mode == "collocated":
+            self.infer = [self.learner]
+        else:
+            self.infer = [PolicyActor.options(**actor_options(cfg, "infer"), **RETRY).remote(
+                cfg, "infer", learner=self.learner, seed=cfg.seed + 1 + i) for i in range(r.num_inference_workers)]
+        self.env_workers = [EnvWorker.options(**actor_options(cfg, "env"), **RESTART).remote(cfg, i, episodic)
+                            for i in range(r.num_env_workers)]
+        self.worker_restarts = 0
+        self.discarded_segments = 0
+
+    def sync_weights(self) -> tuple[int, float]:
+        """Broadcast the learner's current weights (one ray.put, same ref to all). -> (version, seconds)."""
+        t0 = time.perf_counter()
+        version, (ref,) = ray.get(self.learner.publish.remote())
+        if self.infer[0] is not self.learner:
+            ray.get([w.set_weights.remote(ref, version) for w in self.infer])
+        return version, time.perf_counter() - t0
+
+    def collect(self) -> list[Segment]:
+        pipelined = self.cfg.placement.mode == "pipelined" or self.cfg.rollout.env_groups > 1
+        method = "rollout_pipelined" if pipelined else "rollout"
+        futures = [getattr(w, method).remote(self.infer) for w in self.env_workers]
+        segments: list[Segment] = []
+        for fut in futures:
+            try:
+                segments.append(ray.get(fut))
+            except (RayActorError, RayTaskError) as e:
+                # partial segment discarded; Ray restarts the actor (its constructor rebuilds the pool)
+                self.discarded_segments += 1
+                self.worker_restarts += isinstance(e, RayActorError)
+        return segments
+
+    def update(self, segments: list[Segment]) -> dict[str, float]:
+        return ray.get(self.learner.update.remote(segments))
+
+    def stats(self) -> dict[str, Any]:
+        env = []
+        for w in self.env_workers:
+            try:
+                env.append(ray.get(w.stats.remote(), timeout=60))
+            except (RayActorError, RayTaskError, ray.exceptions.GetTimeoutError):
+                pass
+        infer = ray.get([w.infer_stats.remote() for w in self.infer])
+        return {"env": env, "infer": infer}
+
+    def shutdown(self) -> None:
+        for a in [*self.env_workers, *self.infer, self.learner]:
+            ray.kill(a, no_restart=True)

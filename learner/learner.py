@@ -1,0 +1,170 @@
+"""``Learner``: segments -> advantages -> PPO / GRPO epochs on recomputed flow log-probs.
+
+Plain class (tests construct it in-process); the Ray layer wraps it in ``PolicyActor``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlsys.config import TrainConfig
+from rlsys.flow import build_sampler, reduce_log_prob
+from rlsys.learner.losses import chunk_gae, grpo_advantages, masked_mean, normalize, ppo_policy_loss, value_loss
+from rlsys.policy.flow_policy import FlowPolicy
+from rlsys.registry import ALGORITHMS
+from rlsys.types import Batch, Observation, Segment
+
+
+class Learner:
+    def __init__(self, cfg: TrainConfig, policy: FlowPolicy, seed: int = 0) -> None:
+        self.cfg, self.policy = cfg, policy
+        self.sampler = build_sampler(cfg.sampler)
+        self.algo = ALGORITHMS.get(cfg.algo.name)
+        a = cfg.algo
+        critic = [p for n, p in policy.named_parameters() if n.startswith("value_head.")]
+        actor = [p for n, p in policy.named_parameters() if not n.startswith("value_head.")]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": actor, "lr": a.actor_lr}, {"params": critic, "lr": a.critic_lr}],
+            betas=(a.betas[0], a.betas[1]), weight_decay=a.weight_decay,
+        )
+        self.version = 0  # weights version; bumped by every update
+        self.iteration = 0
+        self.rng = np.random.default_rng(seed)
+        self.stale_rejected = 0
+
+    # ------------------------------------------------------------------ batch assembly
+    def _old_logp(self, seg: Segment) -> np.ndarray:
+        c = seg.chunk
+        exec_mask = torch.from_numpy(seg.exec_mask.reshape(-1, c.logp_steps.shape[1]))
+        lp = reduce_log_prob(torch.from_numpy(c.logp_steps), exec_mask, torch.from_numpy(seg.obs.action_dim),
+                             torch.from_numpy(c.step_mask.sum(1)), self.cfg.sampler.logprob)
+        return lp.numpy().astype(np.float32)
+
+    def make_batch(self, segments: list[Segment]) -> tuple[Batch, dict[str, float]]:
+        a = self.cfg.algo
+        parts: list[Batch] = []
+        staleness_max, rejected = 0, 0
+        for seg in segments:
+            t, n = seg.shape
+            valid = seg.valid.copy()
+            staleness = self.version - seg.versions
+            staleness_max = max(staleness_max, int(staleness[valid].max(initial=0)))
+            stale = staleness > self.cfg.rollout.max_staleness
+            rejected += int((stale & valid).sum())
+            valid &= ~stale
+            values = seg.chunk.value.reshape(t, n)
+            if self.algo.uses_critic:
+                adv, ret = chunk_gae(seg.rewards.sum(-1), values, seg.terminated, seg.truncated,
+                                     seg.bootstrap_value, seg.last_value, a.gamma, a.lam)
+            else:  # GRPO: one episode per env, group = env id // group size
+                returns = (seg.rewards.sum(-1) * seg.valid).sum(0)
+                ep_adv, keep = grpo_advantages(returns, seg.env_ids // a.group_size, filter_degenerate=a.filter_groups)
+                adv = np.broadcast_to(ep_adv, (t, n)).astype(np.float32)
+                ret = adv
+                valid &= keep[None, :]
+            parts.append(Batch(obs=seg.obs, chunk=seg.chunk, exec_mask=seg.exec_mask.reshape(t * n, -1),
+                               old_logp=self._old_logp(seg), old_value=seg.chunk.value,
+                               advantages=adv.reshape(-1).astype(np.float32),
+                               returns=ret.reshape(-1).astype(np.float32),
+                               loss_mask=valid.reshape(-1), versions=seg.versions.reshape(-1)))
+        self.stale_rejected += rejected
+        return concat_batches(parts), {"staleness_max": float(staleness_max), "stale_rejected": float(rejected)}
+
+    # ------------------------------------------------------------------ update
+    def update(self, segments: list[Segment]) -> dict[str, float]:
+        a = self.cfg.algo
+        t0 = time.perf_counter()
+        batch, stats = self.make_batch(segments)
+        mask_all = torch.from_numpy(batch.loss_mask)
+        n_valid = int(mask_all.sum())
+        metrics: dict[str, float] = {**stats, "samples": float(n_valid)}
+        if n_valid == 0:
+            metrics["skipped"] = 1.0
+            return metrics
+        adv_all = torch.from_numpy(batch.advantages)
+        if a.adv_norm and self.algo.uses_critic:
+            adv_all = normalize(adv_all, mask_all)
+        old_logp, old_v = torch.from_numpy(batch.old_logp), torch.from_numpy(batch.old_value)
+        ret = torch.from_numpy(batch.returns)
+        actor_on = self.iteration >= a.critic_warmup_iters or not self.algo.uses_critic
+        logs: dict[str, list[float]] = {}
+        first_dev = None
+        idx = np.flatnonzero(batch.loss_mask)
+        for _ in range(a.epochs):
+            for mb in np.array_split(self.rng.permutation(idx), a.minibatches):
+                if len(mb) == 0:
+                    continue
+                m = batch.index(mb)
+                mask = torch.ones(len(mb), dtype=torch.bool)
+                rc = self.policy.log_prob_and_value(m.obs, m.chunk.chain, m.chunk.step_mask, m.exec_mask,
+                                                    self.sampler, self.cfg.sampler.logprob)
+                pl = ppo_policy_loss(rc.logp, old_logp[mb], adv_all[mb], mask, a.clip_low, a.clip_high)
+                if first_dev is None:
+                    first_dev = float((rc.logp.detach() - old_logp[mb]).exp().sub(1).abs().max())
+                loss = pl.loss if actor_on else torch.zeros(())
+                vl = torch.zeros(())
+                if self.algo.uses_critic:
+                    vl = value_loss(rc.value, old_v[mb], ret[mb], mask, a.value_clip, a.value_loss, a.huber_delta)
+                    loss = loss + a.value_coef * vl
+                ent = masked_mean(rc.entropy, mask)
+                if a.entropy_coef:
+                    loss = loss - a.entropy_coef * ent
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                gn = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), a.grad_clip)
+                self.optimizer.step()
+                for k, v in (("policy_loss", pl.loss.item()), ("value_loss", vl.item()), ("entropy", ent.item()),
+                             ("approx_kl", pl.approx_kl), ("clip_fraction", pl.clip_fraction),
+                             ("ratio_mean", pl.ratio_mean), ("ratio_max", pl.ratio_max), ("grad_norm", float(gn))):
+                    logs.setdefault(k, []).append(v)
+        self.version += 1
+        self.iteration += 1
+        metrics.update({k: float(np.mean(v)) for k, v in logs.items()})
+        metrics["ratio_max"] = float(np.max(logs["ratio_max"]))
+        metrics["first_minibatch_ratio_dev"] = float(first_dev or 0.0)
+        v = batch.old_value[batch.loss_mask]
+        r = batch.returns[batch.loss_mask]
+        metrics["explained_variance"] = float(1 - np.var(r - v) / np.var(r)) if np.var(r) > 0 else 0.0
+        metrics["update_seconds"] = time.perf_counter() - t0
+        metrics["samples_per_s"] = n_valid * a.epochs / metrics["update_seconds"]
+        return metrics
+
+    # ------------------------------------------------------------------ state
+    def optimizer_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Optimizer state as flat tensors (safetensors) + JSON-able scalars."""
+        sd = self.optimizer.state_dict()
+        tensors: dict[str, torch.Tensor] = {}
+        scalars: dict[str, Any] = {"param_groups": sd["param_groups"], "steps": {}}
+        for pid, st in sd["state"].items():
+            for k, v in st.items():
+                if k == "step":
+                    scalars["steps"][str(pid)] = float(v)
+                else:
+                    tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous()
+        return tensors, scalars
+
+    def load_optimizer_state(self, tensors: dict[str, torch.Tensor], scalars: dict[str, Any]) -> None:
+        state: dict[int, dict[str, Any]] = {}
+        for key, v in tensors.items():
+            pid, name = key.split(".", 1)
+            state.setdefault(int(pid), {})[name] = v
+        for pid, step in scalars["steps"].items():
+            state.setdefault(int(pid), {})["step"] = torch.tensor(step)
+        self.optimizer.load_state_dict({"state": state, "param_groups": scalars["param_groups"]})
+
+
+def concat_batches(parts: list[Batch]) -> Batch:
+    from rlsys.actors.env_worker import _concat_chunks
+
+    if len(parts) == 1:
+        return parts[0]
+    return Batch(
+        obs=Observation.concat([p.obs for p in parts]),
+        chunk=_concat_chunks([p.chunk for p in parts]),
+        **{k: np.concatenate([getattr(p, k) for p in parts]) for k in
+           ("exec_mask", "old_logp", "old_value", "advantages", "returns", "loss_mask", "versions")},
+    )

@@ -1,0 +1,75 @@
+"""Metric names, defined once; logs, TensorBoard and Ray metrics all use these strings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+# rollout
+ENV_STEPS = "rollout/env_steps"
+ENV_STEPS_PER_S = "rollout/env_steps_per_s"
+CHUNKS_PER_S = "rollout/chunks_per_s"
+EPISODES = "rollout/episodes"
+SUCCESS_RATE = "rollout/success_rate"
+ACTOR_RESTARTS = "rollout/actor_restarts"
+DISCARDED_SEGMENTS = "rollout/discarded_segments"
+BAD_EPISODES = "rollout/bad_episodes"
+# inference
+INFER_BATCH_SIZE = "infer/batch_size"
+INFER_LATENCY_S = "infer/latency_s"
+# learner
+POLICY_LOSS = "learner/policy_loss"
+VALUE_LOSS = "learner/value_loss"
+ENTROPY = "learner/entropy"
+APPROX_KL = "learner/approx_kl"
+CLIP_FRACTION = "learner/clip_fraction"
+RATIO_MEAN = "learner/ratio_mean"
+RATIO_MAX = "learner/ratio_max"
+FIRST_RATIO_DEV = "learner/first_minibatch_ratio_dev"
+EXPLAINED_VARIANCE = "learner/explained_variance"
+GRAD_NORM = "learner/grad_norm"
+SAMPLES = "learner/samples"
+SAMPLES_PER_S = "learner/samples_per_s"
+STALENESS_MAX = "learner/staleness_max"
+STALE_REJECTED = "learner/stale_rejected"
+WEIGHT_VERSION = "learner/weight_version"
+BROADCAST_S = "time/broadcast_s"
+COLLECT_S = "time/collect_s"
+UPDATE_S = "time/update_s"
+ITERATION_S = "time/iteration_s"
+EVAL_SUCCESS = "eval/success_rate"
+
+LEARNER_KEYS = {
+    "policy_loss": POLICY_LOSS, "value_loss": VALUE_LOSS, "entropy": ENTROPY, "approx_kl": APPROX_KL,
+    "clip_fraction": CLIP_FRACTION, "ratio_mean": RATIO_MEAN, "ratio_max": RATIO_MAX,
+    "first_minibatch_ratio_dev": FIRST_RATIO_DEV, "explained_variance": EXPLAINED_VARIANCE,
+    "grad_norm": GRAD_NORM, "samples": SAMPLES, "samples_per_s": SAMPLES_PER_S,
+    "staleness_max": STALENESS_MAX, "stale_rejected": STALE_REJECTED,
+}
+
+
+class MetricsLogger:
+    """JSONL (always) + TensorBoard (when available) under the run directory."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb: Any = SummaryWriter(str(run_dir / "tb"))
+        except ImportError:  # tensorboard is a core dependency; tolerate a trimmed install
+            self.tb = None
+
+    def log(self, step: int, row: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"iteration": step, **row}) + "\n")
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, step)
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()

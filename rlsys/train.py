@@ -1,0 +1,167 @@
+"""``rlsys train`` / ``python -m rlsys.train``: a run directory around the training spine.
+
+A run directory holds ``config.yaml``, ``metrics.jsonl``, ``tb/`` (TensorBoard), ``sft/`` (the
+few-shot SFT start when no ``init_checkpoint`` is given), ``eval/iter_NNNNNN/`` (tables + videos)
+and ``checkpoint/`` (policy safetensors + optimizer state + trainer JSON; written atomically).
+``rlsys train --resume RUN_DIR`` continues at the saved iteration with the saved config.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from safetensors.numpy import load_file as load_np
+from safetensors.numpy import save as save_np
+
+from rlsys import metrics as M
+from rlsys.checkpoint import load_policy, save_policy
+from rlsys.config import TrainConfig, to_dict
+from rlsys.configtools import from_dict
+from rlsys.envs.api import Embodiment
+from rlsys.registry import ALGORITHMS
+
+
+class Run:
+    def __init__(self, cfg: TrainConfig, run_dir: Path, embodiment: Embodiment | None = None) -> None:
+        self.cfg, self.dir = cfg, run_dir
+        self.embodiment = embodiment
+        self.logger = M.MetricsLogger(run_dir)
+        self._t0 = time.time()
+
+    @classmethod
+    def create(cls, cfg: TrainConfig) -> Run:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = Path(cfg.run_dir) / f"{cfg.env.name}-{cfg.algo.name}-{stamp}"
+        run_dir.mkdir(parents=True, exist_ok=False)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        return cls(cfg, run_dir)
+
+    @classmethod
+    def resume(cls, run_dir: str | Path) -> Run:
+        run_dir = Path(run_dir)
+        if not (run_dir / "config.yaml").exists():
+            raise FileNotFoundError(f"{run_dir}: not a run directory (no config.yaml)")
+        cfg = from_dict(TrainConfig, yaml.safe_load((run_dir / "config.yaml").read_text()))
+        return cls(cfg, run_dir)
+
+    # ---------------------------------------------------------------- metrics
+    def rollout_metrics(self, segments: list[Any], system: Any, collect_s: float) -> dict[str, float]:
+        steps = sum(int(s.exec_mask.sum()) for s in segments)
+        chunks = sum(int(s.valid.sum()) for s in segments)
+        ended = sum(int(((s.terminated | s.truncated) & s.valid).sum()) for s in segments)
+        wins = sum(int((s.success & s.valid).sum()) for s in segments)
+        st = system.stats()
+        infer = st["infer"]
+        return {
+            M.ENV_STEPS: float(steps), M.ENV_STEPS_PER_S: steps / max(collect_s, 1e-9),
+            M.CHUNKS_PER_S: chunks / max(collect_s, 1e-9), M.EPISODES: float(ended),
+            M.SUCCESS_RATE: wins / ended if ended else 0.0,
+            M.ACTOR_RESTARTS: float(system.worker_restarts), M.DISCARDED_SEGMENTS: float(system.discarded_segments),
+            M.BAD_EPISODES: float(sum(e["bad_episodes"] for e in st["env"])),
+            M.INFER_BATCH_SIZE: float(np.mean([i["batch_size"] for i in infer])),
+            M.INFER_LATENCY_S: float(np.mean([i["latency_s"] for i in infer])),
+        }
+
+    # ---------------------------------------------------------------- eval + checkpoints
+    def _policy(self, system: Any) -> Any:
+        import ray
+
+        from rlsys.actors.inference import load_numpy_state
+        from rlsys.policy.flow_policy import FlowPolicy
+
+        version, (ref,) = ray.get(system.learner.publish.remote())
+        policy = FlowPolicy(self.cfg.policy)
+        load_numpy_state(policy, ray.get(ref))
+        return policy, version
+
+    def evaluate(self, system: Any, iteration: int) -> float:
+        from rlsys.evaluation import evaluate, write_result
+
+        policy, version = self._policy(system)
+        out = self.dir / "eval" / f"iter_{iteration:06d}"
+        res = evaluate(policy, self.cfg.env, self.embodiment, self.cfg.eval_episodes, seed=self.cfg.seed,
+                       video_dir=out / "videos")
+        res.update({"iteration": iteration, "version": version, "wall_s": time.time() - self._t0})
+        write_result(out, res, f"iteration {iteration}")
+        return float(res["mean_success"])
+
+    def checkpoint(self, system: Any, iteration: int) -> Path:
+        import ray
+
+        from rlsys.actors.inference import load_numpy_state
+        from rlsys.policy.flow_policy import FlowPolicy
+
+        st = ray.get(system.learner.training_state.remote())
+        policy = FlowPolicy(self.cfg.policy)
+        load_numpy_state(policy, st["policy"])
+        trainer = {"iteration": iteration, "version": st["version"], "learner_iteration": st["iteration"],
+                   "optimizer": st["optimizer_scalars"], "rng": st["rng"]}
+        extra = {"optimizer.safetensors": save_np(st["optimizer"]) if st["optimizer"] else save_np({}),
+                 "trainer.json": json.dumps(trainer).encode()}
+        return save_policy(self.dir / "checkpoint", policy, self.cfg.env, self.embodiment,
+                           meta={"stage": "rl", "iteration": iteration, "version": st["version"]}, extra=extra)
+
+    def load_checkpoint(self) -> tuple[dict[str, np.ndarray], dict[str, Any], int]:
+        from rlsys.actors.inference import state_to_numpy
+
+        ck = self.dir / "checkpoint"
+        policy, _, self.embodiment, _ = load_policy(ck, expect=self.cfg.policy)
+        trainer = json.loads((ck / "trainer.json").read_text())
+        state = {"policy": state_to_numpy(policy), "optimizer": load_np(str(ck / "optimizer.safetensors")),
+                 "optimizer_scalars": trainer["optimizer"], "version": trainer["version"],
+                 "iteration": trainer["learner_iteration"], "rng": trainer["rng"]}
+        return state["policy"], state, int(trainer["iteration"])
+
+
+def initial_policy_state(run: Run) -> dict[str, np.ndarray]:
+    """From ``init_checkpoint``, else run the few-shot SFT into ``RUN_DIR/sft`` first."""
+    from rlsys.actors.inference import state_to_numpy
+    from rlsys.sft import run_sft
+
+    cfg = run.cfg
+    ckpt = cfg.init_checkpoint
+    if not ckpt:
+        print(f"train: no init_checkpoint; running few-shot SFT ({cfg.sft.demos_per_task} demos/task) first",
+              flush=True)
+        ckpt = str(run.dir / "sft")
+        run_sft(cfg, ckpt)
+    policy, _, run.embodiment, _ = load_policy(ckpt, expect=cfg.policy)
+    return state_to_numpy(policy)
+
+
+def train(cfg: TrainConfig, resume: str | None = None) -> dict[str, Any]:
+    from rlsys.actors.system import RaySystem
+
+    if resume:
+        run = Run.resume(resume)
+        init_state, training_state, start = run.load_checkpoint()
+    else:
+        run = Run.create(cfg)
+        init_state, training_state, start = initial_policy_state(run), None, 0
+    cfg = run.cfg
+    print(f"train: run directory {run.dir}", flush=True)
+    system = RaySystem(cfg, init_state, episodic=ALGORITHMS.get(cfg.algo.name).episodic)
+    try:
+        if training_state is not None:
+            import ray
+
+            ray.get(system.learner.load_training_state.remote(training_state))
+        from rlsys.learner.loop import train_loop
+
+        last = train_loop(run, system, start)
+    finally:
+        system.shutdown()
+        run.logger.close()
+    return {"run_dir": str(run.dir), "last": last}
+
+
+if __name__ == "__main__":
+    from rlsys.cli import main
+
+    main(["train", *sys.argv[1:]])

@@ -1,0 +1,230 @@
+"""Config, registry, contracts, demo format, checkpoints and the CLI."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from rlsys.config import ConfigError, EnvConfig, PolicyConfig, TrainConfig, list_presets, load_config
+from rlsys.registry import ENVS, SAMPLERS, Registry
+from rlsys.types import ActionChunk, Batch, ContractError, Observation
+
+
+# ---------------------------------------------------------------- config
+def test_presets_load_and_inherit():
+    assert {"tabletop_sft", "tabletop_ppo", "tabletop_grpo"} <= set(list_presets())
+    cfg = load_config("tabletop_grpo")
+    assert cfg.algo.name == "grpo" and cfg.sampler.name == "flow_sde" and cfg.env.name == "tabletop"
+
+
+def test_dotted_overrides_are_typed():
+    cfg = load_config("tabletop_ppo", ["algo.actor_lr=3e-4", "env.num_envs=4", "env.cameras=[agentview]",
+                                       "policy.num_cameras=1", "sampler.logprob=token_level"])
+    assert cfg.algo.actor_lr == pytest.approx(3e-4) and cfg.env.num_envs == 4
+    assert cfg.env.cameras == ("agentview",) and cfg.sampler.logprob == "token_level"
+
+
+@pytest.mark.parametrize("override,match", [
+    ("algo.actor_lrr=1", r"algo.actor_lrr: unknown key.*Did you mean 'actor_lr'"),
+    ("env.num_envs=two", r"env.num_envs: expected an integer, got 'two'"),
+    ("env.num_envs=0", r"env.num_envs: got 0; allowed: >= 1"),
+    ("algo.gamma=1.5", r"algo.gamma: got 1.5; allowed: \(0, 1\]"),
+    ("sampler.logprob=sum", r"sampler.logprob: got 'sum'; allowed: 'chunk_level' \| 'token_level'"),
+    ("policy.num_cameras=3", r"policy.num_cameras: got 3; allowed: the number of env.cameras \(2\)"),
+    ("placement.mode=spread", r"placement.mode: got 'spread'"),
+    ("env.cameras=agentview", r"env.cameras: expected a list"),
+])
+def test_bad_config_names_the_field_and_what_is_allowed(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config("tabletop_ppo", [override])
+
+
+def test_unknown_preset_suggests():
+    with pytest.raises(ConfigError, match="Did you mean 'tabletop_ppo'"):
+        load_config("tabletop_pp")
+
+
+def test_configs_are_frozen():
+    cfg = TrainConfig()
+    from dataclasses import FrozenInstanceError
+
+    with pytest.raises(FrozenInstanceError):
+        cfg.iterations = 3  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------- registry
+def test_registry_lazy_import_and_suggestions():
+    assert "tabletop" in ENVS.names() and {"ode", "flow_sde", "flow_noise"} <= set(SAMPLERS.names())
+    with pytest.raises(ConfigError, match="Did you mean 'tabletop'"):
+        ENVS.get("tabeltop")
+    reg = Registry("things")
+    reg.register("lazy", "json:dumps")
+    assert reg.get("lazy") is json.dumps
+    with pytest.raises(ValueError, match="registered twice"):
+        reg.register("lazy", "json:loads")
+
+
+def test_heavy_modules_are_not_imported_until_chosen():
+    code = ("import sys, rlsys.registry, rlsys.config; "
+            "print('mujoco' in sys.modules, 'rlsys.envs.tabletop.env' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_entry_point_group_adds_envs(monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    reg = Registry("envs")
+    ep = EntryPoint(name="third_party_sim", value="json:dumps", group="rlsys.envs")
+    monkeypatch.setattr("rlsys.registry.entry_points", lambda group: [ep] if group == "rlsys.envs" else [])
+    assert "third_party_sim" in reg.names() and reg.get("third_party_sim") is json.dumps
+
+
+# ---------------------------------------------------------------- contracts
+def _obs(b=2):
+    return dict(images=np.zeros((b, 2, 64, 64, 3), np.uint8), proprio=np.zeros((b, 8), np.float32),
+                tokens=np.zeros((b, 48), np.int64), token_mask=np.zeros((b, 48), bool),
+                action_dim=np.full(b, 7, np.int64))
+
+
+def test_observation_validates_fields():
+    Observation(**_obs())
+    with pytest.raises(ContractError, match="Observation.images: expected dtype uint8"):
+        Observation(**{**_obs(), "images": np.zeros((2, 2, 64, 64, 3), np.float32)})
+    with pytest.raises(ContractError, match="Observation.proprio: leading dims"):
+        Observation(**{**_obs(), "proprio": np.zeros((3, 8), np.float32)})
+    with pytest.raises(ContractError, match="Observation.tokens: expected 2 dims"):
+        Observation(**{**_obs(), "tokens": np.zeros((2,), np.int64)})
+
+
+def test_action_chunk_validates_chain_shape():
+    kw = dict(actions=np.zeros((2, 5, 7), np.float32), action_mask=np.ones((2, 7), bool),
+              chain=np.zeros((2, 5, 5, 7), np.float32), step_mask=np.zeros((2, 4), bool),
+              logp_steps=np.zeros((2, 5), np.float32), value=np.zeros(2, np.float32),
+              noise_level=np.zeros(2, np.float32), version=0)
+    ActionChunk(**kw)
+    with pytest.raises(ContractError, match="S\\+1 states"):
+        ActionChunk(**{**kw, "step_mask": np.zeros((2, 3), bool)})
+    with pytest.raises(ContractError, match="ActionChunk.value: expected dtype float32"):
+        ActionChunk(**{**kw, "value": np.zeros(2, np.float64)})
+    chunk = ActionChunk(**kw)
+    with pytest.raises(ContractError, match="Batch.old_logp: 3 rows, expected 2"):
+        Batch(obs=Observation(**_obs()), chunk=chunk, exec_mask=np.ones((2, 5), bool),
+              old_logp=np.zeros(3, np.float32), old_value=np.zeros(2, np.float32),
+              advantages=np.zeros(2, np.float32), returns=np.zeros(2, np.float32),
+              loss_mask=np.ones(2, bool), versions=np.zeros(2, np.int64))
+
+
+# ---------------------------------------------------------------- demos + checkpoints
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    from rlsys.envs.demos import collect_expert_demos
+    from rlsys.envs.tabletop.env import TabletopEnv
+
+    out = tmp_path_factory.mktemp("demos") / "ds"
+    env = TabletopEnv(tasks=("lift", "push_left"), image_size=64)
+    collect_expert_demos(env, out, 2, "tabletop")
+    env.close()
+    return out
+
+
+def test_demo_format_is_lerobot_layout(demo_dir):
+    import pyarrow.parquet as pq
+
+    from rlsys.envs.demos import load_demos
+
+    info = json.loads((demo_dir / "meta" / "info.json").read_text())
+    assert info["codebase_version"] == "v2.1" and info["total_episodes"] == 4
+    assert info["features"]["observation.images.agentview"]["dtype"] == "image"
+    table = pq.read_table(demo_dir / "data" / "chunk-000" / "episode_000000.parquet")
+    assert {"observation.state", "action", "episode_index", "frame_index", "index", "task_index",
+            "timestamp", "next.done"} <= set(table.column_names)
+    tasks = [json.loads(x)["task"] for x in (demo_dir / "meta" / "tasks.jsonl").read_text().splitlines()]
+    assert any("pick up" in t for t in tasks) and any("left edge" in t for t in tasks)
+    ds = load_demos(demo_dir)
+    assert ds.images.shape[1:] == (2, 64, 64, 3) and ds.images.dtype == np.uint8
+    assert len(ds.actions) == info["total_frames"]
+    chunks, valid = ds.action_chunks(5)
+    last = ds.episode_starts[0] + ds.episode_lengths[0] - 1
+    assert valid[last].tolist() == [True, False, False, False, False]
+    np.testing.assert_array_equal(chunks[last, 1], ds.actions[last])
+
+
+def test_checkpoint_round_trip_same_actions(tmp_path):
+    from rlsys.checkpoint import CheckpointError, load_policy, save_policy
+    from rlsys.envs.tabletop.env import EMBODIMENT
+    from rlsys.flow import ODE
+    from rlsys.policy.flow_policy import FlowPolicy
+    from rlsys.prompt import ObservationBuilder
+
+    torch.manual_seed(0)
+    pol = FlowPolicy(PolicyConfig())
+    pol.set_normalization(np.full(7, 0.1), np.full(7, 0.5), np.zeros(8), np.ones(8))
+    save_policy(tmp_path / "ck", pol, EnvConfig(), EMBODIMENT, meta={"stage": "test"})
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["config.json", "model.safetensors",
+                                                                      "normalization.json"]
+    loaded, env_cfg, emb, meta = load_policy(tmp_path / "ck")
+    assert env_cfg == EnvConfig() and emb == EMBODIMENT and meta["stage"] == "test"
+    obs = ObservationBuilder(pol.cfg, EMBODIMENT)(np.zeros((3, 2, 64, 64, 3), np.uint8),
+                                                    np.zeros((3, 8), np.float32), ["pick up the red cube"] * 3)
+    a = pol.sample(obs, ODE(), torch.Generator().manual_seed(1)).actions
+    b = loaded.sample(obs, ODE(), torch.Generator().manual_seed(1)).actions
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(CheckpointError, match="policy.width: checkpoint 128 vs requested 64"):
+        load_policy(tmp_path / "ck", expect=PolicyConfig(width=64))
+    # overwriting is atomic: the folder is replaced whole
+    save_policy(tmp_path / "ck", pol, EnvConfig(), EMBODIMENT, meta={"stage": "second"})
+    assert load_policy(tmp_path / "ck")[3]["stage"] == "second"
+    assert not any(p.name.startswith(".ck") for p in tmp_path.iterdir())
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        load_policy(tmp_path)
+
+
+def test_policy_rejects_mismatched_observations():
+    from rlsys.envs.api import Embodiment
+    from rlsys.flow import ODE
+    from rlsys.policy.flow_policy import FlowPolicy
+    from rlsys.prompt import ObservationBuilder
+
+    pol = FlowPolicy(PolicyConfig())
+    bad = Observation(**{**_obs(), "images": np.zeros((2, 1, 64, 64, 3), np.uint8)})
+    with pytest.raises(ContractError, match="policy expects \\[B, 2, 64, 64, 3\\]"):
+        pol.sample(bad, ODE())
+    wide = Embodiment("a big robot", "dual arms", 50.0, 14, 14, tuple(f"j{i}" for i in range(14)))
+    with pytest.raises(ContractError, match="14 action channels but policy.action_channels is 7"):
+        ObservationBuilder(PolicyConfig(), wide)
+
+
+def test_sft_loss_decreases_on_demos(demo_dir):
+    from rlsys.envs.demos import load_demos
+    from rlsys.policy.flow_policy import FlowPolicy
+    from rlsys.prompt import ObservationBuilder
+    from rlsys.sft import SFTData, normalization_stats, train_sft
+
+    ds = load_demos(demo_dir)
+    cfg = load_config("tabletop_sft", ["sft.steps=40", "sft.batch_size=16", "sft.log_every=10", "sft.lr=1e-3"])
+    torch.manual_seed(0)
+    pol = FlowPolicy(cfg.policy)
+    pol.set_normalization(**normalization_stats(ds))
+    data = SFTData(ds, ObservationBuilder(cfg.policy, ds.embodiment), 5)
+    hist = train_sft(pol, data, cfg)
+    assert hist[-1]["loss"] < 0.8 * hist[0]["loss"]
+
+
+# ---------------------------------------------------------------- CLI
+def test_cli_help_and_print_config():
+    for cmd in ("train", "sft", "eval", "demos"):
+        out = subprocess.run([sys.executable, "-m", "rlsys.cli", cmd, "--help"], capture_output=True, text=True)
+        assert out.returncode == 0 and "--preset" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "rlsys.cli", "train", "--print-config", "--set", "env.num_envs=3"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "num_envs: 3" in out.stdout and "algo:" in out.stdout
+
+
+def test_cli_bad_config_fails_fast_with_the_field():
+    out = subprocess.run([sys.executable, "-m", "rlsys.cli", "train", "--set", "algo.gamma=2"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "algo.gamma: got 2.0; allowed: (0, 1]" in out.stderr
