@@ -19,7 +19,7 @@ def state_to_numpy(policy: torch.nn.Module) -> dict[str, np.ndarray]:
 
 
 def load_numpy_state(policy: torch.nn.Module, state: dict[str, np.ndarray]) -> None:
-    policy.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
+    policy.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})  # copy: store is read-only
 
 
 class InferenceEngine:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import ray
 import torch
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from rlsys.config import TrainConfig
 from rlsys.types import ActionChunk, Observation, Segment
@@ -261,7 +261,7 @@ class RaySystem:
         for fut in futures:
             try:
                 segments.append(ray.get(fut))
-            except (RayActorError, RayTaskError) as e:
+            except (RayActorError, RayTaskError, ActorUnavailableError) as e:
                 # partial segment discarded; Ray restarts the actor (its constructor rebuilds the pool)
                 self.discarded_segments += 1
                 self.worker_restarts += isinstance(e, RayActorError)
@@ -275,8 +275,8 @@ class RaySystem:
         for w in self.env_workers:
             try:
                 env.append(ray.get(w.stats.remote(), timeout=60))
-            except (RayActorError, RayTaskError, ray.exceptions.GetTimeoutError):
-                pass
+            except (RayActorError, RayTaskError, ActorUnavailableError, ray.exceptions.GetTimeoutError):
+                pass  # restarting: its counters start again with the new process
         infer = ray.get([w.infer_stats.remote() for w in self.infer])
         return {"env": env, "infer": infer}
 

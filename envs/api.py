@@ -71,6 +71,7 @@ class ChunkStep:
     """Result of executing one action chunk on one env.
 
     rewards [H] float32 (0 where not run), exec_mask [H] bool; ``obs``/``info`` are the last ones.
+    ``bad``: a sub-step returned NaN/inf in its observation or reward (the chunk stopped there).
     """
 
     obs: dict[str, np.ndarray]
@@ -80,6 +81,7 @@ class ChunkStep:
     truncated: bool
     success: bool
     info: dict[str, Any]
+    bad: bool = False
 
     @property
     def reward(self) -> float:
@@ -107,11 +109,13 @@ def execute_chunk(env: gym.Env, actions: np.ndarray, length: int | None = None) 
     terminated = truncated = success = False
     obs: dict[str, np.ndarray] = {}
     info: dict[str, Any] = {}
+    bad = False
     for i in range(length):
         obs, r, terminated, truncated, info = env.step(actions[i])
         rewards[i] = r
         mask[i] = True
         success = success or bool(info["success"])
-        if terminated or truncated:
+        bad = not (np.isfinite(r) and all(np.all(np.isfinite(v)) for v in obs.values()))
+        if terminated or truncated or bad:
             break
-    return ChunkStep(obs, rewards, mask, bool(terminated), bool(truncated), success, info)
+    return ChunkStep(obs, rewards, mask, bool(terminated), bool(truncated), success, info, bad)

@@ -195,10 +195,6 @@ def _stack(obs_list: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.stack([o[k] for o in obs_list]) for k in obs_list[0]}
 
 
-def _finite(obs: dict[str, np.ndarray], rewards: np.ndarray) -> bool:
-    return bool(np.all(np.isfinite(obs["proprio"])) and np.all(np.isfinite(rewards)))
-
-
 class EnvPool:
     def __init__(
         self,
@@ -286,8 +282,11 @@ class EnvPool:
         obs, final = [], []
         bad = np.zeros(n, bool)
         for i, (res, reset) in enumerate(out):
+            bad[i] = res.bad
+            if bad[i]:  # nothing non-finite leaves the pool; the episode is dropped downstream
+                res.rewards[:] = np.nan_to_num(res.rewards, nan=0.0, posinf=0.0, neginf=0.0)
+                res.obs = {k: np.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0) for k, v in res.obs.items()}
             final.append(res.obs)
-            bad[i] = not _finite(res.obs, res.rewards)
             if bad[i] and reset is None and autoreset:  # drop the episode: reset the env
                 self.bad_episodes += 1
                 reset = self._envs[i].call("reset", (self.episode_seed(i, int(self._episode[i]) + 1), None))

@@ -54,11 +54,17 @@ class SFTData:
         return obs, self.actions[idx], self.valid[idx]
 
 
+STD_FLOOR = 1e-2
+
+
 def normalization_stats(demos: DemoSet) -> dict[str, np.ndarray]:
-    """Per-channel mean/std of actions and proprio; constant channels get std 1."""
+    """Per-channel mean/std of actions and proprio. Constant channels get std 1; near-constant ones
+    a floor of 0.01 (else tiny closed-loop drift, e.g. a yaw that never varies in the demos,
+    becomes a huge normalised input)."""
+
     def std(x: np.ndarray) -> np.ndarray:
         s = x.std(0)
-        return np.where(s < 1e-6, 1.0, s).astype(np.float32)
+        return np.where(s < 1e-6, 1.0, np.maximum(s, STD_FLOOR)).astype(np.float32)
 
     return {"action_mean": demos.actions.mean(0), "action_std": std(demos.actions),
             "proprio_mean": demos.states.mean(0), "proprio_std": std(demos.states)}

@@ -1,0 +1,235 @@
+"""Distributed PPO/GRPO on a real local Ray: placement presets end to end, ratio == 1 through the
+actor path, version propagation and staleness, faults, resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+import torch
+
+from rlsys.actors.env_worker import EnvWorkerCore
+from rlsys.actors.inference import InferenceEngine, state_to_numpy
+from rlsys.checkpoint import save_policy
+from rlsys.config import load_config
+from rlsys.envs.tabletop.env import EMBODIMENT
+from rlsys.learner.learner import Learner
+from rlsys.policy.flow_policy import FlowPolicy
+
+SMALL = [
+    "env.tasks=[lift]", "env.cameras=[agentview]", "env.image_size=32", "env.num_envs=2",
+    "policy.num_cameras=1", "policy.image_size=32", "policy.width=32", "policy.heads=2",
+    "policy.backbone_layers=1", "policy.expert_layers=1",
+    "rollout.chunks_per_segment=3", "rollout.num_env_workers=2", "rollout.env_groups=1",
+    "algo.epochs=1", "algo.minibatches=2", "iterations=2", "eval_every=2", "eval_episodes=1",
+    "checkpoint_every=1",
+]
+
+
+def small_cfg(tmp: Path, *extra: str, preset: str = "tabletop_ppo"):
+    return load_config(preset, [*SMALL, f"run_dir={tmp}", *extra])
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray.init(num_cpus=6, resources={"sim": 4}, include_dashboard=False, _node_ip_address="127.0.0.1",
+             log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def init_ckpt(tmp_path_factory):
+    cfg = small_cfg(tmp_path_factory.mktemp("cfg"))
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ck") / "sft"
+    save_policy(path, FlowPolicy(cfg.policy), cfg.env, EMBODIMENT, meta={"stage": "test"})
+    return str(path)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("mode,extra", [
+    ("collocated", []),
+    ("disaggregated", []),
+    ("pipelined", ["rollout.env_groups=2"]),
+])
+def test_short_run_per_placement_preset(ray_local, init_ckpt, tmp_path, mode, extra):
+    from rlsys.train import train
+
+    cfg = small_cfg(tmp_path, f"placement.mode={mode}", f"init_checkpoint={init_ckpt}", *extra)
+    out = train(cfg)
+    run_dir = Path(out["run_dir"])
+    rows = read_metrics(run_dir)
+    assert [r["iteration"] for r in rows] == [1, 2]
+    assert rows[0]["learner/weight_version"] == 0 and rows[1]["learner/weight_version"] == 1
+    # ratio == 1 on the first minibatch of the first epoch, through the real actor path
+    assert rows[0]["learner/first_minibatch_ratio_dev"] <= 1e-4
+    assert rows[0]["rollout/env_steps"] == 2 * 2 * 3 * 5  # workers x envs x chunks x horizon
+    assert rows[0]["learner/stale_rejected"] == 0
+    assert "eval/success_rate" in rows[1]
+    assert (run_dir / "checkpoint" / "model.safetensors").exists()
+    assert (run_dir / "eval" / "iter_000002" / "eval.json").exists()
+
+
+def test_grpo_run(ray_local, init_ckpt, tmp_path):
+    from rlsys.train import train
+
+    cfg = small_cfg(tmp_path, "algo.group_size=2", "algo.filter_groups=false", f"init_checkpoint={init_ckpt}",
+                    "iterations=1", "eval_every=1", preset="tabletop_grpo")
+    rows = read_metrics(Path(train(cfg)["run_dir"]))
+    assert rows[0]["rollout/episodes"] == 4  # one full episode per env
+    assert rows[0]["learner/first_minibatch_ratio_dev"] <= 1e-4
+
+
+def _core_and_engine(cfg):
+    torch.manual_seed(0)
+    engine = InferenceEngine(cfg, FlowPolicy(cfg.policy))
+    engine.version = 0
+    core = EnvWorkerCore(cfg, 0)
+    return core, engine
+
+
+def test_version_propagation_and_staleness(tmp_path):
+    cfg = small_cfg(tmp_path)
+    core, engine = _core_and_engine(cfg)
+    seg = core.rollout(engine.infer, lambda c: c, engine.values)
+    assert (seg.versions == 0).all() and seg.chunk.version == 0
+    learner = Learner(cfg, engine.policy)
+    learner.version = 2  # the learner moved on twice
+    _, stats = learner.make_batch([seg])
+    assert stats["stale_rejected"] == seg.valid.sum() and stats["staleness_max"] == 2
+    import dataclasses
+
+    tolerant = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, max_staleness=2))
+    learner2 = Learner(tolerant, engine.policy)
+    learner2.version = 2
+    batch, stats = learner2.make_batch([seg])
+    assert stats["stale_rejected"] == 0 and batch.loss_mask.sum() == seg.valid.sum()
+    engine.set_weights(state_to_numpy(engine.policy), 5)
+    assert (core.rollout(engine.infer, lambda c: c, engine.values).versions == 5).all()
+
+
+def test_nan_observations_drop_the_episode(tmp_path, monkeypatch):
+    from rlsys.envs.tabletop.env import TabletopEnv
+
+    real_obs = TabletopEnv._obs
+    calls = {"n": 0}
+
+    def poisoned(self):
+        o = real_obs(self)
+        calls["n"] += 1
+        if calls["n"] == 6:
+            o["proprio"][0] = np.nan
+        return o
+
+    monkeypatch.setattr(TabletopEnv, "_obs", poisoned)
+    cfg = small_cfg(tmp_path)
+    core, engine = _core_and_engine(cfg)
+    seg = core.rollout(engine.infer, lambda c: c, engine.values)
+    assert core.stats()["bad_episodes"] == 1
+    assert (~seg.valid).sum() >= 1
+    batch, _ = Learner(cfg, engine.policy).make_batch([seg])
+    assert np.isfinite(batch.obs.proprio[batch.loss_mask]).all()
+
+
+def _wait_pid(actor, timeout: float = 180.0) -> int:
+    deadline = time.time() + timeout
+    while True:
+        try:
+            return ray.get(actor.pid.remote(), timeout=30)
+        except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
+            if time.time() > deadline:
+                raise
+            time.sleep(1.0)
+
+
+def _kill_later(actor, delay: float):
+    def run():
+        time.sleep(delay)
+        ray.kill(actor, no_restart=False)
+
+    threading.Thread(target=run, daemon=True).start()
+
+
+def test_env_worker_killed_mid_segment_is_discarded_and_restarted(ray_local, init_ckpt, tmp_path):
+    from rlsys.actors.system import RaySystem
+    from rlsys.train import Run, initial_policy_state
+
+    cfg = small_cfg(tmp_path, "placement.mode=disaggregated", "rollout.chunks_per_segment=40",
+                    f"init_checkpoint={init_ckpt}")
+    state = initial_policy_state(Run.create(cfg))
+    system = RaySystem(cfg, state, episodic=False)
+    try:
+        system.sync_weights()
+        pid = ray.get(system.env_workers[0].pid.remote())
+        _kill_later(system.env_workers[0], 2.0)
+        segments = system.collect()
+        assert len(segments) == 1 and system.discarded_segments == 1
+        assert _wait_pid(system.env_workers[0]) != pid  # restarted
+        assert len(system.collect()) == 2  # and the run continues with both workers
+    finally:
+        system.shutdown()
+
+
+def test_inference_worker_killed_requests_are_retried(ray_local, init_ckpt, tmp_path):
+    from rlsys.actors.system import RaySystem
+    from rlsys.train import Run, initial_policy_state
+
+    cfg = small_cfg(tmp_path, "placement.mode=disaggregated", "rollout.chunks_per_segment=30",
+                    "rollout.num_inference_workers=2", f"init_checkpoint={init_ckpt}")
+    system = RaySystem(cfg, initial_policy_state(Run.create(cfg)), episodic=False)
+    try:
+        system.sync_weights()
+        _kill_later(system.infer[0], 2.0)
+        segments = system.collect()
+        assert len(segments) == 2 and system.discarded_segments == 0
+        assert all(s.valid.all() for s in segments)
+    finally:
+        system.shutdown()
+
+
+def test_resume_after_kill_continues_at_the_same_iteration(init_ckpt, tmp_path):
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env.pop("RAY_ADDRESS", None)
+    args = [sys.executable, "-m", "rlsys.train", "--preset", "tabletop_ppo"]
+    for s in (*SMALL, f"run_dir={tmp_path}", f"init_checkpoint={init_ckpt}", "iterations=4", "eval_every=100"):
+        args += ["--set", s]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        run_dir = None
+        while time.time() < deadline:
+            runs = list(tmp_path.glob("tabletop-ppo-*"))
+            if runs and (runs[0] / "metrics.jsonl").exists() and len(read_metrics(runs[0])) >= 2:
+                run_dir = runs[0]
+                break
+            time.sleep(0.5)
+        assert run_dir is not None, "training did not reach iteration 2"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    done = json.loads((run_dir / "checkpoint" / "trainer.json").read_text())["iteration"]
+    config_before = (run_dir / "config.yaml").read_text()
+    out = subprocess.run([sys.executable, "-m", "rlsys.train", "--resume", str(run_dir)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = read_metrics(run_dir)
+    iters = [r["iteration"] for r in rows]
+    assert iters[-1] == 4 and iters.count(done + 1) >= 1
+    resumed = [r for r in rows if r["iteration"] > done]
+    assert resumed[0]["iteration"] == done + 1 and resumed[0]["learner/weight_version"] == done
+    assert (run_dir / "config.yaml").read_text() == config_before
