@@ -139,6 +139,22 @@ class EnvWorkerCore:
         per = self.pools[0].num_envs
         return int(i // per), int(i % per)
 
+    def null_rollout(self, chunks: int) -> tuple[int, float]:
+        """Step every env with zero actions for ``chunks`` chunk-steps (no policy): the simulator's own
+        speed on this worker. Returns (env steps, seconds)."""
+        import time
+
+        h = self.cfg.policy.action_horizon
+        for g, pool in enumerate(self.pools):
+            if self._obs[g] is None:
+                self._obs[g] = pool.reset()[0]
+        t0, steps = time.perf_counter(), 0
+        for _ in range(chunks):
+            for pool in self.pools:
+                res = pool.execute_chunk(np.zeros((pool.num_envs, h, self.embodiment.action_dim), np.float32))
+                steps += int(res.exec_mask.sum())
+        return steps, time.perf_counter() - t0
+
     def stats(self) -> dict[str, Any]:
         return {"env_steps": self.env_steps, "episodes": self.episodes_done, "successes": self.successes,
                 "restarts": sum(p.restarts for p in self.pools),

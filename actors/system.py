@@ -92,6 +92,9 @@ class EnvWorker:
     def stats(self) -> dict[str, Any]:
         return self.core.stats()
 
+    def null_rollout(self, chunks: int) -> tuple[int, float]:
+        return self.core.null_rollout(chunks)
+
     def pid(self) -> int:
         return os.getpid()
 

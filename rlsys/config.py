@@ -186,6 +186,7 @@ class TrainConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     placement: PlacementConfig = field(default_factory=PlacementConfig)
     iterations: int = 100
+    max_minutes: float = 0.0  # wall-clock budget for the RL loop (0: none); ends with eval + checkpoint
     eval_every: int = 10
     eval_episodes: int = 8  # per task
     checkpoint_every: int = 10

@@ -203,7 +203,7 @@ def test_gradients_reach_the_velocity_net_not_the_chain(sampler, noise_head):
     out.logp.sum().backward()
     assert chain.grad is None
     assert pol.expert.out.weight.grad.abs().sum() > 0
-    assert pol.backbone.cnn[0].weight.grad.abs().sum() > 0
+    assert pol.backbone.blocks[0].conv.weight.grad.abs().sum() > 0
     if noise_head:
         assert pol.noise_head.weight.grad.abs().sum() > 0
 
@@ -213,7 +213,7 @@ def test_detached_critic_input_keeps_critic_gradients_out_of_the_backbone():
         pol = make_policy(detach_critic_input=detach)
         pol.value(make_obs()).sum().backward()
         assert pol.value_head[0].weight.grad.abs().sum() > 0
-        g = pol.backbone.cnn[0].weight.grad
+        g = pol.backbone.blocks[0].conv.weight.grad
         assert (g is None or float(g.abs().sum()) == 0.0) == detach
 
 

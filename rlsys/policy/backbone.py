@@ -33,21 +33,34 @@ class SpatialSoftmax(nn.Module):
         return torch.cat([(attn.sum(3) * ys).sum(-1), (attn.sum(2) * xs).sum(-1)], -1)
 
 
+class ConvBlock(nn.Module):
+    """Strided conv + GroupNorm + FiLM from the instruction embedding + GELU."""
+
+    def __init__(self, cin: int, cout: int, k: int, text_dim: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, k, 2, 1)
+        self.norm = nn.GroupNorm(8, cout)
+        self.film = nn.Linear(text_dim, 2 * cout)
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.film(text)[:, :, None, None].chunk(2, 1)
+        return nn.functional.gelu(self.norm(self.conv(x)) * (1 + gamma) + beta)
+
+
 class TinyBackbone(nn.Module):
-    """Shared small CNN per camera: S/16 x S/16 patch tokens plus one spatial-softmax keypoint
-    token (object locations), hashed-word embeddings, a proprio token, and a small pre-norm
+    """Shared small CNN per camera, FiLM-conditioned on the instruction (RT-1 style) so features
+    pick out the named objects; S/16 x S/16 patch tokens plus one spatial-softmax keypoint token
+    from the S/4 map (object locations); hashed-word embeddings; a proprio token; a small pre-norm
     transformer over all prefix tokens."""
 
     def __init__(self, cfg: PolicyConfig) -> None:
         super().__init__()
         w = cfg.width
         chans = (3, 16, 32, 64, w)
-        layers: list[nn.Module] = []
-        for i in range(4):
-            layers += [nn.Conv2d(chans[i], chans[i + 1], 4 if i < 3 else 3, 2, 1),
-                       nn.GroupNorm(8, chans[i + 1]), nn.GELU()]
-        self.cnn = nn.Sequential(*layers)
-        self.keypoints = nn.Sequential(nn.Conv2d(chans[3], 32, 1), SpatialSoftmax(), nn.Linear(64, w))
+        self.blocks = nn.ModuleList(ConvBlock(chans[i], chans[i + 1], 4 if i < 3 else 3, w) for i in range(4))
+        self.keypoints = nn.Sequential(nn.Conv2d(chans[2], 32, 1), SpatialSoftmax(), nn.Linear(64, w))
         patches = (cfg.image_size // 16) ** 2 + 1
         self.cam_emb = nn.Parameter(torch.zeros(cfg.num_cameras, 1, w))
         self.patch_pos = nn.Parameter(torch.randn(patches, w) * 0.02)
@@ -63,13 +76,17 @@ class TinyBackbone(nn.Module):
                 token_mask: torch.Tensor) -> Prefix:
         """images [B, C, S, S, 3] float in [0, 1]; proprio [B, P] (normalised); tokens/mask [B, L]."""
         b, c = images.shape[:2]
+        words = self.tok_emb(tokens)
+        tm = token_mask.unsqueeze(-1).float()
+        text = ((words * tm).sum(1) / tm.sum(1).clamp_min(1.0)).repeat_interleave(c, 0)  # [B*C, W]
         x = images.flatten(0, 1).permute(0, 3, 1, 2) - 0.5
-        mid = self.cnn[:9](x)  # S/8 x S/8 map
-        patches = self.cnn[9:](mid).flatten(2).transpose(1, 2)  # [B*C, (S/16)^2, W]
-        feat = torch.cat([patches, self.keypoints(mid)[:, None]], 1)
+        x = self.blocks[1](self.blocks[0](x, text), text)  # S/4 x S/4
+        keypoints = self.keypoints(x)
+        x = self.blocks[3](self.blocks[2](x, text), text)  # S/16 x S/16
+        feat = torch.cat([x.flatten(2).transpose(1, 2), keypoints[:, None]], 1)
         feat = feat.view(b, c, -1, feat.shape[-1]) + self.cam_emb + self.patch_pos
         img = feat.flatten(1, 2)
-        txt = self.tok_emb(tokens) + self.tok_pos[: tokens.shape[1]]
+        txt = words + self.tok_pos[: tokens.shape[1]]
         prop = self.proprio(proprio)[:, None]
         seq = torch.cat([img, prop, txt], 1)
         mask = torch.cat([torch.ones(b, img.shape[1] + 1, dtype=torch.bool, device=seq.device), token_mask], 1)

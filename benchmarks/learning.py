@@ -1,0 +1,73 @@
+"""Learning efficacy: few-shot SFT -> PPO (or GRPO) on the tabletop suite within a wall-clock
+budget; success (ODE evaluation) vs wall time and env steps. Writes
+benchmarks/results/learning_<algo>.json and .png.
+
+    python benchmarks/learning.py --algo ppo --minutes 30 [--init-checkpoint DIR] [--set key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from rlsys.config import load_config
+from rlsys.train import train
+
+OUT = Path(__file__).parent / "results"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--algo", choices=("ppo", "grpo"), default="ppo")
+    ap.add_argument("--minutes", type=float, default=30.0)
+    ap.add_argument("--init-checkpoint", default="")
+    ap.add_argument("--run-dir", default="runs/bench")
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    args = ap.parse_args()
+    cfg = load_config(f"tabletop_{args.algo}", [f"max_minutes={args.minutes}", "iterations=100000",
+                                                f"run_dir={args.run_dir}", f"init_checkpoint={args.init_checkpoint}",
+                                                *args.overrides])
+    t0 = time.time()
+    out = train(cfg)
+    run_dir = Path(out["run_dir"])
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = []
+    sft_eval = run_dir / "sft" / "eval" / "eval.json"
+    init = json.loads(sft_eval.read_text()) if sft_eval.exists() else None
+    steps = 0.0
+    for r in rows:
+        steps += r["rollout/env_steps"]
+        if "eval/success_rate" in r:
+            e = json.loads((run_dir / "eval" / f"iter_{r['iteration']:06d}" / "eval.json").read_text())
+            evals.append({"iteration": r["iteration"], "env_steps": steps, "wall_s": e["wall_s"],
+                          "success": r["eval/success_rate"], "tasks": {k: v["success"] for k, v in e["tasks"].items()}})
+    res = {"algo": args.algo, "budget_minutes": args.minutes, "run_dir": str(run_dir), "total_s": time.time() - t0,
+           "sft_eval": init and {"success": init["mean_success"],
+                                 "tasks": {k: v["success"] for k, v in init["tasks"].items()}},
+           "evals": evals, "overrides": args.overrides,
+           "rollout_success": [(r["iteration"], r["rollout/success_rate"]) for r in rows]}
+    OUT.mkdir(exist_ok=True)
+    (OUT / f"learning_{args.algo}.json").write_text(json.dumps(res, indent=2))
+    print(json.dumps({k: res[k] for k in ("sft_eval", "evals")}, indent=1))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
+    x0 = [0.0] if init else []
+    y0 = [init["mean_success"]] if init else []
+    ax[0].plot(x0 + [e["wall_s"] / 60 for e in evals], y0 + [e["success"] for e in evals], "o-")
+    ax[0].set(xlabel="wall time (min, RL phase)", ylabel="eval success (ODE)", ylim=(0, 1),
+              title=f"{args.algo.upper()} on tabletop")
+    ax[1].plot(x0 + [e["env_steps"] for e in evals], y0 + [e["success"] for e in evals], "o-")
+    ax[1].set(xlabel="env steps", ylim=(0, 1))
+    fig.tight_layout()
+    fig.savefig(OUT / f"learning_{args.algo}.png", dpi=100)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""System throughput in one run on this machine (JSON + PNG in benchmarks/results/):
+
+- raw simulator env steps/s with a null policy on the same env workers, vs full-system env steps/s
+  (rollout with the flow policy through inference actors); their ratio = pipeline efficiency
+- pipelining on (2 env groups per worker) vs off
+- learner samples/s (PPO update) vs raw forward+backward samples/s of the same model
+- weight broadcast time to 1 vs 2 inference workers
+
+    python benchmarks/throughput.py [--chunks 16] [--set key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+import torch
+
+from rlsys.actors.inference import state_to_numpy
+from rlsys.actors.system import RaySystem, ensure_ray
+from rlsys.config import load_config
+from rlsys.policy.flow_policy import FlowPolicy
+
+OUT = Path(__file__).parent / "results"
+
+
+def system_numbers(cfg, state, repeats: int) -> dict:
+    system = RaySystem(cfg, state, episodic=False)
+    try:
+        system.sync_weights()
+        system.collect()  # warm-up (actor start, first render)
+        full, segs = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            segs = system.collect()
+            full.append(sum(int(s.exec_mask.sum()) for s in segs) / (time.perf_counter() - t0))
+        raw = ray.get([w.null_rollout.remote(cfg.rollout.chunks_per_segment) for w in system.env_workers])
+        raw_rate = sum(s for s, _ in raw) / max(t for _, t in raw)
+        broadcast = [system.sync_weights()[1] for _ in range(3)]
+        t0 = time.perf_counter()
+        m = system.update(segs)
+        return {"full_env_steps_per_s": float(np.median(full)), "raw_env_steps_per_s": raw_rate,
+                "pipeline_efficiency": float(np.median(full)) / raw_rate,
+                "broadcast_s": float(np.median(broadcast)), "learner_samples_per_s": m["samples_per_s"],
+                "learner_batch": m["samples"], "update_s": time.perf_counter() - t0}
+    finally:
+        system.shutdown()
+
+
+def raw_fwd_bwd(cfg, batch: int, repeats: int = 5) -> float:
+    from rlsys.actors.env_worker import EnvWorkerCore
+    from rlsys.actors.inference import InferenceEngine
+
+    engine = InferenceEngine(cfg, FlowPolicy(cfg.policy))
+    core = EnvWorkerCore(cfg, 0)
+    seg = core.rollout(engine.infer, lambda c: c, engine.values)
+    core.close()
+    idx = np.arange(min(batch, seg.obs.batch_size))
+    obs, chunk = seg.obs.index(idx), seg.chunk.index(idx)
+    exec_mask = seg.exec_mask.reshape(-1, seg.exec_mask.shape[-1])[idx]
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        rc = engine.policy.log_prob_and_value(obs, chunk.chain, chunk.step_mask, exec_mask, engine.sampler,
+                                              "chunk_level")
+        (rc.logp.sum() + rc.value.sum()).backward()
+        times.append(time.perf_counter() - t0)
+    return len(idx) / float(np.median(times[1:]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--chunks", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    args = ap.parse_args()
+    base = [f"rollout.chunks_per_segment={args.chunks}", "algo.epochs=1", *args.overrides]
+    cfg = load_config("tabletop_ppo", ["placement.mode=disaggregated", "rollout.env_groups=1", *base])
+    ensure_ray(cfg, num_cpus=8)
+    torch.manual_seed(0)
+    state = state_to_numpy(FlowPolicy(cfg.policy))
+    res = {"config": {"env_workers": cfg.rollout.num_env_workers, "envs_per_worker": cfg.env.num_envs,
+                      "chunks_per_segment": args.chunks, "overrides": args.overrides}}
+    res["pipelining_off"] = system_numbers(cfg, state, args.repeats)
+    print(json.dumps(res, indent=1), flush=True)
+    piped = load_config("tabletop_ppo", ["placement.mode=pipelined", "rollout.env_groups=2", *base])
+    res["pipelining_on"] = system_numbers(piped, state, args.repeats)
+    two = load_config("tabletop_ppo", ["placement.mode=disaggregated", "rollout.env_groups=1",
+                                       "rollout.num_inference_workers=2", *base])
+    res["two_inference_workers"] = system_numbers(two, state, args.repeats)
+    res["raw_fwd_bwd_samples_per_s"] = raw_fwd_bwd(cfg, 64)
+    res["learner_over_raw"] = res["pipelining_off"]["learner_samples_per_s"] / res["raw_fwd_bwd_samples_per_s"]
+    res["broadcast_1_vs_2_workers_s"] = [res["pipelining_off"]["broadcast_s"],
+                                         res["two_inference_workers"]["broadcast_s"]]
+    OUT.mkdir(exist_ok=True)
+    (OUT / "throughput.json").write_text(json.dumps(res, indent=2))
+    print(json.dumps(res, indent=1))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
+    labels = ["raw sim (null policy)", "full system", "full, pipelined", "full, 2 infer workers"]
+    vals = [res["pipelining_off"]["raw_env_steps_per_s"], res["pipelining_off"]["full_env_steps_per_s"],
+            res["pipelining_on"]["full_env_steps_per_s"], res["two_inference_workers"]["full_env_steps_per_s"]]
+    ax[0].barh(labels, vals)
+    ax[0].set(xlabel="env steps / s", title="rollout throughput")
+    ax[1].barh(["learner (PPO update)", "raw fwd+bwd"], [res["pipelining_off"]["learner_samples_per_s"],
+                                                        res["raw_fwd_bwd_samples_per_s"]])
+    ax[1].set(xlabel="samples / s", title="learner")
+    fig.tight_layout()
+    fig.savefig(OUT / "throughput.png", dpi=100)
+
+
+if __name__ == "__main__":
+    main()
