@@ -1,4 +1,4 @@
-"""``rlsys`` command line: train, sft, eval, demos, presets.
+"""``rlsys`` command line: train, sft, eval, demos, report, presets.
 
 Every subcommand takes ``--preset NAME`` and ``--set dotted.key=value`` overrides where it uses
 the config; the config is validated before anything starts.
@@ -79,6 +79,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     train(cfg, resume=args.resume)
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from rlsys.report import make_report
+
+    png, page = make_report(args.run_dir)
+    print(f"wrote {png} and {page}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlsys", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -87,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         "sft": (cmd_sft, "supervised flow-matching training from demos; writes a checkpoint"),
         "eval": (cmd_eval, "evaluate a checkpoint with deterministic (ODE) sampling"),
         "demos": (cmd_demos, "write scripted-expert demonstrations (LeRobotDataset layout)"),
+        "report": (cmd_report, "plot a run directory: report.png + self-contained report.html"),
         "presets": (cmd_presets, "list the named config presets"),
     }
     ps = {name: sub.add_parser(name, help=h, description=h) for name, (_, h) in commands.items()}
@@ -103,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     ps["eval"].add_argument("--tasks", nargs="*", help="subset of task names")
     ps["eval"].add_argument("--episodes", type=int, default=50, help="episodes per task (default 50)")
     ps["eval"].add_argument("--out", help="folder for the result table (JSON + markdown) and videos")
+    ps["report"].add_argument("run_dir", help="a run directory written by `rlsys train`")
     _config_args(ps["demos"], None)
     ps["demos"].add_argument("--env", help="env name (default: env.name of the config)")
     ps["demos"].add_argument("--episodes", type=int, required=True, help="successful episodes per task")

@@ -159,7 +159,6 @@ class RolloutConfig:
     max_wait_ms: float = 5.0
     max_staleness: int = 0  # 0: strictly on-policy
     env_groups: int = 2  # pipelining: env groups per worker (1 disables)
-    transport: Literal["ray", "zmq"] = "ray"
 
     def __post_init__(self) -> None:
         check(self.num_env_workers >= 1, "num_env_workers", ">= 1", self.num_env_workers)

@@ -228,3 +228,32 @@ def test_cli_bad_config_fails_fast_with_the_field():
     out = subprocess.run([sys.executable, "-m", "rlsys.cli", "train", "--set", "algo.gamma=2"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "algo.gamma: got 2.0; allowed: (0, 1]" in out.stderr
+
+
+def test_normalization_floors_near_constant_channels():
+    from rlsys.envs.demos import DemoSet
+    from rlsys.sft import STD_FLOOR, normalization_stats
+
+    states = np.zeros((10, 8), np.float32)
+    states[:, 0] = np.linspace(0, 1, 10)
+    states[:, 5] = np.linspace(0, 1e-5, 10)  # a yaw that barely moves in the demos
+    ds = DemoSet(images=np.zeros((10, 1, 16, 16, 3), np.uint8), states=states,
+                 actions=np.zeros((10, 7), np.float32), episode_index=np.zeros(10, np.int64),
+                 frame_index=np.arange(10), instructions=["x"] * 10, episode_starts=np.zeros(1, np.int64),
+                 episode_lengths=np.array([10]), info={})
+    st = normalization_stats(ds)
+    assert st["proprio_std"][5] == pytest.approx(STD_FLOOR) and st["proprio_std"][3] == 1.0
+    assert st["action_std"].min() == 1.0  # constant channels get std 1
+
+
+def test_report_writes_png_and_html(tmp_path):
+    from rlsys.report import make_report
+
+    rows = [{"iteration": i, "rollout/env_steps_per_s": 100.0 + i, "rollout/success_rate": 0.1 * i,
+             "learner/policy_loss": 0.5 / i, "time/collect_s": 1.0} for i in range(1, 5)]
+    rows[-1]["eval/success_rate"] = 0.5
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    png, page = make_report(tmp_path)
+    assert png.stat().st_size > 10_000 and "data:image/png;base64" in page.read_text()
+    with pytest.raises(FileNotFoundError, match="no metrics.jsonl"):
+        make_report(tmp_path / "missing")
