@@ -9,6 +9,7 @@ group steps its simulators while the other group's observations are being inferr
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -85,7 +86,7 @@ class EnvWorkerCore:
         t_len = min(len(r) for r in rec)
         # stack groups side by side: [T, N]
         obs = [Observation.concat([rec[g][t][0] for g in range(len(rec))]) for t in range(t_len)]
-        chunks = [_concat_chunks([rec[g][t][1] for g in range(len(rec))]) for t in range(t_len)]
+        chunks = [ActionChunk.concat([rec[g][t][1] for g in range(len(rec))]) for t in range(t_len)]
         res = [[rec[g][t][2] for g in range(len(rec))] for t in range(t_len)]
         active = np.stack([np.concatenate([rec[g][t][3] for g in range(len(rec))]) for t in range(t_len)])
 
@@ -120,7 +121,7 @@ class EnvWorkerCore:
         self.successes += int((cat(lambda r: r.success) & ended).sum())
         return Segment(
             obs=Observation.concat(obs),
-            chunk=_concat_chunks(chunks),
+            chunk=ActionChunk.concat(chunks),
             versions=np.stack([np.concatenate([np.full(rec[g][t][1].batch_size, rec[g][t][1].version)
                                                for g in range(len(rec))]) for t in range(t_len)]).astype(np.int64),
             rewards=cat(lambda r: r.rewards).astype(np.float32),
@@ -142,8 +143,6 @@ class EnvWorkerCore:
     def null_rollout(self, chunks: int) -> tuple[int, float]:
         """Step every env with zero actions for ``chunks`` chunk-steps (no policy): the simulator's own
         speed on this worker. Returns (env steps, seconds)."""
-        import time
-
         h = self.cfg.policy.action_horizon
         for g, pool in enumerate(self.pools):
             if self._obs[g] is None:
@@ -164,8 +163,4 @@ class EnvWorkerCore:
         for p in self.pools:
             p.close()
 
-
-def _concat_chunks(chunks: list[ActionChunk]) -> ActionChunk:
-    arrays = {k: np.concatenate([c.arrays()[k] for c in chunks]) for k in chunks[0].arrays()}
-    return ActionChunk(**arrays, version=min(c.version for c in chunks))
 

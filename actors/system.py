@@ -70,24 +70,23 @@ class EnvWorker:
         self.index = index
 
     def rollout(self, policy_actors: list[Any]) -> Segment:
+        """Requests go out asynchronously (so env groups overlap with inference); a request whose
+        inference worker died is re-sent to the next live one."""
         order = [policy_actors[(self.index + i) % len(policy_actors)] for i in range(len(policy_actors))]
 
-        def call(method: str, obs: Observation) -> Any:
+        def submit(obs: Observation) -> tuple[Observation, Any]:
+            return obs, order[0].infer.remote(obs)
+
+        def call(method: str, obs: Observation, ref: Any = None) -> Any:
             last: Exception | None = None
-            for actor in order:  # a dead inference worker: try the next live one
+            for i, actor in enumerate(order):
                 try:
-                    return ray.get(getattr(actor, method).remote(obs))
+                    return ray.get(ref if i == 0 and ref is not None else getattr(actor, method).remote(obs))
                 except (RayActorError, RayTaskError) as e:
                     last = e
             raise RuntimeError(f"no inference worker answered: {last}")
 
-        return self.core.rollout(lambda obs: obs, lambda obs: call("infer", obs),
-                                 lambda obs: call("values", obs))
-
-    def rollout_pipelined(self, policy_actors: list[Any]) -> Segment:
-        actor = policy_actors[self.index % len(policy_actors)]
-        return self.core.rollout(lambda obs: actor.infer.remote(obs), ray.get,
-                                 lambda obs: ray.get(actor.values.remote(obs)))
+        return self.core.rollout(submit, lambda h: call("infer", *h), lambda obs: call("values", obs))
 
     def stats(self) -> dict[str, Any]:
         return self.core.stats()
@@ -257,9 +256,7 @@ class RaySystem:
         return version, time.perf_counter() - t0
 
     def collect(self) -> list[Segment]:
-        pipelined = self.cfg.placement.mode == "pipelined" or self.cfg.rollout.env_groups > 1
-        method = "rollout_pipelined" if pipelined else "rollout"
-        futures = [getattr(w, method).remote(self.infer) for w in self.env_workers]
+        futures = [w.rollout.remote(self.infer) for w in self.env_workers]
         segments: list[Segment] = []
         for fut in futures:
             try:

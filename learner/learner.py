@@ -16,7 +16,7 @@ from rlsys.flow import build_sampler, reduce_log_prob
 from rlsys.learner.losses import chunk_gae, grpo_advantages, masked_mean, normalize, ppo_policy_loss, value_loss
 from rlsys.policy.flow_policy import FlowPolicy
 from rlsys.registry import ALGORITHMS
-from rlsys.types import Batch, Observation, Segment
+from rlsys.types import ActionChunk, Batch, Observation, Segment
 
 
 class Learner:
@@ -158,13 +158,11 @@ class Learner:
 
 
 def concat_batches(parts: list[Batch]) -> Batch:
-    from rlsys.actors.env_worker import _concat_chunks
-
     if len(parts) == 1:
         return parts[0]
     return Batch(
         obs=Observation.concat([p.obs for p in parts]),
-        chunk=_concat_chunks([p.chunk for p in parts]),
+        chunk=ActionChunk.concat([p.chunk for p in parts]),
         **{k: np.concatenate([getattr(p, k) for p in parts]) for k in
            ("exec_mask", "old_logp", "old_value", "advantages", "returns", "loss_mask", "versions")},
     )

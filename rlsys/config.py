@@ -204,6 +204,12 @@ class TrainConfig:
             self.policy.num_cameras,
         )
         check(
+            self.placement.mode != "pipelined" or self.rollout.env_groups >= 2,
+            "rollout.env_groups",
+            ">= 2 with placement.mode=pipelined (the groups take turns: one steps while one is inferred)",
+            self.rollout.env_groups,
+        )
+        check(
             self.policy.image_size == self.env.image_size,
             "policy.image_size",
             f"env.image_size ({self.env.image_size})",

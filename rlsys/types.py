@@ -145,6 +145,12 @@ class ActionChunk:
     def index(self, idx: Any) -> ActionChunk:
         return ActionChunk(**{k: v[idx] for k, v in self.arrays().items()}, version=self.version)
 
+    @staticmethod
+    def concat(chunks: list[ActionChunk]) -> ActionChunk:
+        """Stack along B; ``version`` is the oldest (per-row versions live in Segment.versions)."""
+        arrays = {k: np.concatenate([c.arrays()[k] for c in chunks]) for k in chunks[0].arrays()}
+        return ActionChunk(**arrays, version=min(c.version for c in chunks))
+
 
 @dataclass(frozen=True)
 class Segment:
