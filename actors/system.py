@@ -6,8 +6,10 @@
   Inference requests from all env workers are batched (``max_batch`` / ``max_wait_ms``).
 - Weights: the learner ``ray.put``s its state once per version; the same ObjectRef goes to
   every inference worker. Chunks carry the version; the learner enforces ``max_staleness``.
-- Faults: actors restart automatically (``max_restarts=-1``). A segment from an env worker that
-  died is discarded and the worker is rebuilt; inference calls are retried on a live worker.
+- Faults: env and inference actors restart automatically (``max_restarts=-1``). A segment from an
+  env worker that died is discarded and the worker is rebuilt; inference calls are retried on a
+  live worker, and a restarted inference worker pulls the current weights from the learner. The
+  learner does not auto-restart (it would start over from the initial weights): resume instead.
 """
 
 from __future__ import annotations
@@ -235,7 +237,10 @@ class RaySystem:
         ensure_ray(cfg)
         self.cfg, self.episodic = cfg, episodic
         r = cfg.rollout
-        self.learner = PolicyActor.options(**actor_options(cfg, "learner"), **RESTART).remote(
+        # The learner is not restarted automatically: a fresh one would silently start over from
+        # init_state. A learner crash ends the run; `rlsys train --resume` continues from the last
+        # (atomic) checkpoint.
+        self.learner = PolicyActor.options(**actor_options(cfg, "learner")).remote(
             cfg, "learner", init_state, seed=cfg.seed)
         if cfg.placement.mode == "collocated":
             self.infer = [self.learner]
