@@ -1,4 +1,4 @@
-"""``rlsys`` command line: train, sft, eval, demos, report, presets.
+"""``rlsys`` command line: train, sft, eval, demos, report, serve, presets.
 
 Every subcommand takes ``--preset NAME`` and ``--set dotted.key=value`` overrides where it uses
 the config; the config is validated before anything starts.
@@ -79,6 +79,22 @@ def cmd_train(args: argparse.Namespace) -> None:
     train(cfg, resume=args.resume)
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    import time
+
+    from rlsys.checkpoint import read_config
+    from rlsys.deploy.serve import start
+
+    read_config(args.ckpt)  # a clear error for a bad path before Ray starts
+    start(args.ckpt, host=args.host, port=args.port)
+    print(f"serving {args.ckpt} on http://{args.host}:{args.port} (/spec, /act, /ws); Ctrl-C stops", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from rlsys.report import make_report
 
@@ -95,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         "eval": (cmd_eval, "evaluate a checkpoint with deterministic (ODE) sampling"),
         "demos": (cmd_demos, "write scripted-expert demonstrations (LeRobotDataset layout)"),
         "report": (cmd_report, "plot a run directory: report.png + self-contained report.html"),
+        "serve": (cmd_serve, "serve a checkpoint with Ray Serve: HTTP JSON /act, websocket /ws"),
         "presets": (cmd_presets, "list the named config presets"),
     }
     ps = {name: sub.add_parser(name, help=h, description=h) for name, (_, h) in commands.items()}
@@ -112,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     ps["eval"].add_argument("--episodes", type=int, default=50, help="episodes per task (default 50)")
     ps["eval"].add_argument("--out", help="folder for the result table (JSON + markdown) and videos")
     ps["report"].add_argument("run_dir", help="a run directory written by `rlsys train`")
+    ps["serve"].add_argument("ckpt", help="checkpoint folder (safetensors + JSON)")
+    ps["serve"].add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    ps["serve"].add_argument("--port", type=int, default=8000)
     _config_args(ps["demos"], None)
     ps["demos"].add_argument("--env", help="env name (default: env.name of the config)")
     ps["demos"].add_argument("--episodes", type=int, required=True, help="successful episodes per task")

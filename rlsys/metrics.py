@@ -49,11 +49,43 @@ LEARNER_KEYS = {
 }
 
 
+ALL = sorted(v for k, v in list(globals().items()) if k.isupper() and isinstance(v, str) and "/" in v)
+
+
+def prometheus_name(key: str) -> str:
+    """``rollout/env_steps_per_s`` -> ``rlsys_rollout_env_steps_per_s`` (what Grafana queries)."""
+    return "rlsys_" + key.replace("/", "_")
+
+
+class RayMetrics:
+    """Per-iteration values as ``ray.util.metrics`` gauges (Prometheus via Ray's metrics agent),
+    tagged with the run name; env steps also as a counter."""
+
+    def __init__(self, run: str) -> None:
+        from ray.util import metrics
+
+        self._m = metrics
+        self.tags = {"run": run}
+        self._gauges: dict[str, Any] = {}
+        self._steps = metrics.Counter(prometheus_name("rollout/env_steps_total"), "env steps", tag_keys=("run",))
+
+    def record(self, row: dict[str, Any]) -> None:
+        for key, value in row.items():
+            if key not in ALL or not isinstance(value, (int, float)):
+                continue
+            if key not in self._gauges:
+                self._gauges[key] = self._m.Gauge(prometheus_name(key), key, tag_keys=("run",))
+            self._gauges[key].set(float(value), tags=self.tags)
+        if ENV_STEPS in row:
+            self._steps.inc(float(row[ENV_STEPS]), tags=self.tags)
+
+
 class MetricsLogger:
-    """JSONL (always) + TensorBoard (when available) under the run directory."""
+    """JSONL (always), TensorBoard, and Ray/Prometheus gauges (when Ray is up) for one run."""
 
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / "metrics.jsonl"
+        self.ray: RayMetrics | None = None
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -62,6 +94,13 @@ class MetricsLogger:
             self.tb = None
 
     def log(self, step: int, row: dict[str, Any]) -> None:
+        if self.ray is None:
+            import ray
+
+            if ray.is_initialized():
+                self.ray = RayMetrics(self.path.parent.name)
+        if self.ray is not None:
+            self.ray.record(row)
         with open(self.path, "a") as f:
             f.write(json.dumps({"iteration": step, **row}) + "\n")
         if self.tb is not None:

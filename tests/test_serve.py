@@ -1,0 +1,109 @@
+"""Ray Serve policy server on loopback: HTTP JSON and websocket, batching, 4xx on bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+
+import numpy as np
+import pytest
+import ray
+import torch
+
+from rlsys.checkpoint import save_policy
+from rlsys.config import load_config
+from rlsys.envs.tabletop.env import EMBODIMENT
+from rlsys.policy.flow_policy import FlowPolicy
+
+PORT = 18431
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from ray import serve
+
+    from rlsys.deploy.serve import start
+
+    cfg = load_config("tabletop_sft", ["env.cameras=[agentview]", "policy.num_cameras=1", "env.image_size=32",
+                                       "policy.image_size=32", "policy.width=32", "policy.heads=2"])
+    torch.manual_seed(0)
+    ck = tmp_path_factory.mktemp("serve") / "ck"
+    save_policy(ck, FlowPolicy(cfg.policy), cfg.env, EMBODIMENT, meta={"version": 3})
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    start(str(ck), port=PORT)
+    yield f"http://127.0.0.1:{PORT}"
+    serve.shutdown()
+    ray.shutdown()
+
+
+def _obs():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 255, (1, 32, 32, 3), dtype=np.uint8), rng.normal(size=8)
+
+
+def test_spec_and_act_over_http(server):
+    from rlsys.deploy.client import PolicyClient
+
+    client = PolicyClient(server)
+    spec = client.spec()
+    assert spec["cameras"] == ["agentview"] and spec["action_dim"] == 7 and spec["horizon"] == 5
+    images, proprio = _obs()
+    a = client.act(images, proprio, "pick up the red cube")
+    b = client.act(images, proprio, "pick up the red cube")
+    assert a.shape == (5, 7) and np.isfinite(a).all()
+    # nested-list images give the same kind of answer
+    body = json.dumps({"images": images.tolist(), "proprio": proprio.tolist(), "instruction": "x"}).encode()
+    with urllib.request.urlopen(urllib.request.Request(server + "/act", data=body), timeout=30) as r:
+        out = json.loads(r.read())
+    assert np.asarray(out["actions"]).shape == (5, 7) and out["version"] == 3
+    assert b.shape == a.shape
+
+
+@pytest.mark.parametrize("body,status,match", [
+    (b"not json", 400, "not JSON"),
+    (json.dumps({"proprio": [0] * 8, "instruction": "x"}).encode(), 400, "missing field"),
+    (json.dumps({"images": [[[0, 0, 0]]], "proprio": [0] * 8, "instruction": "x"}).encode(), 422, "images: shape"),
+    (json.dumps({"images": {"b64": "AAAA"}, "proprio": [0] * 8, "instruction": "x"}).encode(), 422, "bytes, expected"),
+    (json.dumps({"images": {"b64": ""}, "proprio": [0] * 3, "instruction": "x"}).encode(), 422, None),
+    (b"{" + b" " * (5 * 1024 * 1024) + b"}", 413, "exceeds"),
+])
+def test_bad_requests_get_4xx_with_a_message(server, body, status, match):
+    req = urllib.request.Request(server + "/act", data=body, headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=30)
+    assert e.value.code == status
+    if match:
+        assert match in json.loads(e.value.read())["error"]
+
+
+def test_concurrent_requests_are_batched_and_answered(server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rlsys.deploy.client import PolicyClient
+
+    client = PolicyClient(server)
+    images, proprio = _obs()
+    with ThreadPoolExecutor(8) as pool:
+        outs = list(pool.map(lambda i: client.act(images, proprio, f"task {i}"), range(32)))
+    assert all(o.shape == (5, 7) for o in outs)
+
+
+def test_websocket_route(server):
+    import websockets
+
+    from rlsys.deploy.client import PolicyClient
+
+    images, proprio = _obs()
+
+    async def talk():
+        async with websockets.connect(server.replace("http", "ws") + "/ws") as ws:
+            await ws.send(json.dumps(PolicyClient.payload(images, proprio, "pick up the red cube")))
+            good = json.loads(await ws.recv())
+            await ws.send(json.dumps({"images": [], "proprio": [], "instruction": ""}))
+            bad = json.loads(await ws.recv())
+            return good, bad
+
+    good, bad = asyncio.run(talk())
+    assert np.asarray(good["actions"]).shape == (5, 7)
+    assert bad["status"] == 422 and "images" in bad["error"]
