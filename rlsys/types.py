@@ -30,6 +30,15 @@ def _check(owner: str, name: str, value: Any, dtype: Any, ndim: int) -> None:
         raise ContractError(f"{owner}.{name}: expected dtype {np.dtype(dtype)}, got {value.dtype}")
 
 
+def _check_fields(owner: str, obj: Any, specs: tuple[tuple[str, Any, int], ...], lead: tuple[int, ...]) -> None:
+    """Check (field, dtype, ndim) for each spec and that the leading dims equal ``lead``."""
+    for name, dtype, nd in specs:
+        v = getattr(obj, name)
+        _check(owner, name, v, dtype, nd)
+        if v.shape[: len(lead)] != lead:
+            raise ContractError(f"{owner}.{name}: leading dims {v.shape[: len(lead)]}, expected {lead}")
+
+
 def _check_lead(owner: str, arrays: dict[str, np.ndarray], lead: int) -> None:
     shapes = {k: v.shape[:lead] for k, v in arrays.items()}
     ref_name, ref = next(iter(shapes.items()))
@@ -188,24 +197,12 @@ class Segment:
     def __post_init__(self) -> None:
         _check("Segment", "versions", self.versions, np.int64, 2)
         t, n = self.versions.shape
-        for name, dtype, nd in (
-            ("rewards", np.float32, 3),
-            ("exec_mask", np.bool_, 3),
-            ("terminated", np.bool_, 2),
-            ("truncated", np.bool_, 2),
-            ("success", np.bool_, 2),
-            ("bootstrap_value", np.float32, 2),
-            ("episode_ids", np.int64, 2),
-            ("valid", np.bool_, 2),
-        ):
-            v = getattr(self, name)
-            _check("Segment", name, v, dtype, nd)
-            if v.shape[:2] != (t, n):
-                raise ContractError(f"Segment.{name}: leading dims {v.shape[:2]} != (T, N) = {(t, n)}")
-        _check("Segment", "last_value", self.last_value, np.float32, 1)
-        _check("Segment", "env_ids", self.env_ids, np.int64, 1)
-        if self.last_value.shape[0] != n or self.env_ids.shape[0] != n:
-            raise ContractError(f"Segment.last_value/env_ids: expected N={n} entries")
+        _check_fields("Segment", self, (
+            ("rewards", np.float32, 3), ("exec_mask", np.bool_, 3), ("terminated", np.bool_, 2),
+            ("truncated", np.bool_, 2), ("success", np.bool_, 2), ("bootstrap_value", np.float32, 2),
+            ("episode_ids", np.int64, 2), ("valid", np.bool_, 2),
+        ), (t, n))
+        _check_fields("Segment", self, (("last_value", np.float32, 1), ("env_ids", np.int64, 1)), (n,))
         if self.obs.batch_size != t * n or self.chunk.batch_size != t * n:
             raise ContractError(
                 f"Segment.obs/chunk: expected T*N={t * n} rows, got {self.obs.batch_size}/{self.chunk.batch_size}"
@@ -242,19 +239,11 @@ class Batch:
 
     def __post_init__(self) -> None:
         b = self.obs.batch_size
-        for name, dtype, nd in (
-            ("exec_mask", np.bool_, 2),
-            ("old_logp", np.float32, 1),
-            ("old_value", np.float32, 1),
-            ("advantages", np.float32, 1),
-            ("returns", np.float32, 1),
-            ("loss_mask", np.bool_, 1),
+        _check_fields("Batch", self, (
+            ("exec_mask", np.bool_, 2), ("old_logp", np.float32, 1), ("old_value", np.float32, 1),
+            ("advantages", np.float32, 1), ("returns", np.float32, 1), ("loss_mask", np.bool_, 1),
             ("versions", np.int64, 1),
-        ):
-            v = getattr(self, name)
-            _check("Batch", name, v, dtype, nd)
-            if v.shape[0] != b:
-                raise ContractError(f"Batch.{name}: {v.shape[0]} rows, expected {b}")
+        ), (b,))
         if self.chunk.batch_size != b:
             raise ContractError(f"Batch.chunk: {self.chunk.batch_size} rows, expected {b}")
 

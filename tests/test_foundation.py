@@ -111,7 +111,7 @@ def test_action_chunk_validates_chain_shape():
     with pytest.raises(ContractError, match="ActionChunk.value: expected dtype float32"):
         ActionChunk(**{**kw, "value": np.zeros(2, np.float64)})
     chunk = ActionChunk(**kw)
-    with pytest.raises(ContractError, match="Batch.old_logp: 3 rows, expected 2"):
+    with pytest.raises(ContractError, match=r"Batch.old_logp: leading dims \(3,\), expected \(2,\)"):
         Batch(obs=Observation(**_obs()), chunk=chunk, exec_mask=np.ones((2, 5), bool),
               old_logp=np.zeros(3, np.float32), old_value=np.zeros(2, np.float32),
               advantages=np.zeros(2, np.float32), returns=np.zeros(2, np.float32),
