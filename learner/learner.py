@@ -25,8 +25,12 @@ class Learner:
         self.sampler = build_sampler(cfg.sampler)
         self.algo = ALGORITHMS.get(cfg.algo.name)
         a = cfg.algo
+        if not a.update_backbone:  # frozen: no gradients, no backward through the CNN/transformer
+            for p in policy.backbone.parameters():
+                p.requires_grad_(False)
         critic = [p for n, p in policy.named_parameters() if n.startswith("value_head.")]
-        actor = [p for n, p in policy.named_parameters() if not n.startswith("value_head.")]
+        actor = [p for n, p in policy.named_parameters()
+                 if not n.startswith("value_head.") and p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             [{"params": actor, "lr": a.actor_lr}, {"params": critic, "lr": a.critic_lr}],
             betas=(a.betas[0], a.betas[1]), weight_decay=a.weight_decay,

@@ -138,6 +138,7 @@ class AlgoConfig:
     betas: tuple[float, ...] = (0.9, 0.95)
     weight_decay: float = 0.01
     grad_clip: float = 1.0
+    update_backbone: bool = False  # False: RL updates the action expert (+ heads) only; backbone frozen
     group_size: int = 8  # GRPO: rollouts per initial state
     filter_groups: bool = True  # GRPO: drop groups whose success rate is 0 or 1
 
