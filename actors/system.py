@@ -110,7 +110,7 @@ class PolicyActor:
         from rlsys.learner.learner import Learner
         from rlsys.policy.flow_policy import FlowPolicy
 
-        torch.set_num_threads(1)
+        torch.set_num_threads(cfg.placement.learner_threads if role == "learner" else 1)
         torch.manual_seed(seed)
         self.cfg, self.role = cfg, role
         device = "cuda" if cfg.placement.use_gpu and torch.cuda.is_available() else "cpu"

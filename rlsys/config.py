@@ -176,6 +176,10 @@ class PlacementConfig:
     mode: Literal["disaggregated", "collocated", "pipelined"] = "collocated"
     sim_resource: str = "sim"  # custom resource that marks simulator (CPU pool) nodes
     use_gpu: bool = False  # request GPUs for inference workers and the learner
+    learner_threads: int = 2  # torch CPU threads in the learner (env workers idle while it updates)
+
+    def __post_init__(self) -> None:
+        check(self.learner_threads >= 1, "learner_threads", ">= 1", self.learner_threads)
 
 
 @dataclass(frozen=True)
