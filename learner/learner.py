@@ -119,7 +119,10 @@ class Learner:
                     loss = loss - a.entropy_coef * ent
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                gn = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), a.grad_clip)
+                # actor and critic clipped separately: a large value-loss gradient must not shrink
+                # the policy step
+                gn = torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], a.grad_clip)
+                torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[1]["params"], a.grad_clip)
                 self.optimizer.step()
                 for k, v in (("policy_loss", pl.loss.item()), ("value_loss", vl.item()), ("entropy", ent.item()),
                              ("approx_kl", pl.approx_kl), ("clip_fraction", pl.clip_fraction),
