@@ -94,12 +94,16 @@ class FlowPolicy(nn.Module):
             raise ContractError(f"Observation.action_dim: {int(obs.action_dim.max())} channels > "
                                 f"policy.action_channels {c.action_channels}")
         dev = self.device
+
+        def t(a: np.ndarray) -> torch.Tensor:  # arrays from Ray's object store are read-only
+            return torch.from_numpy(a if a.flags.writeable else a.copy()).to(dev)
+
         return {
-            "images": torch.from_numpy(obs.images).to(dev).float() / 255.0,
-            "proprio": (torch.from_numpy(obs.proprio).to(dev) - self.proprio_mean) / self.proprio_std,
-            "tokens": torch.from_numpy(obs.tokens).to(dev),
-            "token_mask": torch.from_numpy(obs.token_mask).to(dev),
-            "action_dim": torch.from_numpy(obs.action_dim).to(dev),
+            "images": t(obs.images).float() / 255.0,
+            "proprio": (t(obs.proprio) - self.proprio_mean) / self.proprio_std,
+            "tokens": t(obs.tokens),
+            "token_mask": t(obs.token_mask),
+            "action_dim": t(obs.action_dim),
         }
 
     def encode(self, t: dict[str, torch.Tensor]) -> Prefix:
