@@ -16,7 +16,7 @@ import numpy as np
 import ray
 
 from rlsys.deploy.client import PolicyClient
-from rlsys.deploy.serve import start
+from rlsys.deploy.serve import prepare_env, start
 
 OUT = Path(__file__).parent / "results"
 
@@ -68,6 +68,7 @@ def main() -> None:
     ap.add_argument("--max-requests", type=int, default=2000)
     ap.add_argument("--port", type=int, default=18432)
     args = ap.parse_args()
+    prepare_env()
     ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     start(args.ckpt, port=args.port)
     url = f"http://127.0.0.1:{args.port}"

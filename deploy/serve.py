@@ -1,5 +1,8 @@
 """Ray Serve policy server: observation -> action chunk over HTTP JSON and a websocket.
 
+(No ``from __future__ import annotations`` here: FastAPI must resolve ``Request``/``WebSocket``
+annotations on the Serve-wrapped methods at import time.)
+
     rlsys serve CKPT [--port 8000]          # binds 127.0.0.1 unless --host says otherwise
 
 Routes (JSON):
@@ -13,7 +16,6 @@ Requests from many clients are batched (``@serve.batch``). Bodies over ``max_bod
 malformed requests get 400/422 with a message naming the field. Sampling is deterministic (ODE).
 """
 
-from __future__ import annotations
 
 import base64
 import binascii
@@ -149,7 +151,27 @@ class PolicyServer:
             return
 
 
+SLOW_MACHINE_ENV = {
+    # Serve's defaults (5 s proxy readiness, 10 s health checks) kill the HTTP proxy in a loop on
+    # a busy 2-core machine where it takes longer to start; these only matter before Ray starts.
+    "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
+    "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "60",
+}
+
+
+def prepare_env() -> None:
+    import os
+
+    for k, v in SLOW_MACHINE_ENV.items():
+        os.environ.setdefault(k, v)
+
+
 def start(checkpoint: str, host: str = "127.0.0.1", port: int = 8000, name: str = "rlsys") -> Any:
     """Start Serve on ``host:port`` (loopback by default) and deploy the policy; returns the handle."""
+    import ray
+
+    prepare_env()
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1")
     serve.start(http_options={"host": host, "port": port})
     return serve.run(PolicyServer.bind(checkpoint), name=name, route_prefix="/")

@@ -23,13 +23,14 @@ PORT = 18431
 def server(tmp_path_factory):
     from ray import serve
 
-    from rlsys.deploy.serve import start
+    from rlsys.deploy.serve import prepare_env, start
 
     cfg = load_config("tabletop_sft", ["env.cameras=[agentview]", "policy.num_cameras=1", "env.image_size=32",
                                        "policy.image_size=32", "policy.width=32", "policy.heads=2"])
     torch.manual_seed(0)
     ck = tmp_path_factory.mktemp("serve") / "ck"
     save_policy(ck, FlowPolicy(cfg.policy), cfg.env, EMBODIMENT, meta={"version": 3})
+    prepare_env()
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     start(str(ck), port=PORT)
     yield f"http://127.0.0.1:{PORT}"
