@@ -24,7 +24,9 @@ SMALL = ["env.tasks=[lift]", "env.cameras=[agentview]", "env.image_size=32", "en
          "policy.backbone_layers=1", "policy.expert_layers=1", "rollout.chunks_per_segment=2",
          "rollout.num_env_workers=2", "rollout.env_groups=1", "algo.epochs=1", "algo.minibatches=1",
          "iterations=1", "eval_every=1", "eval_episodes=1"]
-ENV = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+# Token auth stays on (Ray's default for `ray start`); the client side must opt in to send the token
+# from ~/.ray/auth_token.
+ENV = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +65,8 @@ def _wait(client, job_id: str, timeout: float = 600.0):
 def test_ray_job_submit_runs_training_and_bad_config_fails(head, ckpt, tmp_path):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    client = JobSubmissionClient(head)
+    token = (Path.home() / ".ray" / "auth_token").read_text().strip()  # written by `ray start`
+    client = JobSubmissionClient(head, headers={"Authorization": f"Bearer {token}"})
     sets = " ".join(f"--set {s}" for s in (*SMALL, f"run_dir={tmp_path}", f"init_checkpoint={ckpt}"))
     runtime_env = {"working_dir": str(REPO), "excludes": [".venv", "venv", "runs", ".git", "benchmarks/results"],
                    "env_vars": {"MUJOCO_GL": "egl"}}
@@ -82,17 +85,40 @@ def test_ray_job_submit_runs_training_and_bad_config_fails(head, ckpt, tmp_path)
     assert "algo.gamma: got 3.0; allowed: (0, 1]" in client.get_job_logs(bad)
 
 
-def test_fake_multinode_autoscaling_places_actors_on_the_right_pools(ckpt, tmp_path):
+def _fake_cluster_class():
     from ray.cluster_utils import AutoscalingCluster
+
+    class FakeCluster(AutoscalingCluster):
+        """Ray's AutoscalingCluster reads a base YAML its wheel does not ship; give it ours."""
+
+        def _generate_config(self, head_resources, worker_node_types, autoscaler_v2=False, **kw):
+            types = {**worker_node_types,
+                     "ray.head.default": {"resources": head_resources, "node_config": {}, "max_workers": 0}}
+            cfg = {"cluster_name": "rlsys_fake", "max_workers": 8, "head_node_type": "ray.head.default",
+                   "provider": {"type": "fake_multinode", "use_node_id_as_ip": True,
+                                "disable_node_updaters": True, "disable_launch_config_check": True},
+                   "available_node_types": types, "auth": {}, "upscaling_speed": 1.0, "idle_timeout_minutes": 1,
+                   "docker": {}, "file_mounts": {}, "cluster_synced_files": [], "file_mounts_sync_continuously": False,
+                   "rsync_exclude": [], "rsync_filter": [], **{k: [] for k in (
+                       "initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
+                       "head_start_ray_commands", "worker_start_ray_commands")}}
+            cfg.update(kw)
+            return cfg
+
+    return FakeCluster
+
+
+def test_fake_multinode_autoscaling_places_actors_on_the_right_pools(ckpt, tmp_path):
     from ray.util.state import list_actors
 
-    cluster = AutoscalingCluster(
+    cluster = _fake_cluster_class()(
         head_resources={"CPU": 1},
         worker_node_types={
-            "sim_pool": {"resources": {"CPU": 2, "sim": 2}, "node_config": {}, "min_workers": 0, "max_workers": 1},
-            "gpu_pool": {"resources": {"CPU": 2, "GPU": 1}, "node_config": {}, "min_workers": 0, "max_workers": 2},
+            "sim_pool": {"resources": {"CPU": 2, "sim": 2, "object_store_memory": 200 * 2**20},
+                         "node_config": {}, "min_workers": 0, "max_workers": 1},
+            "gpu_pool": {"resources": {"CPU": 2, "GPU": 1, "object_store_memory": 200 * 2**20},
+                         "node_config": {}, "min_workers": 0, "max_workers": 2},
         },
-        idle_timeout_minutes=1,
     )
     cluster.start(_system_config={"enable_autoscaler_v2": False})
     try:
