@@ -133,12 +133,14 @@ class PolicyActor:
         self._lock = asyncio.Lock()
         self.batch_sizes: list[int] = []
         self.latencies: list[float] = []
+        self.queue_peak = 0
         self._published: tuple[int, list[Any]] | None = None
 
     # ---------------------------------------------------------------- inference
     async def infer(self, obs: Observation) -> ActionChunk:
         fut = asyncio.get_running_loop().create_future()
         self._queue.append((obs, fut))
+        self.queue_peak = max(self.queue_peak, len(self._queue))
         if sum(o.batch_size for o, _ in self._queue) >= self.cfg.rollout.max_batch:
             self._full.set()
         if self._flusher is None or self._flusher.done():
@@ -183,10 +185,11 @@ class PolicyActor:
         return version
 
     async def infer_stats(self) -> dict[str, float]:
-        b, lat = self.batch_sizes, self.latencies
-        self.batch_sizes, self.latencies = [], []
+        b, lat, peak = self.batch_sizes, self.latencies, self.queue_peak
+        self.batch_sizes, self.latencies, self.queue_peak = [], [], 0
         return {"batch_size": float(np.mean(b)) if b else 0.0, "latency_s": float(np.mean(lat)) if lat else 0.0,
-                "batches": float(len(b)), "version": float(self.engine.version)}
+                "batches": float(len(b)), "version": float(self.engine.version), "queue_peak": float(peak),
+                "latencies": lat}
 
     # ---------------------------------------------------------------- learner
     async def publish(self) -> tuple[int, list[Any]]:

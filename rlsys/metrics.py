@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 # rollout
 ENV_STEPS = "rollout/env_steps"
 ENV_STEPS_PER_S = "rollout/env_steps_per_s"
@@ -18,6 +20,8 @@ BAD_EPISODES = "rollout/bad_episodes"
 # inference
 INFER_BATCH_SIZE = "infer/batch_size"
 INFER_LATENCY_S = "infer/latency_s"
+INFER_QUEUE_DEPTH = "infer/queue_depth"  # peak pending requests in a policy actor this iteration
+INFER_LATENCY_HIST = "infer/batch_latency_s"  # histogram of every inference batch's latency
 # learner
 POLICY_LOSS = "learner/policy_loss"
 VALUE_LOSS = "learner/value_loss"
@@ -68,16 +72,21 @@ class RayMetrics:
         self.tags = {"run": run}
         self._gauges: dict[str, Any] = {}
         self._steps = metrics.Counter(prometheus_name("rollout/env_steps_total"), "env steps", tag_keys=("run",))
+        self._latency = metrics.Histogram(prometheus_name(INFER_LATENCY_HIST), "inference batch latency (s)",
+                                          boundaries=[0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0],
+                                          tag_keys=("run",))
 
     def record(self, row: dict[str, Any]) -> None:
         for key, value in row.items():
-            if key not in ALL or not isinstance(value, (int, float)):
+            if key not in ALL or key == INFER_LATENCY_HIST or not isinstance(value, (int, float)):
                 continue
             if key not in self._gauges:
                 self._gauges[key] = self._m.Gauge(prometheus_name(key), key, tag_keys=("run",))
             self._gauges[key].set(float(value), tags=self.tags)
         if ENV_STEPS in row:
             self._steps.inc(float(row[ENV_STEPS]), tags=self.tags)
+        for v in row[INFER_LATENCY_HIST] if isinstance(row.get(INFER_LATENCY_HIST), list) else ():
+            self._latency.observe(float(v), tags=self.tags)
 
 
 class MetricsLogger:
@@ -107,6 +116,8 @@ class MetricsLogger:
             for k, v in row.items():
                 if isinstance(v, (int, float)):
                     self.tb.add_scalar(k, v, step)
+                elif k == INFER_LATENCY_HIST and v:
+                    self.tb.add_histogram(k, np.asarray(v, dtype=np.float32), step)
             self.tb.flush()
 
     def close(self) -> None:

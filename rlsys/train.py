@@ -51,7 +51,7 @@ class Run:
         return cls(cfg, run_dir)
 
     # ---------------------------------------------------------------- metrics
-    def rollout_metrics(self, segments: list[Any], system: Any, collect_s: float) -> dict[str, float]:
+    def rollout_metrics(self, segments: list[Any], system: Any, collect_s: float) -> dict[str, Any]:
         steps = sum(int(s.exec_mask.sum()) for s in segments)
         chunks = sum(int(s.valid.sum()) for s in segments)
         ended = sum(int(((s.terminated | s.truncated) & s.valid).sum()) for s in segments)
@@ -66,6 +66,8 @@ class Run:
             M.BAD_EPISODES: float(sum(e["bad_episodes"] for e in st["env"])),
             M.INFER_BATCH_SIZE: float(np.mean([i["batch_size"] for i in infer])),
             M.INFER_LATENCY_S: float(np.mean([i["latency_s"] for i in infer])),
+            M.INFER_QUEUE_DEPTH: float(max(i["queue_peak"] for i in infer)),
+            M.INFER_LATENCY_HIST: [x for i in infer for x in i["latencies"]],
         }
 
     # ---------------------------------------------------------------- eval + checkpoints

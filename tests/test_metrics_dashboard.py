@@ -15,7 +15,7 @@ def dashboard_metrics() -> set[str]:
     names = set()
     for panel in dash["panels"]:
         for t in panel["targets"]:
-            names |= set(re.findall(r"\b(rlsys_[a-z0-9_]+)", t["expr"]))
+            names |= {re.sub(r"_(bucket|sum|count)$", "", n) for n in re.findall(r"\b(rlsys_[a-z0-9_]+)", t["expr"])}
     return names
 
 
@@ -36,7 +36,7 @@ def test_metrics_reach_rays_prometheus_endpoint(tmp_path):
              log_to_driver=False)
     try:
         logger = M.MetricsLogger(tmp_path)
-        row = {k: 1.5 for k in M.ALL}
+        row = {k: 1.5 for k in M.ALL} | {M.INFER_LATENCY_HIST: [0.01, 0.03, 0.2]}
         text = ""
         import time
 
