@@ -148,12 +148,14 @@ class TabletopEnv(RobotEnv):
             raise ConfigError(f"reset options.task: {task!r} is not one of {self.task_names}")
         self._task = task
         self._roles = TASKS[task].roles(rng)
-        mujoco.mj_resetData(self.model, self.data)
-        self._place_objects(rng)
-        mujoco.mj_forward(self.model, self.data)
-        # let objects settle on the table
-        for _ in range(10):
-            mujoco.mj_step(self.model, self.data)
+        while True:  # never start an episode already solved (e.g. two cubes placed "next to" each other)
+            mujoco.mj_resetData(self.model, self.data)
+            self._place_objects(rng)
+            mujoco.mj_forward(self.model, self.data)
+            for _ in range(10):  # let objects settle on the table
+                mujoco.mj_step(self.model, self.data)
+            if not TASKS[task].success(self.privileged_state(), self._roles):
+                break
         self._steps = 0
         self._succeeded = False
         return self._obs(), self._info(False)
