@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 import weakref
 from typing import Any
 
@@ -12,6 +13,7 @@ import numpy as np
 from rlsys.config import RenderConfig
 
 GL_BACKENDS = ("egl", "osmesa", "glfw")
+_LATE = False  # mujoco was imported before MUJOCO_GL was set (it then picked its own backend)
 
 
 class RenderError(RuntimeError):
@@ -20,6 +22,8 @@ class RenderError(RuntimeError):
 
 def configure_gl() -> str:
     """Settle ``MUJOCO_GL`` before mujoco is imported: default ``egl`` (headless), validate others."""
+    global _LATE
+    _LATE = "mujoco" in sys.modules and "MUJOCO_GL" not in os.environ
     backend = os.environ.setdefault("MUJOCO_GL", "egl")
     if backend not in GL_BACKENDS:
         raise RenderError(
@@ -60,6 +64,12 @@ class Renderer:
         try:
             r = mj.Renderer(self.model, self.size, self.size)
         except Exception as e:  # mujoco raises several types for a missing GL
+            if _LATE:
+                raise RenderError(
+                    "mujoco was imported before MUJOCO_GL was set, so it chose its own GL backend "
+                    f"({e}). Export MUJOCO_GL=egl (or osmesa) before starting Python, or import "
+                    "rlsys.envs before mujoco"
+                ) from e
             raise RenderError(
                 f"could not create an offscreen renderer with MUJOCO_GL={os.environ.get('MUJOCO_GL')!r}: "
                 f"{e}. Set MUJOCO_GL to one of {', '.join(GL_BACKENDS)} (egl needs libEGL/Mesa; "
@@ -75,6 +85,8 @@ class Renderer:
         return r
 
     def render(self, data: Any, cameras: tuple[str, ...]) -> np.ndarray:
+        if not cameras:  # state-only use (experts, benchmarks): no GL context at all
+            return np.empty((0, self.size, self.size, 3), np.uint8)
         if self._renderer is None:
             self._renderer = self._make()
         out = np.empty((len(cameras), self.size, self.size, 3), np.uint8)
