@@ -34,8 +34,8 @@ def main() -> None:
     run_dir = Path(out["run_dir"])
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     evals = []
-    sft_eval = run_dir / "sft" / "eval" / "eval.json"
-    init = json.loads(sft_eval.read_text()) if sft_eval.exists() else None
+    sft_eval = Path(args.init_checkpoint or run_dir / "sft") / "eval" / "eval.json"
+    init = json.loads(sft_eval.read_text()) if sft_eval.exists() else None  # the RL starting point
     steps = 0.0
     for r in rows:
         steps += r["rollout/env_steps"]
