@@ -69,8 +69,9 @@ class Sampler:
 
     def stochastic(
         self, x: torch.Tensor, v: torch.Tensor, t: torch.Tensor, dt: float, num_steps: int,
-        log_var: torch.Tensor | None,
+        noise_h: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) of a stochastic transition; ``noise_h`` is the policy's noise-head output."""
         raise NotImplementedError
 
 
@@ -95,7 +96,7 @@ class FlowSDE(Sampler):
         k = torch.randint(0, high, (batch,), generator=generator)
         return torch.nn.functional.one_hot(k, num_steps).bool()
 
-    def stochastic(self, x, v, t, dt, num_steps, log_var):
+    def stochastic(self, x, v, t, dt, num_steps, noise_h):
         return flow_sde_step(x, v, t, dt, self.noise_level, num_steps)
 
 
@@ -119,10 +120,10 @@ class FlowNoise(Sampler):
         lmin, lmax = 2 * math.log(self.sigma_min), 2 * math.log(self.sigma_max)
         return lmin + (lmax - lmin) * (torch.tanh(h) + 1.0) / 2.0
 
-    def stochastic(self, x, v, t, dt, num_steps, log_var):
-        if log_var is None:
+    def stochastic(self, x, v, t, dt, num_steps, noise_h):
+        if noise_h is None:
             raise ValueError("FlowNoise needs the policy's noise head (policy.noise_head: true)")
-        return x - dt * v, torch.exp(log_var / 2.0)
+        return x - dt * v, torch.exp(self.log_var(noise_h.float()) / 2.0)
 
 
 def transition(
@@ -146,8 +147,7 @@ def transition(
     euler = x - dt * v
     if not bool(stochastic.any()):
         return euler, torch.zeros_like(x)
-    log_var = sampler.log_var(noise_h.float()) if isinstance(sampler, FlowNoise) and noise_h is not None else None
-    mean_s, std_s = sampler.stochastic(x, v, t, dt, num_steps, log_var)
+    mean_s, std_s = sampler.stochastic(x, v, t, dt, num_steps, noise_h)
     std_s = torch.broadcast_to(std_s, x.shape)
     on = stochastic.view(-1, 1, 1) & channel_mask.view(channel_mask.shape[0], 1, -1)
     mean = torch.where(stochastic.view(-1, 1, 1), mean_s, euler)
