@@ -69,7 +69,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from rlsys.evaluation import run_eval_command
 
     cfg = _load(args)
-    run_eval_command(cfg, ckpt=args.ckpt, out_dir=args.out, episodes=args.episodes, tasks=args.tasks)
+    run_eval_command(cfg, ckpt=args.ckpt, out_dir=args.out, episodes=args.episodes, tasks=args.tasks,
+                     env=args.env, init_state_offset=args.init_state_offset)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -125,8 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(ps["eval"], "tabletop_sft")
     ps["eval"].add_argument("--ckpt", required=True, help="checkpoint folder (safetensors + JSON)")
     ps["eval"].add_argument("--env", help="env name (default: the checkpoint's env)")
-    ps["eval"].add_argument("--tasks", nargs="*", help="subset of task names")
-    ps["eval"].add_argument("--episodes", type=int, default=50, help="episodes per task (default 50)")
+    ps["eval"].add_argument("--tasks", nargs="*", help="subset of task names (LIBERO: names or indices)")
+    ps["eval"].add_argument("--episodes", "--trials", type=int, default=50,
+                            help="episodes per task (default 50; LIBERO: init states 0..N-1)")
+    ps["eval"].add_argument("--init-state-offset", type=int, default=0,
+                            help="LIBERO: first init state (e.g. 25 to hold out the states demos used)")
     ps["eval"].add_argument("--out", help="folder for the result table (JSON + markdown) and videos")
     ps["report"].add_argument("run_dir", help="a run directory written by `rlsys train`")
     ps["serve"].add_argument("ckpt", help="checkpoint folder (safetensors + JSON)")

@@ -2,7 +2,9 @@
 
 Seeds: evaluation episode ``e`` of task index ``j`` uses seed ``EVAL_SEED_BASE + 10_000 * j + e``,
 disjoint from demo seeds (``rlsys.envs.demos.DEMO_SEED_BASE``) and from training rollouts
-(which draw 32-bit seeds from ``SeedSequence``).
+(which draw 32-bit seeds from ``SeedSequence``). Suites with fixed initial states (LIBERO) get
+``options["init_state"] = init_state_offset + e``: the community protocol is every task x its 50
+init states (episode ``e`` on init state ``e``); other envs ignore the option.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ EVAL_SEED_BASE = 2_000_000
 
 
 def run_episodes(policy: Any, pool: Any, builder: ObservationBuilder, task: str, seeds: list[int],
-                 sampler: Sampler, generator: torch.Generator, frames: list[np.ndarray] | None = None) -> np.ndarray:
+                 sampler: Sampler, generator: torch.Generator, frames: list[np.ndarray] | None = None,
+                 init_states: list[int] | None = None) -> np.ndarray:
     """One episode per env of ``pool`` (len(seeds) == pool.num_envs) on ``task``; -> success [N]."""
     n = pool.num_envs
-    obs, _ = pool.reset(seeds=seeds, options=[{"task": task}] * n)
+    inits = init_states if init_states is not None else [None] * n
+    obs, _ = pool.reset(seeds=seeds, options=[{"task": task, "init_state": j} for j in inits])
     done = np.zeros(n, bool)
     success = np.zeros(n, bool)
     h = policy.cfg.action_horizon
@@ -46,7 +50,8 @@ def run_episodes(policy: Any, pool: Any, builder: ObservationBuilder, task: str,
 
 def evaluate(policy: Any, env_cfg: EnvConfig, embodiment: Any, episodes_per_task: int,
              tasks: tuple[str, ...] | None = None, num_envs: int = 8, sampler: Sampler | None = None,
-             seed: int = 0, video_dir: str | Path | None = None, progress: Any = None) -> dict[str, Any]:
+             seed: int = 0, video_dir: str | Path | None = None, progress: Any = None,
+             init_state_offset: int = 0) -> dict[str, Any]:
     """Success rate per task (ODE sampling by default), episodes run ``num_envs`` at a time."""
     from rlsys.envs.pool import EnvPool
 
@@ -64,8 +69,9 @@ def evaluate(policy: Any, env_cfg: EnvConfig, embodiment: Any, episodes_per_task
             wins, frames = [], [] if video_dir else None
             for start in range(0, episodes_per_task, n):
                 seeds = [EVAL_SEED_BASE + 10_000 * j + start + i for i in range(n)]
+                inits = [init_state_offset + start + i for i in range(n)]
                 s = run_episodes(policy, pool, builder, task, seeds, sampler, generator,
-                                 frames if start == 0 else None)
+                                 frames if start == 0 else None, inits)
                 wins += s[: episodes_per_task - start].tolist()
                 if progress is not None:
                     progress(min(n, episodes_per_task - start))
@@ -74,8 +80,8 @@ def evaluate(policy: Any, env_cfg: EnvConfig, embodiment: Any, episodes_per_task
                 save_video(Path(video_dir) / f"{task}.gif", frames)
     policy.train(was_training)
     mean = float(np.mean([r["success"] for r in results.values()]))
-    return {"tasks": results, "mean_success": mean, "sampler": type(sampler).__name__,
-            "seed_base": EVAL_SEED_BASE}
+    return {"env": env_cfg.name, "tasks": results, "mean_success": mean, "sampler": type(sampler).__name__,
+            "seed_base": EVAL_SEED_BASE, "init_state_offset": init_state_offset}
 
 
 def save_video(path: Path, frames: list[np.ndarray], fps: int = 10) -> None:
@@ -110,18 +116,28 @@ def task_names(env_cfg: EnvConfig) -> tuple[str, ...]:
 
 
 def run_eval_command(cfg: Any, ckpt: str, out_dir: str | None, episodes: int,
-                     tasks: list[str] | None) -> dict[str, Any]:
-    """``rlsys eval``: load a checkpoint, evaluate on its env, write eval.json/eval.md/videos."""
+                     tasks: list[str] | None, env: str | None = None, init_state_offset: int = 0) -> dict[str, Any]:
+    """``rlsys eval``: load a checkpoint, evaluate on its env (or ``env``), write eval.json/eval.md/videos.
+
+    ``cfg.env`` supplies how to run (render quality, ``num_envs`` at a time, ``subprocess``: one
+    simulator per process, ``max_episode_steps``); the checkpoint supplies cameras and image size.
+    """
     from rlsys.checkpoint import load_policy
+    from rlsys.envs.pool import make_single_env
     from rlsys.progress import Progress
 
     policy, env_cfg, embodiment, _ = load_policy(ckpt)
-    env_cfg = dataclasses.replace(env_cfg, render=cfg.env.render)
+    e = cfg.env
+    env_cfg = dataclasses.replace(env_cfg, name=env or env_cfg.name, render=e.render, subprocess=e.subprocess,
+                                  max_episode_steps=e.max_episode_steps,
+                                  tasks=tuple(tasks) if tasks else (() if env else env_cfg.tasks))
+    probe = make_single_env(env_cfg)  # fails here, before any episode, on a bad env / task / camera
+    all_tasks, embodiment = tuple(probe.task_names), probe.embodiment
+    probe.close()
     out = Path(out_dir or Path(ckpt) / "eval")
-    all_tasks = tuple(tasks) if tasks else task_names(env_cfg)
     with Progress(f"eval {env_cfg.name}", total=episodes * len(all_tasks)) as bar:
-        result = evaluate(policy, env_cfg, embodiment, episodes, all_tasks,
-                          video_dir=out / "videos", progress=bar.advance)
+        result = evaluate(policy, env_cfg, embodiment, episodes, all_tasks, num_envs=e.num_envs,
+                          video_dir=out / "videos", progress=bar.advance, init_state_offset=init_state_offset)
     result["checkpoint"] = str(ckpt)
     write_result(out, result, f"{env_cfg.name}: {ckpt}")
     print(markdown_table(result, f"{env_cfg.name}: {ckpt}"))

@@ -70,3 +70,26 @@ def test_bad_input_names_what_is_allowed():
         LiberoEnv(suite="libero_spatial", tasks=("no_such_task",))
     with pytest.raises(ConfigError, match="Allowed: agentview, wrist"):
         LiberoEnv(suite="libero_spatial", cameras=("eye",))
+
+
+def test_tiny_eval_protocol_through_the_cli(tmp_path):
+    """`rlsys eval --env libero_spatial`: 1 task x 2 init states, a few steps, table + JSON written."""
+    import json
+
+    from rlsys.checkpoint import save_policy
+    from rlsys.cli import main
+    from rlsys.config import PolicyConfig
+    from rlsys.envs.tabletop.env import EMBODIMENT as TABLETOP
+    from rlsys.policy.flow_policy import FlowPolicy
+
+    ck = tmp_path / "ck"
+    save_policy(ck, FlowPolicy(PolicyConfig()), EnvConfig(), TABLETOP, meta={"stage": "test"})
+    main(["eval", "--ckpt", str(ck), "--env", "libero_spatial", "--tasks", "0", "--trials", "2",
+          "--init-state-offset", "25", "--out", str(tmp_path / "ev"),
+          "--set", "env.max_episode_steps=6", "--set", "env.num_envs=2"])
+    res = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert res["env"] == "libero_spatial" and res["init_state_offset"] == 25
+    (name, row), = res["tasks"].items()
+    assert name.startswith("pick_up_the_black_bowl") and row["episodes"] == 2 and row["success"] == 0.0
+    assert "| **mean** |" in (tmp_path / "ev" / "eval.md").read_text()
+    assert list((tmp_path / "ev" / "videos").glob("*.gif"))
