@@ -1,7 +1,11 @@
-"""Tabletop simulator speed on this machine: physics, control steps with/without rendering,
-1 vs 2 simulator processes. Writes benchmarks/results/env_speed.json and .png.
+"""Simulator speed on this machine. Tabletop (default): physics, control steps with/without
+rendering, 1 vs 2 simulator processes -> benchmarks/results/env_speed.json and .png.
+LIBERO (``--env libero_spatial``, needs the libero extra): creation and reset time, control steps/s
+per render-quality option (shadows, reflections, multisampling) at two image sizes, 1 vs 2
+simulator processes -> benchmarks/results/env_speed_libero.json and .png.
 
     python benchmarks/env_speed.py [--seconds 5] [--image-size 64]
+    python benchmarks/env_speed.py --env libero_spatial [--seconds 10]
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rlsys.config import EnvConfig
+from rlsys.config import EnvConfig, RenderConfig
 from rlsys.envs.pool import EnvPool
 from rlsys.envs.tabletop.env import SUBSTEPS, TabletopEnv
 
@@ -65,12 +69,51 @@ def pool(n: int, size: int, seconds: float) -> float:
     return r * n
 
 
+def libero(suite: str, seconds: float) -> dict:
+    """LIBERO: the render options' cost at 64 and 128 px, reset cost, process scaling."""
+    from rlsys.envs.pool import make_single_env
+
+    res: dict = {"suite": suite, "task": 0, "cameras": ["agentview", "wrist"]}
+    variants = {"cheap": RenderConfig(), "shadows": RenderConfig(shadows=True),
+                "reflections": RenderConfig(reflections=True), "multisample": RenderConfig(multisample=True),
+                "all_on": RenderConfig(shadows=True, reflections=True, multisample=True)}
+    for size in (64, 128):
+        for name, rc in variants.items():
+            if size == 64 and name not in ("cheap", "all_on"):
+                continue
+            cfg = EnvConfig(name=suite, tasks=("0",), image_size=size, render=rc)
+            t0 = time.perf_counter()
+            env = make_single_env(cfg)
+            env.reset(seed=0)  # creates the simulator
+            res.setdefault("create_and_first_reset_s", time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            env.reset(seed=1)
+            res.setdefault("reset_s", time.perf_counter() - t0)  # restore init state + 10 wait steps
+            rng = np.random.default_rng(0)
+            r = rate(lambda env=env, rng=rng: env.step(rng.uniform(-0.3, 0.3, 7).astype(np.float32)), seconds)
+            res[f"steps_per_s_{size}px_{name}"] = r
+            env.close()
+            print(f"{size}px {name}: {r:.2f} steps/s", flush=True)
+    for n in (1, 2):
+        cfg = EnvConfig(name=suite, tasks=("0",), image_size=128, num_envs=n, subprocess=True)
+        with EnvPool(cfg) as p:
+            p.reset()
+            rng = np.random.default_rng(0)
+            res[f"pool_128px_{n}proc_steps_per_s"] = n * rate(
+                lambda p=p, rng=rng, n=n: p.step(rng.uniform(-0.3, 0.3, (n, 7)).astype(np.float32)), seconds)
+    res["pool_scaling_2proc_over_1proc"] = res["pool_128px_2proc_steps_per_s"] / res["pool_128px_1proc_steps_per_s"]
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--env", default="tabletop", help="tabletop (default) or a LIBERO suite")
     args = ap.parse_args()
     s, sz = args.seconds, args.image_size
+    if args.env != "tabletop":
+        return main_libero(args.env, s)
     res = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "mujoco_gl": os.environ.get("MUJOCO_GL")},
         "image_size": sz,
@@ -99,6 +142,27 @@ def main() -> None:
     ax.set_title(f"tabletop env speed (physics alone: {res['physics_steps_per_s']:.0f} mj_step/s)")
     fig.tight_layout()
     fig.savefig(OUT / "env_speed.png", dpi=100)
+
+
+def main_libero(suite: str, seconds: float) -> None:
+    res = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                       "mujoco_gl": os.environ.get("MUJOCO_GL")}, **libero(suite, seconds)}
+    OUT.mkdir(exist_ok=True)
+    (OUT / "env_speed_libero.json").write_text(json.dumps(res, indent=2))
+    print(json.dumps(res, indent=2))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in res if k.startswith(("steps_per_s", "pool_")) and k.endswith("_per_s")]
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    ax.barh([k.replace("_steps_per_s", "").replace("steps_per_s_", "") for k in keys], [res[k] for k in keys])
+    ax.set_xlabel("control steps / s (2 cameras; 20 Hz OSC)")
+    ax.set_title(f"{suite} env speed (reset {res['reset_s']:.2f} s, create {res['create_and_first_reset_s']:.1f} s)")
+    fig.tight_layout()
+    fig.savefig(OUT / "env_speed_libero.png", dpi=100)
 
 
 if __name__ == "__main__":
