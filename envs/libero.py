@@ -112,6 +112,23 @@ def quat2axisangle(q: np.ndarray) -> np.ndarray:
     return q[:3] / s * 2.0 * np.arccos(w)
 
 
+def _collision_aabb(sim: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """World-frame bounding box of the collision geoms of the bodies named ``name_*``."""
+    import mujoco
+
+    m, d = sim.model._model, sim.data._data
+    lo, hi = np.full(3, np.inf), np.full(3, -np.inf)
+    signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], float)
+    for g in range(m.ngeom):
+        body = mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, int(m.geom_bodyid[g])) or ""
+        if not body.startswith(name) or not (m.geom_contype[g] or m.geom_conaffinity[g]):
+            continue
+        center, half = m.geom_aabb[g, :3], m.geom_aabb[g, 3:]
+        corners = d.geom_xpos[g] + (center + signs * half) @ d.geom_xmat[g].reshape(3, 3).T
+        lo, hi = np.minimum(lo, corners.min(0)), np.maximum(hi, corners.max(0))
+    return lo, hi
+
+
 class LiberoEnv(RobotEnv):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
 
@@ -275,15 +292,29 @@ class LiberoEnv(RobotEnv):
                 "init_state": self.init_state_index}
 
     def privileged_state(self) -> dict[str, Any]:
-        """End-effector pose, gripper, every object's pose, and the task's goal predicates."""
+        """For scripted experts: end-effector pose, gripper, each object's pose and world AABB of its
+        collision geoms (``{name: {"pos", "quat", "lo", "hi"}}``), and the goal predicates."""
         r = self._raw
         inner = self._sims[self._task].env
-        objects = {k[:-4]: (np.asarray(r[k]), np.asarray(r[k[:-4] + "_quat"])) for k in r
-                   if k.endswith("_pos") and not k.startswith("robot0_") and "_to_" not in k
-                   and k[:-4] + "_quat" in r}
+        objects = {}
+        for name in inner.objects_dict:
+            if f"{name}_pos" in r:
+                lo, hi = _collision_aabb(inner.sim, name)
+                objects[name] = {"pos": np.asarray(r[f"{name}_pos"]), "quat": np.asarray(r[f"{name}_quat"]),
+                                 "lo": lo, "hi": hi}
+        for name in getattr(inner, "fixtures_dict", {}):
+            lo, hi = _collision_aabb(inner.sim, name)
+            if np.all(np.isfinite(lo)):
+                objects.setdefault(name, {"pos": (lo + hi) / 2, "quat": np.array([0, 0, 0, 1.0]), "lo": lo, "hi": hi})
         return {"eef_pos": np.asarray(r["robot0_eef_pos"]), "eef_quat": np.asarray(r["robot0_eef_quat"]),
                 "gripper_qpos": np.asarray(r["robot0_gripper_qpos"]), "objects": objects,
                 "goal": [list(g) for g in inner.parsed_problem["goal_state"]]}
+
+    def expert(self) -> Any:
+        """Scripted pick-and-place expert for the current episode (call right after reset)."""
+        from rlsys.envs.libero_expert import LiberoExpert
+
+        return LiberoExpert(self.privileged_state())
 
     def render(self) -> np.ndarray:
         return self._obs()["images"][0]
