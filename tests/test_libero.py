@@ -13,14 +13,31 @@ from rlsys.envs.libero import MAX_STEPS, LiberoEnv, quat2axisangle
 from rlsys.envs.pool import make_single_env
 
 
+def run_expert(env, init_state: int) -> bool:
+    """The scripted expert on one episode; True when the env reports success (and terminates)."""
+    env.reset(seed=0, options={"init_state": init_state})
+    expert = env.expert()
+    for _ in range(env.max_episode_steps):
+        _, reward, terminated, truncated, info = env.step(expert.act(env.privileged_state()))
+        if terminated or truncated:
+            return bool(terminated and info["success"] and reward == 1.0)
+    return False
+
+
 class TestLiberoSpatialConformance(EnvConformance):
     config = EnvConfig(name="libero_spatial", tasks=("0",), image_size=64)
     short_limit = 4
+
+    def solve(self, env):
+        return run_expert(env, init_state=0)
 
 
 class TestLiberoObjectConformance(EnvConformance):
     config = EnvConfig(name="libero_object", tasks=("0",), image_size=64)
     short_limit = 4
+
+    def solve(self, env):
+        return run_expert(env, init_state=0)
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +110,23 @@ def test_tiny_eval_protocol_through_the_cli(tmp_path):
     assert name.startswith("pick_up_the_black_bowl") and row["episodes"] == 2 and row["success"] == 0.0
     assert "| **mean** |" in (tmp_path / "ev" / "eval.md").read_text()
     assert list((tmp_path / "ev" / "videos").glob("*.gif"))
+
+
+def test_expert_demos_in_the_standard_format(tmp_path):
+    """`rlsys demos --env libero_spatial`: one successful expert episode, LeRobot v2.1 layout."""
+    import json
+
+    from rlsys.cli import main
+    from rlsys.envs.demos import load_demos
+
+    main(["demos", "--env", "libero_spatial", "--episodes", "1", "--out", str(tmp_path / "d"),
+          "--set", 'env.tasks=["0"]', "--set", "env.image_size=32", "--set", "policy.image_size=32"])
+    info = json.loads((tmp_path / "d" / "meta" / "info.json").read_text())
+    assert info["total_episodes"] == 1
+    report = json.loads((tmp_path / "d" / "meta" / "expert_report.json").read_text())
+    (row,) = report.values()
+    assert row["kept"] == 1
+    data = load_demos(tmp_path / "d")
+    assert data.instructions[0].startswith("pick up the black bowl")
+    assert data.images.shape[1:] == (2, 32, 32, 3) and data.actions.shape[1] == 7
+    assert data.embodiment.robot == "a Franka Panda arm"
