@@ -195,6 +195,7 @@ class TrainConfig:
     max_minutes: float = 0.0  # wall-clock budget for the RL loop (0: none); ends with eval + checkpoint
     eval_every: int = 10
     eval_episodes: int = 8  # per task
+    eval_init_state_offset: int = 0  # suites with fixed init states (LIBERO): evaluate on offset.. (held out)
     checkpoint_every: int = 10
     init_checkpoint: str = ""  # SFT checkpoint to start from; empty: run few-shot SFT first
     run_dir: str = "runs"
@@ -203,6 +204,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check(self.iterations >= 0, "iterations", ">= 0", self.iterations)
         check(self.eval_every >= 1, "eval_every", ">= 1", self.eval_every)
+        check(self.eval_init_state_offset >= 0, "eval_init_state_offset", ">= 0", self.eval_init_state_offset)
         check(self.checkpoint_every >= 1, "checkpoint_every", ">= 1", self.checkpoint_every)
         check(
             self.policy.num_cameras == len(self.env.cameras),
