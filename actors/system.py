@@ -25,6 +25,7 @@ import ray
 import torch
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
+from rlsys.actors.transport import TransportError, ZmqClient, ZmqServer
 from rlsys.config import TrainConfig
 from rlsys.types import ActionChunk, Observation, Segment
 
@@ -70,13 +71,17 @@ class EnvWorker:
         torch.set_num_threads(1)
         self.core = EnvWorkerCore(cfg, index, episodic)
         self.index = index
+        self._clients: dict[str, ZmqClient] = {}
 
     def rollout(self, policy_actors: list[Any]) -> Segment:
         """Requests go out asynchronously (so env groups overlap with inference); a request whose
-        inference worker died is re-sent to the next live one."""
+        inference worker died is re-sent to the next live one (through Ray)."""
         order = [policy_actors[(self.index + i) % len(policy_actors)] for i in range(len(policy_actors))]
+        zmq = self._zmq_client(order[0]) if self.core.cfg.rollout.transport == "zmq" else None
 
         def submit(obs: Observation) -> tuple[Observation, Any]:
+            if zmq is not None:
+                return obs, zmq.submit(obs)
             return obs, order[0].infer.remote(obs)
 
         def call(method: str, obs: Observation, ref: Any = None) -> Any:
@@ -88,7 +93,26 @@ class EnvWorker:
                     last = e
             raise RuntimeError(f"no inference worker answered: {last}")
 
-        return self.core.rollout(submit, lambda h: call("infer", *h), lambda obs: call("values", obs))
+        def wait(handle: tuple[Observation, Any]) -> ActionChunk:
+            obs, ref = handle
+            if zmq is None:
+                return call("infer", obs, ref)
+            try:
+                return zmq.wait(ref)
+            except TransportError:  # worker gone or restarting: Ray path, fresh endpoint next time
+                self._clients.pop(zmq.endpoint, None)
+                return call("infer", obs)
+
+        return self.core.rollout(submit, wait, lambda obs: call("values", obs))
+
+    def _zmq_client(self, actor: Any) -> ZmqClient | None:
+        try:
+            endpoint = ray.get(actor.zmq_endpoint.remote(), timeout=60)
+        except (RayActorError, RayTaskError, ActorUnavailableError, ray.exceptions.GetTimeoutError):
+            return None  # this segment goes through Ray
+        if endpoint not in self._clients:
+            self._clients[endpoint] = ZmqClient(endpoint, ActionChunk, self.core.cfg.rollout.zmq_timeout_s)
+        return self._clients[endpoint]
 
     def stats(self) -> dict[str, Any]:
         return self.core.stats()
@@ -135,8 +159,16 @@ class PolicyActor:
         self.latencies: list[float] = []
         self.queue_peak = 0
         self._published: tuple[int, list[Any]] | None = None
+        self._zmq: ZmqServer | None = None
 
     # ---------------------------------------------------------------- inference
+    async def zmq_endpoint(self) -> str:
+        """Start (once) the zmq channel that feeds the same batching queue as ``infer``."""
+        if self._zmq is None:
+            self._zmq = ZmqServer(ray.util.get_node_ip_address(), Observation, self.infer)
+            self._zmq.start()
+        return self._zmq.endpoint
+
     async def infer(self, obs: Observation) -> ActionChunk:
         fut = asyncio.get_running_loop().create_future()
         self._queue.append((obs, fut))

@@ -5,6 +5,8 @@
 - pipelining on (2 env groups per worker) vs off
 - learner samples/s (PPO update) vs raw forward+backward samples/s of the same model
 - weight broadcast time to 1 vs 2 inference workers
+- hot-path transport, Ray actor calls vs the pyzmq channel: per-request round trip to a real
+  inference actor (8-env observation, the flow policy answering), and full-system env steps/s
 
     python benchmarks/throughput.py [--chunks 16] [--set key=value ...]
 """
@@ -51,6 +53,36 @@ def system_numbers(cfg, state, repeats: int) -> dict:
         system.shutdown()
 
 
+def hot_path_round_trip(cfg, state, requests: int = 60) -> dict:
+    """Median seconds per obs -> ActionChunk round trip to one inference actor, Ray vs zmq."""
+    from rlsys.actors.system import PolicyActor
+    from rlsys.actors.transport import ZmqClient
+    from rlsys.envs.tabletop.env import EMBODIMENT
+    from rlsys.prompt import ObservationBuilder
+    from rlsys.types import ActionChunk
+
+    rng = np.random.default_rng(0)
+    n, p = cfg.env.num_envs, cfg.policy
+    obs = ObservationBuilder(p, EMBODIMENT)(
+        rng.integers(0, 255, (n, p.num_cameras, p.image_size, p.image_size, 3), dtype=np.uint8),
+        rng.normal(size=(n, 8)).astype(np.float32), ["pick up the red cube"] * n)
+    actor = PolicyActor.remote(cfg, "infer", seed=0)
+    ray.get(actor.set_weights.remote(state, 0))
+    client = ZmqClient(ray.get(actor.zmq_endpoint.remote()), ActionChunk, timeout_s=60)
+    calls = {"ray": lambda: ray.get(actor.infer.remote(obs)), "zmq": lambda: client.wait(client.submit(obs))}
+    times: dict[str, list[float]] = {"ray": [], "zmq": []}
+    for i in range(requests):  # interleaved: both see the same machine load
+        for name in (("ray", "zmq") if i % 2 else ("zmq", "ray")):
+            t0 = time.perf_counter()
+            calls[name]()
+            times[name].append(time.perf_counter() - t0)
+    client.close()
+    ray.kill(actor)
+    out = {f"{k}_ms": 1000 * float(np.median(v[5:])) for k, v in times.items()}
+    out["zmq_speedup"] = out["ray_ms"] / out["zmq_ms"]
+    return out
+
+
 def raw_fwd_bwd(cfg, batch: int, repeats: int = 5) -> float:
     from rlsys.actors.env_worker import EnvWorkerCore
     from rlsys.actors.inference import InferenceEngine
@@ -89,6 +121,12 @@ def main() -> None:
     print(json.dumps(res, indent=1), flush=True)
     piped = load_config("tabletop_ppo", ["placement.mode=pipelined", "rollout.env_groups=2", *base])
     res["pipelining_on"] = system_numbers(piped, state, args.repeats)
+    res["hot_path_round_trip"] = hot_path_round_trip(cfg, state)
+    for transport in ("ray", "zmq"):  # full system, pipelined, each transport
+        c = load_config("tabletop_ppo", ["placement.mode=pipelined", "rollout.env_groups=2",
+                                         f"rollout.transport={transport}", *base])
+        res[f"pipelined_{transport}_transport"] = system_numbers(c, state, args.repeats)
+    print(json.dumps({k: res[k] for k in res if "transport" in k or "hot_path" in k}, indent=1), flush=True)
     two = load_config("tabletop_ppo", ["placement.mode=disaggregated", "rollout.env_groups=1",
                                        "rollout.num_inference_workers=2", *base])
     res["two_inference_workers"] = system_numbers(two, state, args.repeats)
@@ -106,9 +144,12 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
-    labels = ["raw sim (null policy)", "full system", "full, pipelined", "full, 2 infer workers"]
+    labels = ["raw sim (null policy)", "full system", "full, pipelined", "full, 2 infer workers",
+              "pipelined, Ray transport", "pipelined, zmq transport"]
     vals = [res["pipelining_off"]["raw_env_steps_per_s"], res["pipelining_off"]["full_env_steps_per_s"],
-            res["pipelining_on"]["full_env_steps_per_s"], res["two_inference_workers"]["full_env_steps_per_s"]]
+            res["pipelining_on"]["full_env_steps_per_s"], res["two_inference_workers"]["full_env_steps_per_s"],
+            res["pipelined_ray_transport"]["full_env_steps_per_s"],
+            res["pipelined_zmq_transport"]["full_env_steps_per_s"]]
     ax[0].barh(labels, vals)
     ax[0].set(xlabel="env steps / s", title="rollout throughput")
     ax[1].barh(["learner (PPO update)", "raw fwd+bwd"], [res["pipelining_off"]["learner_samples_per_s"],

@@ -62,8 +62,9 @@ class Learner:
             valid &= ~stale
             values = seg.chunk.value.reshape(t, n)
             if self.algo.uses_critic:
+                boot = seg.bootstrap_value if a.bootstrap_truncated else np.zeros_like(seg.bootstrap_value)
                 adv, ret = chunk_gae(seg.rewards.sum(-1), values, seg.terminated, seg.truncated,
-                                     seg.bootstrap_value, seg.last_value, a.gamma, a.lam)
+                                     boot, seg.last_value, a.gamma, a.lam)
             else:  # GRPO: one episode per env, group = env id // group size
                 returns = (seg.rewards.sum(-1) * seg.valid).sum(0)
                 ep_adv, keep = grpo_advantages(returns, seg.env_ids // a.group_size, filter_degenerate=a.filter_groups)

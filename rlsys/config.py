@@ -120,6 +120,10 @@ class AlgoConfig:
     name: str = "ppo"  # ppo | grpo
     gamma: float = 0.99
     lam: float = 0.95
+    # Bootstrap V(final obs) where the time limit cut an episode (the textbook choice). False treats
+    # the limit as part of the task (success must come within it, as every benchmark scores it):
+    # a time-out then returns 0, so a critic that cannot see the clock does not credit failures.
+    bootstrap_truncated: bool = True
     clip_low: float = 0.2
     clip_high: float = 0.2
     value_clip: float = 0.2
@@ -162,6 +166,9 @@ class RolloutConfig:
     max_wait_ms: float = 5.0
     max_staleness: int = 0  # 0: strictly on-policy
     env_groups: int = 2  # pipelining: env groups per worker (1 disables)
+    # obs/action hot path: "zmq" (pyzmq channel, measured faster: benchmarks/throughput.py) or "ray"
+    transport: Literal["zmq", "ray"] = "zmq"
+    zmq_timeout_s: float = 120.0  # no reply within this -> the request is re-sent through Ray
 
     def __post_init__(self) -> None:
         check(self.num_env_workers >= 1, "num_env_workers", ">= 1", self.num_env_workers)
@@ -169,6 +176,7 @@ class RolloutConfig:
         check(self.chunks_per_segment >= 1, "chunks_per_segment", ">= 1", self.chunks_per_segment)
         check(self.max_staleness >= 0, "max_staleness", ">= 0", self.max_staleness)
         check(self.env_groups >= 1, "env_groups", ">= 1", self.env_groups)
+        check(self.zmq_timeout_s > 0, "zmq_timeout_s", "> 0", self.zmq_timeout_s)
 
 
 @dataclass(frozen=True)
