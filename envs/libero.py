@@ -159,6 +159,7 @@ class LiberoEnv(RobotEnv):
                 raise ConfigError(f"env.cameras: unsupported LIBERO camera {c!r}. {suggest(c, CAMERAS)} "
                                   f"Allowed: {', '.join(CAMERAS)}")
         self.suite = suite
+        self._suite_names = [t.name for t in all_tasks]
         self._tasks = {t.name: t for t in chosen}
         self.task_names = tuple(self._tasks)
         self.cameras = tuple(cameras)
@@ -254,8 +255,8 @@ class LiberoEnv(RobotEnv):
         task = options.get("task")
         if task is None:
             task = self.task_names[int(self.np_random.integers(len(self.task_names)))]
-        elif str(task).isdigit() and task not in self._tasks and int(task) < len(self.task_names):
-            task = self.task_names[int(task)]
+        elif str(task).isdigit() and int(task) < len(self._suite_names) and self._suite_names[int(task)] in self._tasks:
+            task = self._suite_names[int(task)]  # an index into the suite, as in env.tasks
         elif task not in self._tasks:
             raise ConfigError(f"reset options.task: {task!r} is not one of this env's tasks {self.task_names}")
         self._task = task

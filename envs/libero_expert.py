@@ -29,6 +29,32 @@ def _target_name(target: str, objects: dict[str, Any]) -> str:
     return max(matches, key=len)
 
 
+def _qmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamilton product of quaternions (x, y, z, w)."""
+    ax, ay, az, aw = a
+    bx, by, bz, bw = b
+    return np.array([aw * bx + ax * bw + ay * bz - az * by, aw * by - ax * bz + ay * bw + az * bx,
+                     aw * bz + ax * by - ay * bx + az * bw, aw * bw - ax * bx - ay * by - az * bz])
+
+
+def _rotation_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """World-frame axis-angle taking ``current`` to ``target`` (quaternions x, y, z, w)."""
+    from rlsys.envs.libero import quat2axisangle
+
+    return quat2axisangle(_qmul(target, current * np.array([-1.0, -1.0, -1.0, 1.0])))
+
+
+def _clearance(point: np.ndarray, objects: list[dict[str, Any]]) -> float:
+    """Horizontal distance from ``point`` to the nearest other object's box that reaches its height."""
+    best = 1.0
+    for o in objects:
+        if o["lo"][2] > point[2] + 0.1:
+            continue
+        gap = np.maximum(np.maximum(o["lo"][:2] - point[:2], point[:2] - o["hi"][:2]), 0.0)
+        best = min(best, float(np.linalg.norm(gap)))
+    return best
+
+
 class LiberoExpert:
     """Phase machine; call :meth:`act` with ``env.privileged_state()`` every control step."""
 
@@ -41,9 +67,13 @@ class LiberoExpert:
         o, t = objects[obj], objects[self.target]
         lo, hi = o["lo"], o["hi"]
         center = (lo + hi) / 2
-        if "bowl" in obj:  # rim grasp: wall between the fingers
-            radius = (hi[1] - lo[1]) / 2 - 0.007
-            self.grasp = np.array([center[0], center[1] - radius, hi[2] - 0.012])
+        yaw = 0.0
+        if "bowl" in obj:  # rim grasp, wall between the fingers, on the side with the most room:
+            radius = (hi[1] - lo[1]) / 2 - 0.007  # +-y as the hand starts, +-x with the hand turned 90 deg
+            sides = [(np.array([center[0] + dx * radius, center[1] + dy * radius, hi[2] - 0.012]), turn)
+                     for dx, dy, turn in ((0, -1, 0.0), (0, 1, 0.0), (-1, 0, np.pi / 2), (1, 0, np.pi / 2))]
+            others = [v for k, v in objects.items() if k not in (obj, self.target)]
+            self.grasp, yaw = max(sides, key=lambda side: _clearance(side[0], others) - 0.01 * (side[1] != 0))
         else:
             self.grasp = np.array([center[0], center[1], max(hi[2] - 0.025, lo[2] + 0.012)])
         offset = self.grasp - np.array([center[0], center[1], lo[2]])  # grasp point in the object's frame
@@ -52,6 +82,8 @@ class LiberoExpert:
         self.place = np.array([t_center[0] + offset[0], t_center[1] + offset[1], max(drop, t["hi"][2]) + offset[2]])
         self.carry_z = max(self.place[2], self.grasp[2]) + 0.12
         self.phase, self.count = "above", 0
+        # hold the start orientation (gripper down), turned about world z by the grasp's yaw
+        self.quat0 = _qmul(np.array([0.0, 0.0, np.sin(yaw / 2), np.cos(yaw / 2)]), np.asarray(state["eef_quat"], float))
 
     def act(self, state: dict[str, Any]) -> np.ndarray:
         eef = np.asarray(state["eef_pos"], float)
@@ -76,5 +108,6 @@ class LiberoExpert:
                 self.phase, self.count = order[order.index(p) + 1], 0
         a = np.zeros(7, np.float32)
         a[:3] = np.clip((goal - eef) * GAIN, -1.0, 1.0)
+        a[3:6] = np.clip(_rotation_error(self.quat0, np.asarray(state["eef_quat"], float)) / 0.5 * 2.0, -1.0, 1.0)
         a[6] = grip
         return a
