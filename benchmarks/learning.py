@@ -3,6 +3,7 @@ budget; success (ODE evaluation) vs wall time and env steps. Writes
 benchmarks/results/learning_<algo>.json and .png.
 
     python benchmarks/learning.py --algo ppo --minutes 30 [--init-checkpoint DIR] [--set key=value ...]
+    python benchmarks/learning.py --preset libero_spatial_ppo --minutes 15   # -> learning_libero_spatial_ppo.*
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ def main() -> None:
     ap.add_argument("--init-checkpoint", default="")
     ap.add_argument("--run-dir", default="runs/bench")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--preset", help="default: tabletop_<algo>; results then go to learning_<preset>.*")
     args = ap.parse_args()
-    cfg = load_config(f"tabletop_{args.algo}", [f"max_minutes={args.minutes}", "iterations=100000",
-                                                f"run_dir={args.run_dir}", f"init_checkpoint={args.init_checkpoint}",
-                                                *args.overrides])
+    name = f"learning_{args.preset}" if args.preset else f"learning_{args.algo}"
+    cfg = load_config(args.preset or f"tabletop_{args.algo}", [
+        f"algo.name={args.algo}", f"max_minutes={args.minutes}", "iterations=100000", f"run_dir={args.run_dir}",
+        f"init_checkpoint={args.init_checkpoint}", *args.overrides])
     t0 = time.time()
     out = train(cfg)
     run_dir = Path(out["run_dir"])
@@ -43,13 +46,14 @@ def main() -> None:
             e = json.loads((run_dir / "eval" / f"iter_{r['iteration']:06d}" / "eval.json").read_text())
             evals.append({"iteration": r["iteration"], "env_steps": steps, "wall_s": e["wall_s"],
                           "success": r["eval/success_rate"], "tasks": {k: v["success"] for k, v in e["tasks"].items()}})
-    res = {"algo": args.algo, "budget_minutes": args.minutes, "run_dir": str(run_dir), "total_s": time.time() - t0,
+    res = {"algo": args.algo, "preset": args.preset or f"tabletop_{args.algo}", "env": cfg.env.name,
+           "budget_minutes": args.minutes, "run_dir": str(run_dir), "total_s": time.time() - t0,
            "sft_eval": init and {"success": init["mean_success"],
                                  "tasks": {k: v["success"] for k, v in init["tasks"].items()}},
            "evals": evals, "overrides": args.overrides,
            "rollout_success": [(r["iteration"], r["rollout/success_rate"]) for r in rows]}
     OUT.mkdir(exist_ok=True)
-    (OUT / f"learning_{args.algo}.json").write_text(json.dumps(res, indent=2))
+    (OUT / f"{name}.json").write_text(json.dumps(res, indent=2))
     print(json.dumps({k: res[k] for k in ("sft_eval", "evals")}, indent=1))
 
     import matplotlib
@@ -62,11 +66,11 @@ def main() -> None:
     y0 = [init["mean_success"]] if init else []
     ax[0].plot(x0 + [e["wall_s"] / 60 for e in evals], y0 + [e["success"] for e in evals], "o-")
     ax[0].set(xlabel="wall time (min, RL phase)", ylabel="eval success (ODE)", ylim=(0, 1),
-              title=f"{args.algo.upper()} on tabletop")
+              title=f"{args.algo.upper()} on {cfg.env.name}")
     ax[1].plot(x0 + [e["env_steps"] for e in evals], y0 + [e["success"] for e in evals], "o-")
     ax[1].set(xlabel="env steps", ylim=(0, 1))
     fig.tight_layout()
-    fig.savefig(OUT / f"learning_{args.algo}.png", dpi=100)
+    fig.savefig(OUT / f"{name}.png", dpi=100)
 
 
 if __name__ == "__main__":
