@@ -2,6 +2,7 @@
 Writes benchmarks/results/few_shot.json and .png (the table in the README comes from here).
 
     python benchmarks/few_shot.py [--demos 5,20,100] [--episodes 50] [--set sft.steps=3000 ...]
+    python benchmarks/few_shot.py --demos 20,60,100 --set env.tasks=[lift] --set sft.steps=1500 --name few_shot_lift
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=50)
     ap.add_argument("--work", default="runs/few_shot")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--name", default="few_shot", help="output file stem under benchmarks/results/")
     args = ap.parse_args()
     rows = []
     for n in [int(x) for x in args.demos.split(",")]:
@@ -35,7 +37,7 @@ def main() -> None:
                      "total_s": time.time() - t0, "tasks": {k: v["success"] for k, v in ev["tasks"].items()}})
         print(json.dumps(rows[-1]), flush=True)
         OUT.mkdir(exist_ok=True)
-        (OUT / "few_shot.json").write_text(json.dumps({"episodes_per_task": args.episodes,
+        (OUT / f"{args.name}.json").write_text(json.dumps({"episodes_per_task": args.episodes,
                                                        "overrides": args.overrides, "rows": rows}, indent=2))
     import matplotlib
 
@@ -50,7 +52,7 @@ def main() -> None:
     ax.set(xscale="log", xlabel="demos per task", ylabel="success (ODE)", ylim=(0, 1), title="few-shot SFT")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(OUT / "few_shot.png", dpi=100)
+    fig.savefig(OUT / f"{args.name}.png", dpi=100)
 
 
 if __name__ == "__main__":
