@@ -96,6 +96,22 @@ def cmd_serve(args: argparse.Namespace) -> None:
         pass
 
 
+def cmd_assets(args: argparse.Namespace) -> None:
+    from rlsys.envs import simpler_assets as sa
+
+    if args.source or args.download:
+        sa.stage(args.dir, None if args.download else args.source)
+    if args.stand_ins:
+        made = sa.make_stand_ins(args.dir)
+        print(f"stand-ins (labelled in {sa.STAND_INS_FILE}; results on them are not SimplerEnv numbers):")
+        for path, what in made.items():
+            print(f"  {path}: {what}")
+    result = sa.check(args.dir)
+    print("\n".join(sa.report_lines(result)))
+    if result["status"] == "incomplete":
+        sys.exit(1)
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from rlsys.report import make_report
 
@@ -114,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         "report": (cmd_report, "plot a run directory: report.png + self-contained report.html"),
         "serve": (cmd_serve, "serve a checkpoint with Ray Serve: HTTP JSON /act, websocket /ws"),
         "presets": (cmd_presets, "list the named config presets"),
+        "assets": (cmd_assets, "stage and check simulator assets (SimplerEnv): official fingerprints, stand-ins"),
     }
     ps = {name: sub.add_parser(name, help=h, description=h) for name, (_, h) in commands.items()}
     for name, p in ps.items():
@@ -140,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     ps["demos"].add_argument("--env", help="env name (default: env.name of the config)")
     ps["demos"].add_argument("--episodes", type=int, required=True, help="successful episodes per task")
     ps["demos"].add_argument("--out", required=True, help="new folder to write the dataset into")
+    ps["assets"].add_argument("suite", choices=["simpler"], help="which simulator's assets")
+    ps["assets"].add_argument("--dir", required=True, help="the asset folder (becomes MS_ASSET_DIR)")
+    ps["assets"].add_argument("--from", dest="source", help="link the files of an offline folder into --dir")
+    ps["assets"].add_argument("--download", action="store_true", help="use ManiSkill's downloader (internet)")
+    ps["assets"].add_argument("--stand-ins", action="store_true",
+                              help="build labelled stand-ins for the files the offline set lacks")
     return parser
 
 
