@@ -81,6 +81,7 @@ ALGORITHMS = Registry("algorithms")
 ENVS.register("tabletop", "rlsys.envs.tabletop.env:make_env")
 for _suite in ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90"):
     ENVS.register(_suite, f"rlsys.envs.libero:make_{_suite}")
+ENVS.register("simpler_bridge", "rlsys.envs.simpler:make_env")
 BACKBONES.register("tiny", "rlsys.policy.backbone:TinyBackbone")
 SAMPLERS.register("ode", "rlsys.flow:ODE")
 SAMPLERS.register("flow_sde", "rlsys.flow:FlowSDE")
