@@ -194,11 +194,20 @@ class SimplerEnv(RobotEnv):
     def privileged_state(self) -> dict[str, Any]:
         """Object poses (world), the gripper's pose and opening, for scripted experts."""
         u = self._sims[self._task].unwrapped
-        ee = u.agent.robot.links_map["ee_gripper_link"].pose
+        links = u.agent.robot.links_map
+        ee = links["ee_gripper_link"].pose
         objs = {n: (np.asarray(o.pose.p)[0], np.asarray(o.pose.q)[0]) for n, o in u.objs.items()}
         return {"ee_pos": np.asarray(ee.p)[0], "ee_quat_wxyz": np.asarray(ee.q)[0],
+                "fingers": np.stack([np.asarray(links[f"{s}_finger_link"].pose.p)[0] for s in ("left", "right")]),
+                "base_quat_wxyz": np.asarray(u.agent.robot.pose.q)[0],
                 "qpos": np.asarray(self._raw["agent"]["qpos"])[0], "objects": objs,
                 "source": u.source_obj_name, "target": getattr(u, "target_obj_name", None)}
+
+    def expert(self) -> Any:
+        """Scripted pick-and-place expert for the current episode (call right after reset)."""
+        from rlsys.envs.simpler_expert import BridgeExpert
+
+        return BridgeExpert(self.privileged_state())
 
     def render(self) -> np.ndarray:
         return self._obs()["images"][0]
