@@ -97,6 +97,17 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_assets(args: argparse.Namespace) -> None:
+    if args.suite == "robotwin":
+        from rlsys.envs import robotwin_assets as ra
+
+        if args.source or args.download or args.stand_ins:
+            raise SystemExit("rlsys assets robotwin: only checks a folder (--dir); get the full set from "
+                             f"{ra.UPSTREAM_URL}")
+        result = ra.check(args.dir)
+        print("\n".join(ra.report_lines(result)))
+        if not result["runnable_tasks"]:
+            sys.exit(1)
+        return
     from rlsys.envs import simpler_assets as sa
 
     if args.source or args.download:
@@ -130,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         "report": (cmd_report, "plot a run directory: report.png + self-contained report.html"),
         "serve": (cmd_serve, "serve a checkpoint with Ray Serve: HTTP JSON /act, websocket /ws"),
         "presets": (cmd_presets, "list the named config presets"),
-        "assets": (cmd_assets, "stage and check simulator assets (SimplerEnv): official fingerprints, stand-ins"),
+        "assets": (cmd_assets, "stage / check simulator assets (SimplerEnv, RoboTwin) against official fingerprints"),
     }
     ps = {name: sub.add_parser(name, help=h, description=h) for name, (_, h) in commands.items()}
     for name, p in ps.items():
@@ -157,8 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     ps["demos"].add_argument("--env", help="env name (default: env.name of the config)")
     ps["demos"].add_argument("--episodes", type=int, required=True, help="successful episodes per task")
     ps["demos"].add_argument("--out", required=True, help="new folder to write the dataset into")
-    ps["assets"].add_argument("suite", choices=["simpler"], help="which simulator's assets")
-    ps["assets"].add_argument("--dir", required=True, help="the asset folder (becomes MS_ASSET_DIR)")
+    ps["assets"].add_argument("suite", choices=["simpler", "robotwin"], help="which simulator's assets")
+    ps["assets"].add_argument("--dir", required=True,
+                              help="the asset folder (SimplerEnv: becomes MS_ASSET_DIR; RoboTwin: the asset root)")
     ps["assets"].add_argument("--from", dest="source", help="link the files of an offline folder into --dir")
     ps["assets"].add_argument("--download", action="store_true", help="use ManiSkill's downloader (internet)")
     ps["assets"].add_argument("--stand-ins", action="store_true",

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# RoboTwin 2.0 runtime in its own virtualenv (it cannot share rlsys's main one: it needs
+# numpy 1.26.4 and mplib 0.2.1, while mani-skill pins mplib 0.1.1). The env pool starts RoboTwin
+# simulators with this interpreter (env option python: VENV/bin/python, one process per simulator).
+#
+#   scripts/setup_robotwin.sh [VENV]      # default VENV: .venv-robotwin in the repo
+# Uses the measured working set: rlinf-robotwin-runtime 0.1.3 (--no-deps: its CUDA torch 2.8 and
+# sapien 3.0.0b1 pins do not work here), sapien 3.0.3, mplib 0.2.1, numpy 1.26.4, our torch pin
+# (which needs setuptools >= 77.0.3; < 81 keeps pkg_resources for the runtime).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${1:-.venv-robotwin}"
+python3 -m venv "$VENV"
+"$VENV/bin/pip" install -q "torch==2.13.0" "sapien==3.0.3" "mplib==0.2.1" "numpy==1.26.4" "trimesh==4.4.3" \
+  "transforms3d==0.4.2" toppra "open3d-cpu==0.18.0" gymnasium opencv-python-headless yourdfpy pyyaml scipy \
+  imageio "setuptools>=77.0.3,<81" safetensors pyarrow pillow rich
+"$VENV/bin/pip" install -q --no-deps "rlinf-robotwin-runtime==0.1.3"
+"$VENV/bin/pip" install -q --no-deps -e .   # rlsys itself: the simulator server side of the env pool
+echo "setup_robotwin: $VENV/bin/python ready"
