@@ -70,7 +70,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     cfg = _load(args)
     run_eval_command(cfg, ckpt=args.ckpt, out_dir=args.out, episodes=args.episodes, tasks=args.tasks,
-                     env=args.env, init_state_offset=args.init_state_offset)
+                     env=args.env, init_state_offset=args.init_state_offset, workers=args.workers)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     ps["eval"].add_argument("--init-state-offset", type=int, default=0,
                             help="LIBERO: first init state (e.g. 25 to hold out the states demos used)")
     ps["eval"].add_argument("--out", help="folder for the result table (JSON + markdown) and videos")
+    ps["eval"].add_argument("--workers", type=int, default=0,
+                            help="shard episodes over this many Ray tasks (each an env pool + policy copy); "
+                                 "0 = one local env pool")
     ps["report"].add_argument("run_dir", help="a run directory written by `rlsys train`")
     ps["serve"].add_argument("ckpt", help="checkpoint folder (safetensors + JSON)")
     ps["serve"].add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")

@@ -84,6 +84,69 @@ def evaluate(policy: Any, env_cfg: EnvConfig, embodiment: Any, episodes_per_task
             "seed_base": EVAL_SEED_BASE, "init_state_offset": init_state_offset}
 
 
+def evaluate_on_ray(policy: Any, env_cfg: EnvConfig, embodiment: Any, episodes_per_task: int,
+                    tasks: tuple[str, ...], num_envs: int, workers: int, video_dir: str | Path | None = None,
+                    progress: Any = None, init_state_offset: int = 0) -> dict[str, Any]:
+    """:func:`evaluate` with the episodes sharded over Ray tasks (each: an EnvPool of ``num_envs``
+    simulators + a CPU policy copy; weights ``ray.put`` once). Same seeds and init states as the
+    local path, so the same ODE results; ``workers`` blocks run at a time (a cluster's sim pool)."""
+    import ray
+
+    from rlsys.actors.inference import state_to_numpy
+
+    n = max(1, min(num_envs, episodes_per_task))
+    state = ray.put(state_to_numpy(policy))
+    blocks = [(j, task, start) for j, task in enumerate(tasks) for start in range(0, episodes_per_task, n)]
+    pending, out = [], {}
+    for b in blocks:
+        j, task, start = b
+        ref = _remote_eval_block().remote(policy.cfg, state, dataclasses.replace(env_cfg, num_envs=n), embodiment, task,
+                                 [EVAL_SEED_BASE + 10_000 * j + start + i for i in range(n)],
+                                 [init_state_offset + start + i for i in range(n)],
+                                 min(n, episodes_per_task - start), bool(video_dir) and start == 0)
+        pending.append(ref)
+        out[ref] = b
+        while len(pending) >= workers or (b is blocks[-1] and pending):
+            done, pending = ray.wait(pending, num_returns=1)
+            wins, frames = ray.get(done[0])
+            out[done[0]] = (*out[done[0]], wins, frames)
+            if progress is not None:
+                progress(len(wins))
+    results: dict[str, Any] = {}
+    for task in tasks:
+        rows = sorted((v for v in out.values() if v[1] == task), key=lambda v: v[2])
+        wins = [w for v in rows for w in v[3]]
+        results[task] = {"success": float(np.mean(wins)), "episodes": len(wins)}
+        if video_dir and rows[0][4]:
+            save_video(Path(video_dir) / f"{task}.gif", rows[0][4])
+    mean = float(np.mean([r["success"] for r in results.values()]))
+    return {"env": env_cfg.name, "tasks": results, "mean_success": mean, "sampler": "ODE",
+            "seed_base": EVAL_SEED_BASE, "init_state_offset": init_state_offset, "ray_workers": workers}
+
+
+def _eval_block(policy_cfg: Any, state: dict[str, np.ndarray], env_cfg: EnvConfig, embodiment: Any, task: str,
+                seeds: list[int], inits: list[int], count: int, frames: bool) -> tuple[list[bool], list | None]:
+    from rlsys.actors.inference import load_numpy_state
+    from rlsys.envs.pool import EnvPool
+    from rlsys.policy.flow_policy import FlowPolicy
+
+    torch.set_num_threads(1)
+    policy = FlowPolicy(policy_cfg)
+    load_numpy_state(policy, state)
+    policy.eval()
+    video: list | None = [] if frames else None
+    with EnvPool(env_cfg) as pool:
+        s = run_episodes(policy, pool, ObservationBuilder(policy_cfg, embodiment), task, seeds, ODE(),
+                         torch.Generator().manual_seed(0), video, inits)
+    return s[:count].tolist(), video
+
+
+def _remote_eval_block() -> Any:
+    import ray
+
+    return ray.remote(num_cpus=1)(_eval_block)
+
+
 def save_video(path: Path, frames: list[np.ndarray], fps: int = 10) -> None:
     import imageio.v2 as imageio
 
@@ -115,8 +178,8 @@ def task_names(env_cfg: EnvConfig) -> tuple[str, ...]:
     return names
 
 
-def run_eval_command(cfg: Any, ckpt: str, out_dir: str | None, episodes: int,
-                     tasks: list[str] | None, env: str | None = None, init_state_offset: int = 0) -> dict[str, Any]:
+def run_eval_command(cfg: Any, ckpt: str, out_dir: str | None, episodes: int, tasks: list[str] | None,
+                     env: str | None = None, init_state_offset: int = 0, workers: int = 0) -> dict[str, Any]:
     """``rlsys eval``: load a checkpoint, evaluate on its env (or ``env``), write eval.json/eval.md/videos.
 
     ``cfg.env`` supplies how to run (render quality, ``num_envs`` at a time, ``subprocess``: one
@@ -136,8 +199,16 @@ def run_eval_command(cfg: Any, ckpt: str, out_dir: str | None, episodes: int,
     probe.close()
     out = Path(out_dir or Path(ckpt) / "eval")
     with Progress(f"eval {env_cfg.name}", total=episodes * len(all_tasks)) as bar:
-        result = evaluate(policy, env_cfg, embodiment, episodes, all_tasks, num_envs=e.num_envs,
-                          video_dir=out / "videos", progress=bar.advance, init_state_offset=init_state_offset)
+        if workers > 0:
+            from rlsys.actors.system import ensure_ray
+
+            ensure_ray(cfg, num_cpus=workers)
+            result = evaluate_on_ray(policy, env_cfg, embodiment, episodes, all_tasks, e.num_envs, workers,
+                                     video_dir=out / "videos", progress=bar.advance,
+                                     init_state_offset=init_state_offset)
+        else:
+            result = evaluate(policy, env_cfg, embodiment, episodes, all_tasks, num_envs=e.num_envs,
+                              video_dir=out / "videos", progress=bar.advance, init_state_offset=init_state_offset)
     result["checkpoint"] = str(ckpt)
     write_result(out, result, f"{env_cfg.name}: {ckpt}")
     print(markdown_table(result, f"{env_cfg.name}: {ckpt}"))
