@@ -11,6 +11,11 @@
 #   export VK_ICD_FILENAMES=DEST/lvp_icd.json   (rlsys sets it itself when DEST is the default)
 set -euo pipefail
 DEST="${1:-$HOME/.cache/rlsys/vulkan}"
+if ! command -v apt-get >/dev/null || ! grep -q bookworm /etc/os-release 2>/dev/null; then
+  echo "setup_vulkan: not Debian 12; skipped. SimplerEnv/RoboTwin need a Vulkan device for SAPIEN:"
+  echo "  a GPU driver, or Mesa >= 25 lavapipe (mesa-vulkan-drivers) from your distribution."
+  exit 0
+fi
 ARCH="$(dpkg --print-architecture)"
 TRIPLET="$(gcc -dumpmachine 2>/dev/null || echo x86_64-linux-gnu)"
 SUDO=""
