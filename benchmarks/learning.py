@@ -27,25 +27,28 @@ def main() -> None:
     ap.add_argument("--run-dir", default="runs/bench")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--preset", help="default: tabletop_<algo>; results then go to learning_<preset>.*")
+    ap.add_argument("--from-run", help="no training: rebuild the result from an existing run directory "
+                                       "(e.g. one that died after its last evaluation)")
     args = ap.parse_args()
     name = f"learning_{args.preset}" if args.preset else f"learning_{args.algo}"
     cfg = load_config(args.preset or f"tabletop_{args.algo}", [
         f"algo.name={args.algo}", f"max_minutes={args.minutes}", "iterations=100000", f"run_dir={args.run_dir}",
         f"init_checkpoint={args.init_checkpoint}", *args.overrides])
     t0 = time.time()
-    out = train(cfg)
-    run_dir = Path(out["run_dir"])
+    run_dir = Path(args.from_run) if args.from_run else Path(train(cfg)["run_dir"])
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    evals = []
     sft_eval = Path(args.init_checkpoint or run_dir / "sft") / "eval" / "eval.json"
     init = json.loads(sft_eval.read_text()) if sft_eval.exists() else None  # the RL starting point
-    steps = 0.0
+    steps_at, steps = {}, 0.0
     for r in rows:
         steps += r["rollout/env_steps"]
-        if "eval/success_rate" in r:
-            e = json.loads((run_dir / "eval" / f"iter_{r['iteration']:06d}" / "eval.json").read_text())
-            evals.append({"iteration": r["iteration"], "env_steps": steps, "wall_s": e["wall_s"],
-                          "success": r["eval/success_rate"], "tasks": {k: v["success"] for k, v in e["tasks"].items()}})
+        steps_at[r["iteration"]] = steps
+    evals = []
+    for d in sorted((run_dir / "eval").glob("iter_*")):  # every evaluation, also one not yet in metrics
+        e = json.loads((d / "eval.json").read_text())
+        it = int(e["iteration"])
+        evals.append({"iteration": it, "env_steps": steps_at.get(it, steps), "wall_s": e["wall_s"],
+                      "success": e["mean_success"], "tasks": {k: v["success"] for k, v in e["tasks"].items()}})
     res = {"algo": args.algo, "preset": args.preset or f"tabletop_{args.algo}", "env": cfg.env.name,
            "budget_minutes": args.minutes, "run_dir": str(run_dir), "total_s": time.time() - t0,
            "sft_eval": init and {"success": init["mean_success"],
