@@ -77,12 +77,12 @@ class EnvWorker:
         """Requests go out asynchronously (so env groups overlap with inference); a request whose
         inference worker died is re-sent to the next live one (through Ray)."""
         order = [policy_actors[(self.index + i) % len(policy_actors)] for i in range(len(policy_actors))]
-        zmq = self._zmq_client(order[0]) if self.core.cfg.rollout.transport == "zmq" else None
+        # zmq channel to the first worker; after one failure the rest of the segment goes through Ray
+        live = {"zmq": self._zmq_client(order[0]) if self.core.cfg.rollout.transport == "zmq" else None}
 
-        def submit(obs: Observation) -> tuple[Observation, Any]:
-            if zmq is not None:
-                return obs, zmq.submit(obs)
-            return obs, order[0].infer.remote(obs)
+        def submit(obs: Observation) -> tuple[Observation, Any, ZmqClient | None]:
+            z = live["zmq"]
+            return (obs, z.submit(obs), z) if z is not None else (obs, order[0].infer.remote(obs), None)
 
         def call(method: str, obs: Observation, ref: Any = None) -> Any:
             last: Exception | None = None
@@ -93,14 +93,15 @@ class EnvWorker:
                     last = e
             raise RuntimeError(f"no inference worker answered: {last}")
 
-        def wait(handle: tuple[Observation, Any]) -> ActionChunk:
-            obs, ref = handle
-            if zmq is None:
+        def wait(handle: tuple[Observation, Any, ZmqClient | None]) -> ActionChunk:
+            obs, ref, z = handle
+            if z is None:
                 return call("infer", obs, ref)
             try:
-                return zmq.wait(ref)
-            except TransportError:  # worker gone or restarting: Ray path, fresh endpoint next time
-                self._clients.pop(zmq.endpoint, None)
+                return z.wait(ref)
+            except TransportError:  # worker gone or restarting: Ray path, fresh endpoint next segment
+                self._clients.pop(z.endpoint, None)
+                live["zmq"] = None
                 return call("infer", obs)
 
         return self.core.rollout(submit, wait, lambda obs: call("values", obs))

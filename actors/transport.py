@@ -92,6 +92,7 @@ class ZmqServer:
         if self._task is not None:
             self._task.cancel()
         self._sock.close(0)
+        self._ctx.term()  # every socket of this context is closed: returns at once
 
 
 class ZmqClient:

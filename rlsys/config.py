@@ -168,7 +168,7 @@ class RolloutConfig:
     env_groups: int = 2  # pipelining: env groups per worker (1 disables)
     # obs/action hot path: "zmq" (pyzmq channel, measured faster: benchmarks/throughput.py) or "ray"
     transport: Literal["zmq", "ray"] = "zmq"
-    zmq_timeout_s: float = 120.0  # no reply within this -> the request is re-sent through Ray
+    zmq_timeout_s: float = 30.0  # no reply within this -> re-sent through Ray (rest of the segment too)
 
     def __post_init__(self) -> None:
         check(self.num_env_workers >= 1, "num_env_workers", ">= 1", self.num_env_workers)

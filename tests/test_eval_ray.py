@@ -10,6 +10,7 @@ from rlsys.policy.flow_policy import FlowPolicy
 
 
 def test_ray_sharded_eval_matches_local(tmp_path):
+    import ray
     import torch
 
     torch.manual_seed(3)
@@ -18,7 +19,10 @@ def test_ray_sharded_eval_matches_local(tmp_path):
     common = ["--ckpt", str(ck), "--tasks", "lift", "--episodes", "4",
               "--set", "env.max_episode_steps=15", "--set", "env.num_envs=2"]
     main(["eval", *common, "--out", str(tmp_path / "local")])
-    main(["eval", *common, "--out", str(tmp_path / "ray"), "--workers", "2"])
+    try:
+        main(["eval", *common, "--out", str(tmp_path / "ray"), "--workers", "2"])
+    finally:
+        ray.shutdown()  # later tests start their own Ray
     local = json.loads((tmp_path / "local" / "eval.json").read_text())
     ray_ = json.loads((tmp_path / "ray" / "eval.json").read_text())
     assert ray_["ray_workers"] == 2

@@ -64,8 +64,15 @@ def server():
     t.start()
     box["ready"].wait(10)
     yield box["srv"]
-    loop.call_soon_threadsafe(loop.stop)
+
+    async def shutdown() -> None:
+        box["srv"].close()
+        await asyncio.sleep(0)  # let the cancelled serve task finish
+        loop.stop()
+
+    asyncio.run_coroutine_threadsafe(shutdown(), loop)
     t.join(5)
+    assert not t.is_alive()
 
 
 def test_requests_in_flight_are_matched_by_id(server):
