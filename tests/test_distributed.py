@@ -156,12 +156,16 @@ def _wait_pid(actor, timeout: float = 180.0) -> int:
             time.sleep(1.0)
 
 
-def _kill_later(actor, delay: float):
+def _kill_later(actor, delay: float) -> threading.Thread:
+    """Kill ``actor`` after ``delay`` s; join the thread before the test ends (a late ray.kill after
+    ray.shutdown would take the test process down)."""
     def run():
         time.sleep(delay)
         ray.kill(actor, no_restart=False)
 
-    threading.Thread(target=run, daemon=True).start()
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
 
 
 def test_env_worker_killed_mid_segment_is_discarded_and_restarted(ray_local, init_ckpt, tmp_path):
@@ -172,15 +176,18 @@ def test_env_worker_killed_mid_segment_is_discarded_and_restarted(ray_local, ini
                     f"init_checkpoint={init_ckpt}")
     state = initial_policy_state(Run.create(cfg))
     system = RaySystem(cfg, state, episodic=False)
+    killer = None
     try:
         system.sync_weights()
         pid = ray.get(system.env_workers[0].pid.remote())
-        _kill_later(system.env_workers[0], 2.0)
+        killer = _kill_later(system.env_workers[0], 2.0)
         segments = system.collect()
         assert len(segments) == 1 and system.discarded_segments == 1
         assert _wait_pid(system.env_workers[0]) != pid  # restarted
         assert len(system.collect()) == 2  # and the run continues with both workers
     finally:
+        if killer is not None:
+            killer.join()
         system.shutdown()
 
 
@@ -188,16 +195,20 @@ def test_inference_worker_killed_requests_are_retried(ray_local, init_ckpt, tmp_
     from rlsys.actors.system import RaySystem
     from rlsys.train import Run, initial_policy_state
 
-    cfg = small_cfg(tmp_path, "placement.mode=disaggregated", "rollout.chunks_per_segment=30",
-                    "rollout.num_inference_workers=2", f"init_checkpoint={init_ckpt}")
+    cfg = small_cfg(tmp_path, "placement.mode=disaggregated", "rollout.chunks_per_segment=60",
+                    "rollout.num_inference_workers=2", "rollout.zmq_timeout_s=5", f"init_checkpoint={init_ckpt}")
     system = RaySystem(cfg, initial_policy_state(Run.create(cfg)), episodic=False)
+    killer = None
     try:
         system.sync_weights()
-        _kill_later(system.infer[0], 2.0)
+        killer = _kill_later(system.infer[0], 1.0)
         segments = system.collect()
+        assert not killer.is_alive(), "the inference worker must die during the collection"
         assert len(segments) == 2 and system.discarded_segments == 0
         assert all(s.valid.all() for s in segments)
     finally:
+        if killer is not None:
+            killer.join()
         system.shutdown()
 
 
