@@ -18,6 +18,7 @@ OUT = Path(__file__).parent / "results"
 
 def run_suite(suite: str, inits: int, image_size: int) -> dict:
     from rlsys.config import EnvConfig
+    from rlsys.envs.api import run_expert_episode
     from rlsys.envs.pool import make_single_env
 
     env = make_single_env(EnvConfig(name=suite, image_size=image_size, cameras=("agentview",)))
@@ -25,15 +26,8 @@ def run_suite(suite: str, inits: int, image_size: int) -> dict:
     for task in env.task_names:
         wins, steps, t0 = [], [], time.time()
         for j in range(inits):
-            env.reset(seed=0, options={"task": task, "init_state": j})
-            expert = env.expert()
-            info, k = {"success": False}, 0
-            while k < env.max_episode_steps:
-                _, _, term, trunc, info = env.step(expert.act(env.privileged_state()))
-                k += 1
-                if term or trunc:
-                    break
-            wins.append(bool(info["success"]))
+            ok, k = run_expert_episode(env, options={"task": task, "init_state": j})
+            wins.append(ok)
             steps.append(k)
         rows[task] = {"success": sum(wins) / len(wins), "episodes": len(wins), "mean_steps": sum(steps) / len(steps),
                       "failed_init_states": [j for j, w in enumerate(wins) if not w], "seconds": time.time() - t0}

@@ -18,6 +18,7 @@ OUT = Path(__file__).parent / "results"
 
 def main() -> None:
     from rlsys.config import EnvConfig
+    from rlsys.envs.api import run_expert_episode
     from rlsys.envs.pool import make_single_env
 
     ap = argparse.ArgumentParser(description=__doc__)
@@ -28,14 +29,8 @@ def main() -> None:
     for task in env.task_names:
         wins, steps = [], []
         for j in range(args.episodes):
-            env.reset(seed=0, options={"task": task, "init_state": j})
-            expert, info, k = env.expert(), {}, 0
-            while True:
-                _, _, term, trunc, info = env.step(expert.act(env.privileged_state()))
-                k += 1
-                if term or trunc:
-                    break
-            wins.append(bool(info["success"]))
+            ok, k = run_expert_episode(env, options={"task": task, "init_state": j})
+            wins.append(ok)
             steps.append(k)
         rows[task] = {"success": sum(wins) / len(wins), "episodes": len(wins), "mean_steps": sum(steps) / len(steps),
                       "failed_episode_ids": [j for j, w in enumerate(wins) if not w]}

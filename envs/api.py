@@ -119,3 +119,24 @@ def execute_chunk(env: gym.Env, actions: np.ndarray, length: int | None = None) 
         if terminated or truncated or bad:
             break
     return ChunkStep(obs, rewards, mask, bool(terminated), bool(truncated), success, info, bad)
+
+
+def init_state_index(options: dict[str, Any], seed: int | None, rng: np.random.Generator, count: int) -> int:
+    """Fixed-initial-state suites (LIBERO init files, SimplerEnv episode grid): ``options["init_state"]``,
+    else the reset seed, else a draw from the env's RNG; taken modulo ``count``."""
+    j = options.get("init_state")
+    j = int(j) if j is not None else (int(seed) if seed is not None else int(rng.integers(1 << 30)))
+    return j % count
+
+
+def run_expert_episode(env: Any, seed: int = 0, options: dict[str, Any] | None = None) -> tuple[bool, int]:
+    """One episode driven by ``env.expert()`` from privileged state -> (success, control steps).
+
+    Success means the env terminated with ``info["success"]`` and the success reward 1.0."""
+    env.reset(seed=seed, options=options)
+    expert = env.expert()
+    for step in range(1, env.max_episode_steps + 1):
+        _, reward, terminated, truncated, info = env.step(expert.act(env.privileged_state()))
+        if terminated or truncated:
+            return bool(terminated and info["success"] and reward == 1.0), step
+    return False, env.max_episode_steps

@@ -43,7 +43,7 @@ import numpy as np
 
 from rlsys.config import RenderConfig
 from rlsys.configtools import ConfigError, suggest
-from rlsys.envs.api import Embodiment, RobotEnv, validate_action
+from rlsys.envs.api import Embodiment, RobotEnv, init_state_index, validate_action
 from rlsys.envs.render import configure_gl
 
 MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
@@ -262,9 +262,7 @@ class LiberoEnv(RobotEnv):
         self._task = task
         sim = self._sim(task)
         states = self._init_states[task]
-        j = options.get("init_state")
-        j = int(j) if j is not None else (int(seed) if seed is not None else int(self.np_random.integers(1 << 30)))
-        self.init_state_index = j % len(states)
+        self.init_state_index = init_state_index(options, seed, self.np_random, len(states))
         self._raw = self._restore(sim, states[self.init_state_index])
         self._steps = 0
         self._succeeded = False

@@ -9,10 +9,11 @@ textures for the "Hard" domain-randomised setting) is downloaded.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
+
+from rlsys.envs.assets import sha256_file
 
 EMB = "assets/embodiments/aloha-agilex"
 BOX_TASKS = ("stack_blocks_two", "stack_blocks_three", "handover_block", "blocks_ranking_rgb", "blocks_ranking_size")
@@ -32,14 +33,6 @@ def upstream() -> dict[str, tuple[str, int]]:
     return {p: (h, int(n)) for p, h, n in (r.split("\t") for r in rows if r.strip())}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def check(root: str | os.PathLike) -> dict[str, Any]:
     """Per upstream file ``ok`` / ``mismatch`` / ``missing``; runnable and blocked tasks."""
     root = Path(root)
@@ -49,7 +42,7 @@ def check(root: str | os.PathLike) -> dict[str, Any]:
         if not p.is_file():
             files[rel] = "missing"
         else:
-            files[rel] = "ok" if p.stat().st_size == size and _sha256(p) == digest else "mismatch"
+            files[rel] = "ok" if p.stat().st_size == size and sha256_file(p) == digest else "mismatch"
     present = {rel for rel, s in files.items() if s != "missing"}
     full_urdf = _urdf_complete(root / EMB / "urdf" / "arx5_description_isaac.urdf")
     urdf_ok = full_urdf or _urdf_complete(root / OFFLINE_URDF)

@@ -34,7 +34,7 @@ import numpy as np
 
 from rlsys.config import RenderConfig
 from rlsys.configtools import ConfigError, suggest
-from rlsys.envs.api import Embodiment, RobotEnv, validate_action
+from rlsys.envs.api import Embodiment, RobotEnv, init_state_index, validate_action
 
 TASKS = {
     "carrot_on_plate": ("PutCarrotOnPlateInScene-v1", 60),
@@ -153,10 +153,7 @@ class SimplerEnv(RobotEnv):
             raise ConfigError(f"reset options.task: {task!r} is not one of this env's tasks {self.task_names}")
         self._task = task
         sim = self._sim(task)
-        n = self.num_init_states(task)
-        j = options.get("init_state")
-        j = int(j) if j is not None else (int(seed) if seed is not None else int(self.np_random.integers(1 << 30)))
-        self.init_state_index = j % n
+        self.init_state_index = init_state_index(options, seed, self.np_random, self.num_init_states(task))
         self._raw, self._info_raw = sim.reset(seed=int(seed or 0), options={"episode_id": self.init_state_index})
         self._steps, self._succeeded = 0, False
         return self._obs(), self._info(False)

@@ -26,6 +26,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rlsys.envs.assets import sha256_file
+
 BRIDGE = "data/tasks/bridge_v2_real2sim_dataset"
 MISSING_BLOBS = {  # path -> git blob id in simpler-env/ManiSkill2_real2sim (see the shared SOURCES.md)
     f"{BRIDGE}/stages/bridge_table_1_v1.glb": "0eb8c869fc5503c834e20efc45fe2dedb5a599ce",
@@ -47,14 +49,6 @@ def manifest() -> dict[str, str]:
     return {path: digest for digest, path in (line.split() for line in text.splitlines() if line.strip())}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _git_blob(path: Path) -> str:
     data = path.read_bytes()
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
@@ -67,7 +61,7 @@ def check(root: str | os.PathLike) -> dict[str, Any]:
     rows: dict[str, str] = {}
     for rel, digest in manifest().items():
         p = root / rel
-        rows[rel] = "missing" if not p.is_file() else ("ok" if _sha256(p) == digest else "mismatch")
+        rows[rel] = "missing" if not p.is_file() else ("ok" if sha256_file(p) == digest else "mismatch")
     for rel, blob in MISSING_BLOBS.items():
         p = root / rel
         if p.is_file():

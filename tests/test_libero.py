@@ -8,20 +8,10 @@ import pytest
 pytest.importorskip("libero.libero", reason='needs pip install -e ".[libero]"')
 
 from rlsys.config import ConfigError, EnvConfig
+from rlsys.envs.api import run_expert_episode
 from rlsys.envs.conformance import EnvConformance
 from rlsys.envs.libero import MAX_STEPS, LiberoEnv, quat2axisangle
 from rlsys.envs.pool import make_single_env
-
-
-def run_expert(env, init_state: int) -> bool:
-    """The scripted expert on one episode; True when the env reports success (and terminates)."""
-    env.reset(seed=0, options={"init_state": init_state})
-    expert = env.expert()
-    for _ in range(env.max_episode_steps):
-        _, reward, terminated, truncated, info = env.step(expert.act(env.privileged_state()))
-        if terminated or truncated:
-            return bool(terminated and info["success"] and reward == 1.0)
-    return False
 
 
 class TestLiberoSpatialConformance(EnvConformance):
@@ -29,7 +19,7 @@ class TestLiberoSpatialConformance(EnvConformance):
     short_limit = 4
 
     def solve(self, env):
-        return run_expert(env, init_state=0)
+        return run_expert_episode(env, options={"init_state": 0})[0]
 
 
 class TestLiberoObjectConformance(EnvConformance):
@@ -37,7 +27,7 @@ class TestLiberoObjectConformance(EnvConformance):
     short_limit = 4
 
     def solve(self, env):
-        return run_expert(env, init_state=0)
+        return run_expert_episode(env, options={"init_state": 0})[0]
 
 
 @pytest.fixture(scope="module")

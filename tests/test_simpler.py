@@ -16,6 +16,7 @@ if importlib.util.find_spec("mani_skill") is None:  # not imported here: it read
 
 from rlsys.config import ConfigError, EnvConfig
 from rlsys.envs import simpler_assets
+from rlsys.envs.api import run_expert_episode
 from rlsys.envs.conformance import EnvConformance
 from rlsys.envs.pool import make_single_env
 
@@ -47,23 +48,13 @@ def test_asset_check_reports_official_missing_and_stand_in(tmp_path):
     assert not list(SHARED.rglob(simpler_assets.STAND_INS_FILE))  # the shared folder is never written
 
 
-def run_expert(env, init_state: int) -> bool:
-    env.reset(seed=0, options={"init_state": init_state})
-    expert = env.expert()
-    for _ in range(env.max_episode_steps):
-        _, reward, terminated, truncated, info = env.step(expert.act(env.privileged_state()))
-        if terminated or truncated:
-            return bool(terminated and info["success"] and reward == 1.0)
-    return False
-
-
 def _conformance(task: str) -> type:
     class Kit(EnvConformance):
         config = EnvConfig(name="simpler_bridge", tasks=(task,), cameras=("3rd_view",), image_size=64)
         short_limit = 3
 
         def solve(self, env):  # the scripted expert from privileged state (episode 1)
-            return run_expert(env, init_state=1)
+            return run_expert_episode(env, options={"init_state": 1})[0]
 
     Kit.__name__ = f"TestSimpler_{task}"
     return Kit

@@ -8,19 +8,14 @@ import numpy as np
 import pytest
 
 from rlsys.config import ConfigError, EnvConfig
+from rlsys.envs.api import run_expert_episode
 from rlsys.envs.conformance import EnvConformance
 from rlsys.envs.tabletop.env import TabletopEnv
 from rlsys.envs.tabletop.tasks import TASKS
 
 
 def run_expert(env: TabletopEnv, seed: int, task: str | None = None) -> bool:
-    env.reset(seed=seed, options={"task": task} if task else None)
-    expert = env.expert()
-    for _ in range(env.max_episode_steps):
-        _, reward, terminated, truncated, info = env.step(expert.act(env.privileged_state()))
-        if terminated or truncated:
-            return bool(terminated and info["success"] and reward == 1.0)
-    return False
+    return run_expert_episode(env, seed, {"task": task} if task else None)[0]
 
 
 class TestTabletopConformance(EnvConformance):
