@@ -168,6 +168,21 @@ def _kill_later(actor, delay: float) -> threading.Thread:
     return t
 
 
+def _kill_when_busy(actor, infer, batches: int) -> threading.Thread:
+    """Kill ``actor`` once the inference worker has served ``batches`` batches of the running
+    collection: mid-segment on a fast or a slow machine alike (a fixed delay raced a fast CI)."""
+    def run():
+        served, deadline = 0, time.time() + 120
+        while served < batches and time.time() < deadline:
+            served += int(ray.get(infer.infer_stats.remote())["batches"])
+            time.sleep(0.05)
+        ray.kill(actor, no_restart=False)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
 def test_env_worker_killed_mid_segment_is_discarded_and_restarted(ray_local, init_ckpt, tmp_path):
     from rlsys.actors.system import RaySystem
     from rlsys.train import Run, initial_policy_state
@@ -180,8 +195,10 @@ def test_env_worker_killed_mid_segment_is_discarded_and_restarted(ray_local, ini
     try:
         system.sync_weights()
         pid = ray.get(system.env_workers[0].pid.remote())
-        killer = _kill_later(system.env_workers[0], 2.0)
+        ray.get(system.infer[0].infer_stats.remote())  # reset its counters
+        killer = _kill_when_busy(system.env_workers[0], system.infer[0], batches=4)
         segments = system.collect()
+        assert not killer.is_alive(), "the env worker must die during the collection"
         assert len(segments) == 1 and system.discarded_segments == 1
         assert _wait_pid(system.env_workers[0]) != pid  # restarted
         assert len(system.collect()) == 2  # and the run continues with both workers
