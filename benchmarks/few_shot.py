@@ -26,18 +26,25 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--name", default="few_shot", help="output file stem under benchmarks/results/")
     args = ap.parse_args()
-    rows = []
+    out = OUT / f"{args.name}.json"
+    rows: list[dict] = []
+    if out.exists():  # extend an earlier run with the same settings; a re-measured count replaces its row
+        old = json.loads(out.read_text())
+        if old.get("overrides") == args.overrides and old.get("episodes_per_task") == args.episodes:
+            rows = old["rows"]
     for n in [int(x) for x in args.demos.split(",")]:
         cfg = load_config("tabletop_sft", [f"sft.demos_per_task={n}", f"sft.eval_episodes={args.episodes}",
                                            *args.overrides])
         t0 = time.time()
         res = run_sft(cfg, Path(args.work) / f"sft_{n}")
         ev = res["eval"]
+        rows = [r for r in rows if r["demos_per_task"] != n]
         rows.append({"demos_per_task": n, "success": ev["mean_success"], "train_s": res["train_seconds"],
                      "total_s": time.time() - t0, "tasks": {k: v["success"] for k, v in ev["tasks"].items()}})
         print(json.dumps(rows[-1]), flush=True)
+        rows.sort(key=lambda r: r["demos_per_task"])
         OUT.mkdir(exist_ok=True)
-        (OUT / f"{args.name}.json").write_text(json.dumps({"episodes_per_task": args.episodes,
+        out.write_text(json.dumps({"episodes_per_task": args.episodes,
                                                        "overrides": args.overrides, "rows": rows}, indent=2))
     import matplotlib
 

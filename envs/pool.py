@@ -22,6 +22,7 @@ brings it back) and hang detection (a call slower than ``step_timeout_s`` kills 
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import traceback
 from dataclasses import dataclass
@@ -106,16 +107,58 @@ def _subprocess_main(conn: Any, cfg: EnvConfig) -> None:
             return
 
 
+def _foreign_main(fd: int) -> None:
+    """Entry point of a simulator process started with another interpreter (``python=``)."""
+    from multiprocessing.connection import Connection
+
+    conn = Connection(fd)
+    _subprocess_main(conn, conn.recv())
+
+
+class _ForeignProcess:
+    """A simulator process under another interpreter (its own venv). multiprocessing's spawn would
+    hand the child this interpreter's ``sys.path``; a plain ``Popen`` keeps the child's own."""
+
+    def __init__(self, python: str, cfg: EnvConfig) -> None:
+        import subprocess
+
+        self.conn, child = mp.Pipe()
+        fd = child.fileno()
+        self.popen = subprocess.Popen([python, "-c", f"from rlsys.envs.pool import _foreign_main; _foreign_main({fd})"],
+                                      pass_fds=(fd,))
+        child.close()
+        self.conn.send(cfg)
+
+    def is_alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def kill(self) -> None:
+        self.popen.kill()
+
+    def join(self, timeout: float | None = None) -> None:
+        import subprocess
+
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout)
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.popen.poll()
+
+
 class _Remote:
     def __init__(self, cfg: EnvConfig, index: int, python: str | None) -> None:
-        ctx = mp.get_context("spawn")
-        if python:
-            ctx.set_executable(python)
         self.index, self.timeout = index, cfg.step_timeout_s
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_subprocess_main, args=(child, cfg), daemon=True)
-        self.proc.start()
-        child.close()
+        self.proc: Any
+        if python:
+            foreign = _ForeignProcess(python, cfg)
+            self.conn, self.proc = foreign.conn, foreign
+        else:
+            ctx = mp.get_context("spawn")
+            self.conn, child = ctx.Pipe()
+            self.proc = ctx.Process(target=_subprocess_main, args=(child, cfg), daemon=True)
+            self.proc.start()
+            child.close()
         self.recv(timeout=max(self.timeout, 120.0))  # construction (imports, assets) can be slow
 
     def send(self, cmd: str, payload: Any = None) -> None:
@@ -228,7 +271,9 @@ class EnvPool:
         self.bad_episodes = 0
 
     def _spawn(self, i: int) -> Any:
-        return _Remote(self.cfg, i, self._python) if self.cfg.subprocess else _Local(self.cfg, i)
+        if not self.cfg.subprocess:
+            return _Local(self.cfg, i)
+        return _Remote(self.cfg, i, self._python or self.cfg.python or None)
 
     def episode_seed(self, i: int, episode: int) -> int:
         return int(np.random.SeedSequence([self.seed, int(self.seed_groups[i]), episode]).generate_state(1)[0])

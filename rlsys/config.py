@@ -7,6 +7,7 @@ applies dotted overrides (``--set algo.actor_lr=3e-4``) on top. See ``load_confi
 from __future__ import annotations
 
 import importlib.resources
+import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -41,6 +42,7 @@ class EnvConfig:
     subprocess: bool = False  # one simulator per subprocess
     step_timeout_s: float = 60.0  # subprocess envs: a step slower than this is a hang -> restart
     render: RenderConfig = field(default_factory=RenderConfig)
+    python: str = ""  # subprocess envs: interpreter of the simulator's own venv (RoboTwin); "" = this one
 
     def __post_init__(self) -> None:
         check(16 <= self.image_size <= 512, "image_size", "16..512 pixels", self.image_size)
@@ -48,6 +50,15 @@ class EnvConfig:
         check(self.max_episode_steps >= 0, "max_episode_steps", ">= 0 (0 = env default)", self.max_episode_steps)
         check(len(self.cameras) >= 1, "cameras", "at least one camera name", self.cameras)
         check(self.step_timeout_s > 0, "step_timeout_s", "> 0", self.step_timeout_s)
+        if self.python:
+            check(self.subprocess, "subprocess", "true when env.python is set (the simulator runs in that "
+                  "interpreter, one process per env)", self.subprocess)
+            check(os.access(self.python, os.X_OK), "python",
+                  "an executable interpreter (RoboTwin: scripts/setup_robotwin.sh VENV -> VENV/bin/python)",
+                  self.python)
+        from rlsys.registry import preflight_env
+
+        preflight_env(self)  # simulator-specific checks (assets, runtime), before any actor starts
 
 
 @dataclass(frozen=True)

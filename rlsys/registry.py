@@ -82,6 +82,17 @@ ENVS.register("tabletop", "rlsys.envs.tabletop.env:make_env")
 for _suite in ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90"):
     ENVS.register(_suite, f"rlsys.envs.libero:make_{_suite}")
 ENVS.register("simpler_bridge", "rlsys.envs.simpler:make_env")
+ENVS.register("robotwin", "rlsys.envs.robotwin:make_env")
+# Optional per-env checks of an EnvConfig, run when the config is built (bad input fails before any
+# actor or simulator starts). Light imports only: the simulator itself may live in another venv.
+ENV_PREFLIGHT = {"robotwin": "rlsys.envs.robotwin:preflight"}
+
+
+def preflight_env(cfg: Any) -> None:
+    target = ENV_PREFLIGHT.get(cfg.name)
+    if target:
+        module, _, attr = target.partition(":")
+        getattr(importlib.import_module(module), attr)(cfg)
 BACKBONES.register("tiny", "rlsys.policy.backbone:TinyBackbone")
 SAMPLERS.register("ode", "rlsys.flow:ODE")
 SAMPLERS.register("flow_sde", "rlsys.flow:FlowSDE")

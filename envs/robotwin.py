@@ -1,0 +1,368 @@
+"""RoboTwin 2.0 (dual-arm AgileX ALOHA, SAPIEN) behind the rlsys env API: the five box tasks.
+
+Install: ``scripts/setup_robotwin.sh VENV`` (RoboTwin's runtime needs numpy 1.26 and mplib 0.2.1, so
+it lives in its own venv) and ``scripts/setup_vulkan.sh`` (a SAPIEN-capable Vulkan device on a CPU
+machine). The simulators then run in that venv's interpreter, one per subprocess: set
+``env.python=VENV/bin/python`` and ``env.subprocess=true`` (the ``robotwin_*`` presets do).
+Assets: ``env`` option ``asset_dir`` or ``ROBOTWIN_ASSETS_ROOT`` (check them with
+``rlsys assets robotwin --dir DIR``). Registered as ``robotwin``.
+
+Conventions (RoboTwin 2.0's own, read from its task code and evaluation script):
+
+- **Tasks**: ``stack_blocks_two``, ``stack_blocks_three``, ``handover_block``,
+  ``blocks_ranking_rgb``, ``blocks_ranking_size`` (the tasks that load no object meshes; the others
+  need upstream assets that cannot be had offline). Built directly with ``setup_demo(**args)`` in
+  the clean ("Easy", ``demo_clean``) setting; the embodiment's URDF is overridden with the offline
+  variant when the upstream one is incomplete.
+- **Episodes**: the scene seed is ``options["init_state"]``, else the reset seed. A seed whose
+  objects do not settle (RoboTwin's ``UnStableError``) moves to the next seed, as RoboTwin does;
+  ``info["scene_seed"]`` says which seed ran. RoboTwin's evaluation uses seeds from 100000
+  (``EVAL_SEED0``; demos from 0), 100 per task, skipping seeds its expert cannot solve.
+- **Action** (14): absolute joint targets ``[left j1..j6, left gripper, right j1..j6, right
+  gripper]``; joints in rad within the URDF's limits (+-10, ``action_space``), gripper 0 = closed,
+  1 = open. Each step is RoboTwin's ``take_action``: the move to the target is time-parameterised
+  with mplib's TOPP at 250 Hz and simulated until it is reached.
+- **Step limit**: RoboTwin's ``_eval_step_limit.yml`` (``STEP_LIMITS``), counted in actions.
+- **Images**: ``head`` (the static head camera), ``left_wrist``, ``right_wrist``: rendered at
+  ``round(4/3 * image_size) x image_size`` (RoboTwin's D435 aspect and 37 degree vertical field of
+  view) with the rasterising shader and no shadows (the ray tracer RoboTwin selects does not run on
+  a CPU device), then resized to ``image_size`` square. **Proprio** (14): the joint state in the
+  action's layout.
+- **Instruction**: one of the task's ``seen`` templates filled with the episode's objects and arms
+  (``options["instruction_type"] = "unseen"`` for RoboTwin's evaluation split).
+- **Reward** 1.0 when the task's success check first holds (checked every physics step, as in
+  RoboTwin); that step terminates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from rlsys.config import RenderConfig
+from rlsys.configtools import ConfigError, suggest
+from rlsys.envs.api import Embodiment, RobotEnv, validate_action
+
+STEP_LIMITS = {"stack_blocks_two": 800, "stack_blocks_three": 1200, "handover_block": 800,
+               "blocks_ranking_rgb": 1200, "blocks_ranking_size": 1200}
+CAMERAS = {"head": "head_camera", "left_wrist": "left_camera", "right_wrist": "right_camera"}
+EVAL_SEED0 = 100_000
+SIM_HZ, FRAME_EVERY = 250, 15  # RoboTwin's physics rate and its demo frame interval (save_freq)
+DEFAULT_ICD = Path.home() / ".cache" / "rlsys" / "vulkan" / "lvp_icd.json"
+INSTALL_HINT = ("RoboTwin is not importable in this interpreter. It runs in its own venv: "
+                "scripts/setup_robotwin.sh VENV, then env.python=VENV/bin/python and env.subprocess=true")
+JOINT_NAMES = tuple(f"{s}_j{i}" for s in ("left", "right") for i in range(1, 7))
+EMBODIMENT = Embodiment(
+    robot="an AgileX ALOHA (aloha-agilex) with two 6-DoF arms and parallel grippers",
+    arms="dual arms",
+    control_hz=SIM_HZ / FRAME_EVERY,
+    action_dim=14,
+    proprio_dim=14,
+    action_names=(*JOINT_NAMES[:6], "left_gripper", *JOINT_NAMES[6:], "right_gripper"),
+)
+# arm joint limits (rad) as arx5_description_isaac.urdf declares them (fl/fr joint1..6: +-10; RoboTwin's
+# planner uses that range, e.g. it may turn joint 6 past +-2 pi)
+JOINT_LOW, JOINT_HIGH = np.full(6, -10.0, np.float32), np.full(6, 10.0, np.float32)
+ACTION_LOW = np.concatenate([JOINT_LOW, [0.0], JOINT_LOW, [0.0]]).astype(np.float32)
+ACTION_HIGH = np.concatenate([JOINT_HIGH, [1.0], JOINT_HIGH, [1.0]]).astype(np.float32)
+
+
+def assets_root(asset_dir: str | None) -> Path:
+    root = asset_dir or os.environ.get("ROBOTWIN_ASSETS_ROOT") or os.environ.get("ASSETS_PATH")
+    if not root:
+        raise FileNotFoundError("RoboTwin assets: set ROBOTWIN_ASSETS_ROOT (or the env option asset_dir) to the "
+                                "folder holding assets/embodiments/aloha-agilex; check it with "
+                                "rlsys assets robotwin --dir DIR")
+    return Path(root).expanduser().resolve()
+
+
+def check_tasks(tasks: tuple[str, ...], root: Path) -> dict[str, Any]:
+    """Unknown task or a task the assets cannot run -> ConfigError naming what is missing."""
+    from rlsys.envs import robotwin_assets as ra
+
+    for t in tasks:
+        if t not in STEP_LIMITS and t not in ra.OBJECT_TASKS:
+            raise ConfigError(f"env.tasks: unknown RoboTwin task {t!r}. {suggest(t, STEP_LIMITS)}")
+    result = ra.check(root)
+    for t in tasks:
+        if t not in result["runnable_tasks"] or t not in STEP_LIMITS:
+            missing = result["blocked_tasks"].get(t, ["object meshes (not wrapped yet)"])
+            raise ConfigError(f"env.tasks: RoboTwin task {t!r} cannot run with the assets in {root}: missing "
+                              f"{', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}. Runnable here: "
+                              f"{', '.join(r for r in result['runnable_tasks'] if r in STEP_LIMITS) or 'none'}")
+    return result
+
+
+def preflight(cfg: Any) -> None:
+    """Checks of an ``EnvConfig(name="robotwin")`` that need no simulator: tasks vs assets, where the
+    runtime lives, the Vulkan device, cameras. Raises ``ConfigError`` naming what is wrong."""
+    import importlib.util
+
+    try:
+        root = assets_root(None)
+    except FileNotFoundError as e:
+        raise ConfigError(str(e)) from None
+    check_tasks(tuple(cfg.tasks) or tuple(STEP_LIMITS), root)
+    for c in cfg.cameras:
+        if c not in CAMERAS:
+            raise ConfigError(f"env.cameras: unsupported RoboTwin camera {c!r}. Allowed: {', '.join(CAMERAS)}")
+    if not cfg.python and importlib.util.find_spec("robotwin") is None:
+        raise ConfigError(f"env.python: {INSTALL_HINT}")
+    system_icd = Path("/usr/share/vulkan/icd.d").is_dir()
+    if "VK_ICD_FILENAMES" not in os.environ and not DEFAULT_ICD.is_file() and not system_icd:
+        raise ConfigError("RoboTwin renders with SAPIEN, which needs a Vulkan device: run scripts/setup_vulkan.sh "
+                          "(Mesa lavapipe on a CPU machine) or set VK_ICD_FILENAMES")
+
+
+def _import_runtime(root: Path, image_size: int) -> Any:
+    """Import RoboTwin with the CPU-friendly settings; returns the ``robotwin`` package."""
+    if "VK_ICD_FILENAMES" not in os.environ and DEFAULT_ICD.is_file():
+        os.environ["VK_ICD_FILENAMES"] = str(DEFAULT_ICD)  # scripts/setup_vulkan.sh's default place
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["ASSETS_PATH"] = str(root)  # RoboTwin's task helpers read it
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            import robotwin
+            import robotwin.envs._base_task
+            import robotwin.envs.camera.camera as cam
+            import sapien
+    except ImportError as e:
+        raise ImportError(f"{INSTALL_HINT} ({e})") from e
+    if not getattr(sapien.render, "_rlsys_patched", False):
+        # RoboTwin selects the ray-tracing shader; on a CPU Vulkan device it takes ~70 s per frame and
+        # then crashes. Keep the rasteriser (one simulator per process, so a process-wide switch).
+        set_dir = sapien.render.set_camera_shader_dir
+        sapien.render.set_camera_shader_dir = lambda _d: set_dir("default")
+        sapien.render._rlsys_patched = True
+        load = cam.load_task_config
+
+        def load_camera_config(name: str) -> dict[str, Any]:
+            cfg = load(name)
+            if name == "_camera_config":
+                cfg["rlsys"] = {"fovy": 37, "w": round(image_size * 4 / 3), "h": image_size}
+            return cfg
+
+        cam.load_task_config = load_camera_config
+    return robotwin
+
+
+class RoboTwinEnv(RobotEnv):
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 16}
+
+    def __init__(
+        self,
+        tasks: tuple[str, ...] | list[str] = (),
+        cameras: tuple[str, ...] | list[str] = ("head", "left_wrist", "right_wrist"),
+        image_size: int = 64,
+        max_episode_steps: int = 0,
+        render: RenderConfig | None = None,
+        asset_dir: str | None = None,
+    ) -> None:
+        for c in cameras:
+            if c not in CAMERAS:
+                raise ConfigError(f"env.cameras: unsupported RoboTwin camera {c!r}. Allowed: {', '.join(CAMERAS)}")
+        self.root = assets_root(asset_dir)
+        self.task_names = tuple(tasks) or tuple(STEP_LIMITS)
+        self.asset_report = check_tasks(self.task_names, self.root)
+        self.asset_status = "upstream" if self.asset_report["urdf"] == "upstream" else "offline-urdf"
+        self.cameras = tuple(cameras)
+        self.image_size = int(image_size)
+        self._limit = int(max_episode_steps)
+        self.max_episode_steps = self._limit or max(STEP_LIMITS[t] for t in self.task_names)
+        self.embodiment = EMBODIMENT
+        self.render_mode = "rgb_array"
+        self.observation_space = gym.spaces.Dict({
+            "images": gym.spaces.Box(0, 255, (len(self.cameras), self.image_size, self.image_size, 3), np.uint8),
+            "proprio": gym.spaces.Box(-10.0, 10.0, (EMBODIMENT.proprio_dim,), np.float32),
+        })
+        self.action_space = gym.spaces.Box(ACTION_LOW, ACTION_HIGH, dtype=np.float32)
+        self._rt = _import_runtime(self.root, self.image_size)
+        self._args = self._task_args()
+        self._sim: Any = None
+        self._task = self.task_names[0]
+        self._instruction = ""
+        self._raw: dict[str, Any] = {}
+        self._steps = 0
+        self._succeeded = False
+        self.scene_seed = 0
+
+    # ------------------------------------------------------------------ set-up
+    def _task_args(self) -> dict[str, Any]:
+        import yaml
+        from robotwin.config import load_task_config
+
+        args = load_task_config("demo_clean")
+        emb_dir = self.root / "assets" / "embodiments" / "aloha-agilex"
+        emb = yaml.safe_load((emb_dir / "config.yml").read_text())
+        if self.asset_report["urdf"] != "upstream":
+            from rlsys.envs.robotwin_assets import EMB, OFFLINE_URDF
+
+            emb["urdf_path"] = "./" + str(Path(OFFLINE_URDF).relative_to(EMB))
+        emb["static_camera_list"] = [c for c in emb["static_camera_list"] if c["name"] == "head_camera"]
+        args["camera"].update(head_camera_type="rlsys", wrist_camera_type="rlsys",
+                              collect_head_camera="head" in self.cameras,
+                              collect_wrist_camera=any(c.endswith("wrist") for c in self.cameras))
+        args["data_type"].update(rgb=True, qpos=True, endpose=False, depth=False, pointcloud=False)
+        args.update(planner_backend="mplib", left_robot_file=str(emb_dir), right_robot_file=str(emb_dir),
+                    left_embodiment_config=emb, right_embodiment_config=emb, dual_arm_embodied=True,
+                    embodiment_name="aloha-agilex", render_freq=0, save_data=False, eval_mode=True,
+                    eval_video_log=False, need_plan=True, save_freq=FRAME_EVERY)
+        return args
+
+    def _make(self, task: str) -> Any:
+        import importlib
+
+        from robotwin.envs._base_task import Base_Task
+
+        cls = getattr(importlib.import_module(f"robotwin.envs.{task}"), task)
+
+        class Task(cls):  # type: ignore[misc, valid-type]
+            frames: list[dict[str, Any]] | None = None
+
+            def setup_scene(self, **kw: Any) -> Any:  # lights without shadows: ~8x cheaper frames on CPU
+                return Base_Task.setup_scene(self, shadow=False, **kw)
+
+            def _take_picture(self, reward: Any = None) -> None:  # the expert's frames, kept in memory
+                if self.frames is not None:
+                    self.frames.append(self.get_obs())
+
+        return Task()
+
+    def _close_sim(self) -> None:
+        if self._sim is not None:
+            with contextlib.suppress(Exception), contextlib.redirect_stdout(io.StringIO()):
+                self._sim.close_env(clear_cache=True)
+            self._sim = None
+
+    def _setup(self, task: str, seed: int) -> int:
+        """Build ``task`` at scene seed ``seed`` (next seeds while the scene is unstable) -> the seed used."""
+        from robotwin.envs.utils.create_actor import UnStableError
+
+        for s in range(seed, seed + 50):
+            self._close_sim()
+            self._sim = self._make(task)
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    self._sim.setup_demo(now_ep_num=s, seed=s, **self._args)
+            except UnStableError:
+                continue
+            if self._limit:
+                self._sim.step_lim = self._limit
+            return s
+        raise RuntimeError(f"RoboTwin {task}: no stable scene in seeds {seed}..{seed + 49}")
+
+    # ------------------------------------------------------------------ API
+    @property
+    def instruction(self) -> str:
+        return self._instruction
+
+    @property
+    def task(self) -> str:
+        return self._task
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        options = options or {}
+        task = options.get("task")
+        if task is None:
+            task = self.task_names[int(self.np_random.integers(len(self.task_names)))]
+        elif isinstance(task, (int, np.integer)):
+            task = self.task_names[int(task)]
+        elif task not in self.task_names:
+            raise ConfigError(f"reset options.task: {task!r} is not one of this env's tasks {self.task_names}")
+        self._task = str(task)
+        j = options.get("init_state")
+        seed0 = int(j) if j is not None else (int(seed) if seed is not None else int(self.np_random.integers(1 << 30)))
+        self.scene_seed = self._setup(self._task, seed0)
+        self._instruction = self._make_instruction(options.get("instruction_type", "seen"))
+        self._steps, self._succeeded = 0, False
+        self._raw = self._sim.get_obs()
+        return self._obs(), self._info(False)
+
+    def _make_instruction(self, kind: str) -> str:
+        from robotwin.description.instructions import generate_episode_descriptions
+
+        if kind not in ("seen", "unseen"):
+            raise ConfigError(f"reset options.instruction_type: {kind!r}; allowed: seen, unseen")
+        with contextlib.redirect_stdout(io.StringIO()):
+            desc = generate_episode_descriptions(self._task, [self._sim.get_info()], 1, self.scene_seed)
+        return random.Random(self.scene_seed).choice(desc[0][kind])
+
+    def step(self, action: Any):
+        a = np.clip(validate_action(action, EMBODIMENT.action_dim), ACTION_LOW, ACTION_HIGH)
+        sim = self._sim
+        with contextlib.redirect_stdout(io.StringIO()):
+            sim.take_action(a.astype(np.float64))
+        self._steps += 1
+        self._raw = sim.get_obs()
+        success = bool(sim.eval_success)
+        reward = 1.0 if success and not self._succeeded else 0.0
+        self._succeeded = self._succeeded or success
+        limit = self._limit or STEP_LIMITS[self._task]
+        truncated = bool(self._steps >= limit and not success)
+        return self._obs(), reward, success, truncated, self._info(success)
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        import cv2
+
+        imgs = []
+        for c in self.cameras:
+            rgb = np.asarray(self._raw["observation"][CAMERAS[c]]["rgb"])
+            imgs.append(cv2.resize(rgb, (self.image_size, self.image_size), interpolation=cv2.INTER_AREA))
+        proprio = np.asarray(self._raw["joint_action"]["vector"], np.float32).reshape(-1)
+        return {"images": np.stack(imgs).astype(np.uint8), "proprio": proprio}
+
+    def _info(self, success: bool) -> dict[str, Any]:
+        return {"instruction": self._instruction, "task": self._task, "success": bool(success),
+                "init_state": self.scene_seed, "scene_seed": self.scene_seed, "asset_status": self.asset_status}
+
+    def privileged_state(self) -> dict[str, Any]:
+        """Joint state and the task's episode facts (objects and arms), for experts and debugging."""
+        return {"qpos": np.asarray(self._raw["joint_action"]["vector"], np.float64),
+                "episode": dict(self._sim.get_info()), "scene_seed": self.scene_seed}
+
+    def expert(self) -> RoboTwinExpert:
+        """RoboTwin's own scripted expert (``play_once``, planned with mplib) for the current episode,
+        recorded and replayed as joint targets. Call right after ``reset``; ``expert.planned`` says
+        whether the plan succeeded in simulation."""
+        task, seed, instruction = self._task, self.scene_seed, self._instruction
+        sim = self._sim
+        sim.frames, sim.save_data = [], True
+        with contextlib.redirect_stdout(io.StringIO()):
+            sim.play_once()
+        planned = bool(sim.plan_success and sim.check_success())
+        targets = [np.asarray(f["joint_action"]["vector"], np.float32) for f in sim.frames]
+        self._setup(task, seed)  # the same scene again, for the replay
+        self._instruction = instruction
+        self._steps, self._succeeded = 0, False
+        self._raw = self._sim.get_obs()
+        return RoboTwinExpert(targets[1:], planned)
+
+    def render(self) -> np.ndarray:
+        return self._obs()["images"][0]
+
+    def close(self) -> None:
+        self._close_sim()
+
+
+class RoboTwinExpert:
+    """Replays the joint targets RoboTwin's planner produced at its demo frame rate."""
+
+    def __init__(self, targets: list[np.ndarray], planned: bool) -> None:
+        self.targets, self.planned, self.t = targets, planned, 0
+
+    def act(self, _state: dict[str, Any]) -> np.ndarray:
+        a = self.targets[min(self.t, len(self.targets) - 1)]
+        self.t += 1
+        return a
+
+
+def make_env(**kwargs: Any) -> RoboTwinEnv:
+    return RoboTwinEnv(**kwargs)

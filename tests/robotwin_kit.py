@@ -1,0 +1,59 @@
+"""RoboTwin checks that run inside RoboTwin's own interpreter (its venv from scripts/setup_robotwin.sh);
+tests/test_robotwin.py starts them with that interpreter. The file name keeps the main venv's pytest
+from collecting it (RoboTwin is not importable there).
+
+    .venv-robotwin/bin/python -m pytest tests/robotwin_kit.py -q
+"""
+
+import numpy as np
+import pytest
+
+from rlsys.config import EnvConfig
+from rlsys.envs.conformance import EnvConformance
+from rlsys.envs.pool import make_single_env
+from rlsys.envs.robotwin import STEP_LIMITS
+from rlsys.envs.robotwin_assets import BOX_TASKS
+
+
+class TestStackBlocksTwo(EnvConformance):
+    """The full conformance kit on one box task (each RoboTwin reset rebuilds the scene: ~1-2 s)."""
+
+    config = EnvConfig(name="robotwin", tasks=("stack_blocks_two",), cameras=("head",), image_size=32)
+    short_limit = 3
+    chunk_len = 3
+
+
+@pytest.fixture(scope="module")
+def env():
+    e = make_single_env(EnvConfig(name="robotwin", tasks=BOX_TASKS, cameras=("head", "left_wrist", "right_wrist"),
+                                  image_size=32))
+    yield e
+    e.close()
+
+
+@pytest.mark.parametrize("task", BOX_TASKS)
+def test_every_box_task_resets_and_steps(env, task):
+    obs, info = env.reset(seed=0, options={"task": task})
+    assert info["task"] == task and info["scene_seed"] >= 0 and info["asset_status"] in ("upstream", "offline-urdf")
+    assert env.observation_space.contains(obs)
+    assert obs["images"].shape == (3, 32, 32, 3) and obs["images"].std() > 1.0  # a rendered scene, not a blank
+    # home pose, both grippers open (RoboTwin opens them during set-up)
+    np.testing.assert_allclose(obs["proprio"][[6, 13]], 1.0, atol=0.05)
+    start = obs["proprio"].copy()
+    target = start.copy()
+    target[0] += 0.3  # left arm joint 1
+    for _ in range(2):
+        obs, reward, terminated, truncated, info = env.step(target)
+    assert abs(obs["proprio"][0] - target[0]) < 0.05, "a joint target is reached within one action"
+    np.testing.assert_allclose(obs["proprio"][7:], start[7:], atol=1e-3, err_msg="the other arm does not move")
+    assert reward == 0.0 and not terminated and not truncated
+
+
+def test_conventions(env):
+    assert env.embodiment.arms == "dual arms" and env.embodiment.action_dim == 14
+    assert STEP_LIMITS == {"stack_blocks_two": 800, "stack_blocks_three": 1200, "handover_block": 800,
+                           "blocks_ranking_rgb": 1200, "blocks_ranking_size": 1200}  # _eval_step_limit.yml
+    _, a = env.reset(seed=5, options={"task": "stack_blocks_two"})
+    _, b = env.reset(seed=5, options={"task": "stack_blocks_two", "instruction_type": "unseen"})
+    assert a["instruction"] != b["instruction"]  # RoboTwin's seen / unseen instruction splits
+    assert "block" in a["instruction"].lower()

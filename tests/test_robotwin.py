@@ -1,0 +1,69 @@
+"""RoboTwin 2.0 through its own interpreter (the venv of scripts/setup_robotwin.sh, run by .ci/run):
+the conformance kit and per-task checks run there (tests/robotwin_kit.py), and an EnvPool in this
+interpreter drives RoboTwin simulators in that one (numpy 2 here, 1.26 there). Bad configs fail
+here, before any simulator starts."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rlsys.config import ConfigError, EnvConfig
+from rlsys.envs.pool import EnvPool
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = os.environ.get("RLSYS_ROBOTWIN_PYTHON", str(REPO / ".venv-robotwin" / "bin" / "python"))
+SHARED = Path(os.environ.get("RLSYS_ROBOTWIN_ASSETS",
+                             Path(__file__).resolve().parents[2] / "shared" / "assets" / "robotwin"))
+pytestmark = [
+    pytest.mark.skipif(not Path(PYTHON).is_file(), reason=f"no RoboTwin venv at {PYTHON} (scripts/setup_robotwin.sh)"),
+    pytest.mark.skipif(not (SHARED / "assets").is_dir(), reason=f"no RoboTwin assets at {SHARED}"),
+]
+
+
+@pytest.fixture(autouse=True)
+def _assets(monkeypatch):
+    monkeypatch.setenv("ROBOTWIN_ASSETS_ROOT", str(SHARED))
+
+
+def test_conformance_kit_in_the_robotwin_interpreter():
+    env = {**os.environ, "ROBOTWIN_ASSETS_ROOT": str(SHARED)}
+    proc = subprocess.run([PYTHON, "-m", "pytest", str(REPO / "tests" / "robotwin_kit.py"), "-q", "-p",
+                           "no:cacheprovider", "-W", "ignore::DeprecationWarning"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
+    tail = (proc.stdout + proc.stderr)[-4000:]
+    assert proc.returncode == 0, tail
+    assert " passed" in tail and " failed" not in tail
+
+
+def test_pool_here_drives_robotwin_there():
+    cfg = EnvConfig(name="robotwin", tasks=("handover_block",), cameras=("head", "left_wrist"), image_size=32,
+                    num_envs=1, subprocess=True, python=PYTHON, max_episode_steps=2, step_timeout_s=120)
+    with EnvPool(cfg, seed=3) as pool:
+        assert pool.embodiment.arms == "dual arms" and pool.single_action_space.shape == (14,)
+        obs, infos = pool.reset()
+        assert obs["images"].shape == (1, 2, 32, 32, 3) and obs["proprio"].shape == (1, 14)
+        assert "block" in infos[0]["instruction"].lower()
+        hold = np.repeat(obs["proprio"][:, None, :], 3, axis=1)  # hold the current joint targets
+        res = pool.execute_chunk(hold)
+        assert res.exec_mask.sum() == 2 and res.truncated.all() and not res.terminated.any()
+
+
+def test_bad_configs_fail_before_any_simulator_starts(tmp_path):
+    base = dict(name="robotwin", cameras=("head",), subprocess=True, python=PYTHON)
+    with pytest.raises(ConfigError, match="unknown RoboTwin task 'stack_block_two'.*stack_blocks_two"):
+        EnvConfig(tasks=("stack_block_two",), **base)
+    with pytest.raises(ConfigError, match="cannot run with the assets.*020_hammer"):
+        EnvConfig(tasks=("beat_block_hammer",), **base)
+    with pytest.raises(ConfigError, match="camera 'wrist'.*head, left_wrist, right_wrist"):
+        EnvConfig(tasks=("stack_blocks_two",), **{**base, "cameras": ("wrist",)})
+    with pytest.raises(ConfigError, match="python.*setup_robotwin"):
+        EnvConfig(tasks=("stack_blocks_two",), **{**base, "python": str(tmp_path / "nope")})
+    with pytest.raises(ConfigError, match="subprocess"):
+        EnvConfig(tasks=("stack_blocks_two",), **{**base, "subprocess": False})
+    if "robotwin" not in sys.modules:
+        with pytest.raises(ConfigError, match="setup_robotwin"):  # RoboTwin is not importable here
+            EnvConfig(tasks=("stack_blocks_two",), **{**base, "python": "", "subprocess": False})
