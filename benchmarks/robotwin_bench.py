@@ -85,8 +85,8 @@ def speed(tasks: tuple[str, ...], seconds: float) -> dict:
     return res
 
 
-def expert(tasks: tuple[str, ...], seeds: int) -> dict:
-    res: dict = {"seeds": list(range(seeds)), "tasks": {}}
+def expert(tasks: tuple[str, ...], seeds: int, meta: dict) -> dict:
+    res: dict = {**meta, "seeds": list(range(seeds)), "tasks": {}}
     env = make_single_env(EnvConfig(name="robotwin", tasks=tasks, cameras=("head",), image_size=64))
     for task in tasks:
         rows = []
@@ -105,10 +105,17 @@ def expert(tasks: tuple[str, ...], seeds: int) -> dict:
             rows.append({"seed": info["scene_seed"], "planned_success": ex.planned, "frames": len(ex.targets),
                          "replay_success": replay, "plan_s": plan_s, "replay_s": time.perf_counter() - t0})
             print(task, json.dumps(rows[-1]), flush=True)
-        res["tasks"][task] = {"episodes": rows, "planned_success": float(np.mean([r["planned_success"] for r in rows])),
-                              "replay_success": float(np.mean([r["replay_success"] for r in rows]))}
+            res["tasks"][task] = {"episodes": rows,
+                                  "planned_success": float(np.mean([r["planned_success"] for r in rows])),
+                                  "replay_success": float(np.mean([r["replay_success"] for r in rows]))}
+            save("expert", res)  # after every episode: a long run that is stopped keeps what it measured
     env.close()
     return res
+
+
+def save(what: str, res: dict) -> None:
+    OUT.mkdir(exist_ok=True)
+    (OUT / f"robotwin_{what}.json").write_text(json.dumps(res, indent=2))
 
 
 def main() -> None:
@@ -119,12 +126,12 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=10)
     args = ap.parse_args()
     tasks = tuple(args.tasks.split(","))
-    res = speed(tasks, args.seconds) if args.what == "speed" else expert(tasks, args.seeds)
-    res["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform()}
-    res["command"] = f"benchmarks/robotwin_bench.py {args.what} --tasks {args.tasks}" + (
-        f" --seconds {args.seconds}" if args.what == "speed" else f" --seeds {args.seeds}")
-    OUT.mkdir(exist_ok=True)
-    (OUT / f"robotwin_{args.what}.json").write_text(json.dumps(res, indent=2))
+    meta = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+            "command": f"benchmarks/robotwin_bench.py {args.what} --tasks {args.tasks}"
+                       + (f" --seconds {args.seconds}" if args.what == "speed" else f" --seeds {args.seeds}")}
+    res = speed(tasks, args.seconds) if args.what == "speed" else expert(tasks, args.seeds, meta)
+    res.update(meta)
+    save(args.what, res)
     print(json.dumps({k: v for k, v in res.items() if k != "tasks"}, indent=2))
 
 
