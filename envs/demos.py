@@ -225,6 +225,8 @@ def collect_expert_demos(env: Any, out: str | os.PathLike, episodes_per_task: in
             seed += 1
             attempts += 1
             expert = env.expert()
+            if getattr(expert, "planned", True) is False:  # a planning expert (RoboTwin) that already failed
+                continue
             frames: dict[str, list[Any]] = {"images": [], "states": [], "actions": [], "rewards": [],
                                             "success": []}
             for _ in range(env.max_episode_steps):

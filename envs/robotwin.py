@@ -150,7 +150,32 @@ def _import_runtime(root: Path, image_size: int) -> Any:
             return cfg
 
         cam.load_task_config = load_camera_config
+        _let_fingers_touch()
     return robotwin
+
+
+def _let_fingers_touch() -> None:
+    """RoboTwin's mplib path (the runtime's CPU planner; upstream plans with cuRobo on CUDA) rejects
+    every IK solution whose gripper fingers touch the table: a 5 cm block sits on it, so a grasp puts
+    the fingertips at table level, and the expert failed at a pre-grasp or place pose on every seed
+    tried (0/14 on stack_blocks_two). The planner's world holds only the table, walls and arms, so
+    the fingers (links 7, 8 of each arm) are allowed to touch it; arm links still may not."""
+    from robotwin.envs.robot import planner
+
+    init = planner.MplibPlanner.__init__
+    if getattr(init, "_rlsys", False):
+        return
+
+    def patched(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        world = getattr(self.planner, "planning_world", None)
+        if world is not None:
+            acm = world.get_allowed_collision_matrix()
+            for link in ("fl_link7", "fl_link8", "fr_link7", "fr_link8"):
+                acm.set_default_entry(link, True)
+
+    patched._rlsys = True  # type: ignore[attr-defined]
+    planner.MplibPlanner.__init__ = patched
 
 
 class RoboTwinEnv(RobotEnv):
