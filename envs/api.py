@@ -121,6 +121,18 @@ def execute_chunk(env: gym.Env, actions: np.ndarray, length: int | None = None) 
     return ChunkStep(obs, rewards, mask, bool(terminated), bool(truncated), success, info, bad)
 
 
+def reset_task(options: dict[str, Any], task_names: tuple[str, ...], rng: np.random.Generator) -> str:
+    """``options["task"]`` (one of ``task_names``), else a draw from the env's RNG."""
+    task = options.get("task")
+    if task is None:
+        return task_names[int(rng.integers(len(task_names)))]
+    if task not in task_names:
+        from rlsys.configtools import ConfigError
+
+        raise ConfigError(f"reset options.task: {task!r} is not one of this env's tasks {task_names}")
+    return str(task)
+
+
 def init_state_index(options: dict[str, Any], seed: int | None, rng: np.random.Generator, count: int) -> int:
     """Fixed-initial-state suites (LIBERO init files, SimplerEnv episode grid): ``options["init_state"]``,
     else the reset seed, else a draw from the env's RNG; taken modulo ``count``."""

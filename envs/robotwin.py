@@ -48,7 +48,7 @@ import numpy as np
 
 from rlsys.config import RenderConfig
 from rlsys.configtools import ConfigError, suggest
-from rlsys.envs.api import Embodiment, RobotEnv, validate_action
+from rlsys.envs.api import Embodiment, RobotEnv, reset_task, validate_action
 
 STEP_LIMITS = {"stack_blocks_two": 800, "stack_blocks_three": 1200, "handover_block": 800,
                "blocks_ranking_rgb": 1200, "blocks_ranking_size": 1200}
@@ -296,13 +296,9 @@ class RoboTwinEnv(RobotEnv):
         super().reset(seed=seed)
         options = options or {}
         task = options.get("task")
-        if task is None:
-            task = self.task_names[int(self.np_random.integers(len(self.task_names)))]
-        elif isinstance(task, (int, np.integer)):
-            task = self.task_names[int(task)]
-        elif task not in self.task_names:
-            raise ConfigError(f"reset options.task: {task!r} is not one of this env's tasks {self.task_names}")
-        self._task = str(task)
+        if isinstance(task, (int, np.integer)):  # an index into env.tasks
+            options = {**options, "task": self.task_names[int(task)]}
+        self._task = reset_task(options, self.task_names, self.np_random)
         j = options.get("init_state")
         seed0 = int(j) if j is not None else (int(seed) if seed is not None else int(self.np_random.integers(1 << 30)))
         self.scene_seed = self._setup(self._task, seed0)

@@ -34,7 +34,7 @@ import numpy as np
 
 from rlsys.config import RenderConfig
 from rlsys.configtools import ConfigError, suggest
-from rlsys.envs.api import Embodiment, RobotEnv, init_state_index, validate_action
+from rlsys.envs.api import Embodiment, RobotEnv, init_state_index, reset_task, validate_action
 
 TASKS = {
     "carrot_on_plate": ("PutCarrotOnPlateInScene-v1", 60),
@@ -146,12 +146,7 @@ class SimplerEnv(RobotEnv):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         options = options or {}
-        task = options.get("task")
-        if task is None:
-            task = self.task_names[int(self.np_random.integers(len(self.task_names)))]
-        elif task not in self.task_names:
-            raise ConfigError(f"reset options.task: {task!r} is not one of this env's tasks {self.task_names}")
-        self._task = task
+        self._task = task = reset_task(options, self.task_names, self.np_random)
         sim = self._sim(task)
         self.init_state_index = init_state_index(options, seed, self.np_random, self.num_init_states(task))
         self._raw, self._info_raw = sim.reset(seed=int(seed or 0), options={"episode_id": self.init_state_index})
