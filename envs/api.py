@@ -133,12 +133,22 @@ def reset_task(options: dict[str, Any], task_names: tuple[str, ...], rng: np.ran
     return str(task)
 
 
-def init_state_index(options: dict[str, Any], seed: int | None, rng: np.random.Generator, count: int) -> int:
-    """Fixed-initial-state suites (LIBERO init files, SimplerEnv episode grid): ``options["init_state"]``,
-    else the reset seed, else a draw from the env's RNG; taken modulo ``count``."""
+def init_state_index(options: dict[str, Any], seed: int | None, rng: np.random.Generator, count: int,
+                     allowed: tuple[int, ...] = ()) -> int:
+    """Fixed-initial-state suites (LIBERO init files, SimplerEnv episode grid): ``options["init_state"]``
+    (taken modulo ``count``), else the reset seed, else a draw from the env's RNG. ``allowed``
+    (``env.init_states``) restricts the seeded and random choices, i.e. training resets, to those ids:
+    ``allowed[seed % len(allowed)]``; an explicit ``options["init_state"]`` (evaluation) is not restricted."""
+    for j in allowed:
+        if not 0 <= j < count:
+            from rlsys.configtools import ConfigError
+
+            raise ConfigError(f"env.init_states: {j} is not an init state of this task (allowed 0..{count - 1})")
     j = options.get("init_state")
-    j = int(j) if j is not None else (int(seed) if seed is not None else int(rng.integers(1 << 30)))
-    return j % count
+    if j is not None:
+        return int(j) % count
+    j = int(seed) if seed is not None else int(rng.integers(1 << 30))
+    return allowed[j % len(allowed)] if allowed else j % count
 
 
 def run_expert_episode(env: Any, seed: int = 0, options: dict[str, Any] | None = None) -> tuple[bool, int]:

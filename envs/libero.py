@@ -141,6 +141,7 @@ class LiberoEnv(RobotEnv):
         max_episode_steps: int = 0,
         render: RenderConfig | None = None,
         sim_cache: int = 2,
+        init_states: tuple[int, ...] | list[int] = (),
     ) -> None:
         all_tasks = suite_tasks(suite)
         by_name = {t.name: t for t in all_tasks}
@@ -181,6 +182,7 @@ class LiberoEnv(RobotEnv):
         self._steps = 0
         self._succeeded = False
         self.init_state_index = 0
+        self.train_init_states = tuple(int(j) for j in init_states)  # env.init_states: training resets draw from these
 
     # ------------------------------------------------------------------ simulators
     def _sim(self, name: str) -> Any:
@@ -262,7 +264,7 @@ class LiberoEnv(RobotEnv):
         self._task = task
         sim = self._sim(task)
         states = self._init_states[task]
-        self.init_state_index = init_state_index(options, seed, self.np_random, len(states))
+        self.init_state_index = init_state_index(options, seed, self.np_random, len(states), self.train_init_states)
         self._raw = self._restore(sim, states[self.init_state_index])
         self._steps = 0
         self._succeeded = False

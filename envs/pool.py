@@ -55,6 +55,8 @@ def make_single_env(cfg: EnvConfig) -> Any:
         kwargs["tasks"] = cfg.tasks
     if cfg.max_episode_steps:
         kwargs["max_episode_steps"] = cfg.max_episode_steps
+    if cfg.init_states:
+        kwargs["init_states"] = cfg.init_states
     return factory(**kwargs)
 
 

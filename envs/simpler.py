@@ -88,6 +88,7 @@ class SimplerEnv(RobotEnv):
         render: RenderConfig | None = None,
         asset_dir: str | None = None,
         sim_cache: int = 1,
+        init_states: tuple[int, ...] | list[int] = (),
     ) -> None:
         for t in tasks:
             if t not in TASKS:
@@ -117,6 +118,7 @@ class SimplerEnv(RobotEnv):
         self._steps = 0
         self._succeeded = False
         self.init_state_index = 0
+        self.train_init_states = tuple(int(j) for j in init_states)  # env.init_states: training resets draw from these
 
     def _sim(self, task: str) -> Any:
         if task not in self._sims:
@@ -148,7 +150,8 @@ class SimplerEnv(RobotEnv):
         options = options or {}
         self._task = task = reset_task(options, self.task_names, self.np_random)
         sim = self._sim(task)
-        self.init_state_index = init_state_index(options, seed, self.np_random, self.num_init_states(task))
+        self.init_state_index = init_state_index(options, seed, self.np_random, self.num_init_states(task),
+                                                 self.train_init_states)
         self._raw, self._info_raw = sim.reset(seed=int(seed or 0), options={"episode_id": self.init_state_index})
         self._steps, self._succeeded = 0, False
         return self._obs(), self._info(False)

@@ -43,6 +43,9 @@ class EnvConfig:
     step_timeout_s: float = 60.0  # subprocess envs: a step slower than this is a hang -> restart
     render: RenderConfig = field(default_factory=RenderConfig)
     python: str = ""  # subprocess envs: interpreter of the simulator's own venv (RoboTwin); "" = this one
+    # Fixed-init-state suites (LIBERO, SimplerEnv): the init-state ids training resets (demos, RL
+    # rollouts) draw from; () = all. Evaluation picks its own (eval_init_states / eval_init_state_offset).
+    init_states: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         check(16 <= self.image_size <= 512, "image_size", "16..512 pixels", self.image_size)
@@ -56,6 +59,7 @@ class EnvConfig:
             check(os.access(self.python, os.X_OK), "python",
                   "an executable interpreter (RoboTwin: scripts/setup_robotwin.sh VENV -> VENV/bin/python)",
                   self.python)
+        check(all(j >= 0 for j in self.init_states), "init_states", "init-state ids >= 0", self.init_states)
         from rlsys.registry import preflight_env
 
         preflight_env(self)  # simulator-specific checks (assets, runtime), before any actor starts
@@ -215,6 +219,7 @@ class TrainConfig:
     eval_every: int = 10
     eval_episodes: int = 8  # per task
     eval_init_state_offset: int = 0  # suites with fixed init states (LIBERO): evaluate on offset.. (held out)
+    eval_init_states: tuple[int, ...] = ()  # or on exactly these ids, cycled (overrides the offset)
     checkpoint_every: int = 10
     init_checkpoint: str = ""  # SFT checkpoint to start from; empty: run few-shot SFT first
     run_dir: str = "runs"

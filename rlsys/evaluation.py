@@ -4,13 +4,15 @@ Seeds: evaluation episode ``e`` of task index ``j`` uses seed ``EVAL_SEED_BASE +
 disjoint from demo seeds (``rlsys.envs.demos.DEMO_SEED_BASE``) and from training rollouts
 (which draw 32-bit seeds from ``SeedSequence``). Suites with fixed initial states (LIBERO) get
 ``options["init_state"] = init_state_offset + e``: the community protocol is every task x its 50
-init states (episode ``e`` on init state ``e``); other envs ignore the option.
+init states (episode ``e`` on init state ``e``); or, with ``init_states`` given, its entries in turn
+(a held-out split, e.g. SimplerEnv ids not used for training); other envs ignore the option.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,11 @@ from rlsys.flow import ODE, Sampler
 from rlsys.prompt import ObservationBuilder
 
 EVAL_SEED_BASE = 2_000_000
+
+
+def episode_init_states(offset: int, listed: Sequence[int], start: int, n: int) -> list[int]:
+    """Init-state ids of evaluation episodes ``start .. start + n - 1``."""
+    return [listed[(start + i) % len(listed)] if listed else offset + start + i for i in range(n)]
 
 
 def run_episodes(policy: Any, pool: Any, builder: ObservationBuilder, task: str, seeds: list[int],
@@ -51,7 +58,7 @@ def run_episodes(policy: Any, pool: Any, builder: ObservationBuilder, task: str,
 def evaluate(policy: Any, env_cfg: EnvConfig, embodiment: Any, episodes_per_task: int,
              tasks: tuple[str, ...] | None = None, num_envs: int = 8, sampler: Sampler | None = None,
              seed: int = 0, video_dir: str | Path | None = None, progress: Any = None,
-             init_state_offset: int = 0) -> dict[str, Any]:
+             init_state_offset: int = 0, init_states: Sequence[int] = ()) -> dict[str, Any]:
     """Success rate per task (ODE sampling by default), episodes run ``num_envs`` at a time."""
     from rlsys.envs.pool import EnvPool
 
@@ -69,7 +76,7 @@ def evaluate(policy: Any, env_cfg: EnvConfig, embodiment: Any, episodes_per_task
             wins, frames = [], [] if video_dir else None
             for start in range(0, episodes_per_task, n):
                 seeds = [EVAL_SEED_BASE + 10_000 * j + start + i for i in range(n)]
-                inits = [init_state_offset + start + i for i in range(n)]
+                inits = episode_init_states(init_state_offset, init_states, start, n)
                 s = run_episodes(policy, pool, builder, task, seeds, sampler, generator,
                                  frames if start == 0 else None, inits)
                 wins += s[: episodes_per_task - start].tolist()
@@ -81,12 +88,13 @@ def evaluate(policy: Any, env_cfg: EnvConfig, embodiment: Any, episodes_per_task
     policy.train(was_training)
     mean = float(np.mean([r["success"] for r in results.values()]))
     return {"env": env_cfg.name, "tasks": results, "mean_success": mean, "sampler": type(sampler).__name__,
-            "seed_base": EVAL_SEED_BASE, "init_state_offset": init_state_offset}
+            "seed_base": EVAL_SEED_BASE, "init_state_offset": init_state_offset, "init_states": list(init_states)}
 
 
 def evaluate_on_ray(policy: Any, env_cfg: EnvConfig, embodiment: Any, episodes_per_task: int,
                     tasks: tuple[str, ...], num_envs: int, workers: int, video_dir: str | Path | None = None,
-                    progress: Any = None, init_state_offset: int = 0) -> dict[str, Any]:
+                    progress: Any = None, init_state_offset: int = 0,
+                    init_states: Sequence[int] = ()) -> dict[str, Any]:
     """:func:`evaluate` with the episodes sharded over Ray tasks (each: an EnvPool of ``num_envs``
     simulators + a CPU policy copy; weights ``ray.put`` once). Same seeds and init states as the
     local path, so the same ODE results; ``workers`` blocks run at a time (a cluster's sim pool)."""
@@ -102,7 +110,7 @@ def evaluate_on_ray(policy: Any, env_cfg: EnvConfig, embodiment: Any, episodes_p
         j, task, start = b
         ref = _remote_eval_block().remote(policy.cfg, state, dataclasses.replace(env_cfg, num_envs=n), embodiment, task,
                                  [EVAL_SEED_BASE + 10_000 * j + start + i for i in range(n)],
-                                 [init_state_offset + start + i for i in range(n)],
+                                 episode_init_states(init_state_offset, init_states, start, n),
                                  min(n, episodes_per_task - start), bool(video_dir) and start == 0)
         pending.append(ref)
         out[ref] = b
@@ -121,7 +129,8 @@ def evaluate_on_ray(policy: Any, env_cfg: EnvConfig, embodiment: Any, episodes_p
             save_video(Path(video_dir) / f"{task}.gif", rows[0][4])
     mean = float(np.mean([r["success"] for r in results.values()]))
     return {"env": env_cfg.name, "tasks": results, "mean_success": mean, "sampler": "ODE",
-            "seed_base": EVAL_SEED_BASE, "init_state_offset": init_state_offset, "ray_workers": workers}
+            "seed_base": EVAL_SEED_BASE, "init_state_offset": init_state_offset, "init_states": list(init_states),
+            "ray_workers": workers}
 
 
 def _eval_block(policy_cfg: Any, state: dict[str, np.ndarray], env_cfg: EnvConfig, embodiment: Any, task: str,

@@ -79,16 +79,22 @@ ALGORITHMS = Registry("algorithms")
 
 # Built-in entries, lazily imported.
 ENVS.register("tabletop", "rlsys.envs.tabletop.env:make_env")
-for _suite in ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90"):
+LIBERO_SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
+for _suite in LIBERO_SUITES:
     ENVS.register(_suite, f"rlsys.envs.libero:make_{_suite}")
 ENVS.register("simpler_bridge", "rlsys.envs.simpler:make_env")
 ENVS.register("robotwin", "rlsys.envs.robotwin:make_env")
 # Optional per-env checks of an EnvConfig, run when the config is built (bad input fails before any
 # actor or simulator starts). Light imports only: the simulator itself may live in another venv.
 ENV_PREFLIGHT = {"robotwin": "rlsys.envs.robotwin:preflight"}
+# Envs whose factory takes ``init_states`` (fixed initial-state suites; see EnvConfig.init_states).
+ENV_FIXED_INIT_STATES = {"simpler_bridge", *LIBERO_SUITES}
 
 
 def preflight_env(cfg: Any) -> None:
+    if cfg.init_states and cfg.name not in ENV_FIXED_INIT_STATES:
+        raise ConfigError(f"init_states: env {cfg.name!r} has no fixed initial states (allowed with "
+                          f"{', '.join(sorted(ENV_FIXED_INIT_STATES))}); leave it empty")
     target = ENV_PREFLIGHT.get(cfg.name)
     if target:
         module, _, attr = target.partition(":")

@@ -149,7 +149,7 @@ def run_sft(cfg: TrainConfig, out_dir: str | Path, demos: str | None = None) -> 
         with Progress("sft eval", total=cfg.sft.eval_episodes * len(tasks)) as bar:
             ev = evaluate(policy, cfg.env, ds.embodiment, cfg.sft.eval_episodes, tasks,
                           video_dir=out / "eval" / "videos", progress=bar.advance,
-                          init_state_offset=cfg.eval_init_state_offset)
+                          init_state_offset=cfg.eval_init_state_offset, init_states=cfg.eval_init_states)
         write_result(out / "eval", ev, f"SFT {out}")
         result["eval"] = ev
         print(f"sft eval (ODE): mean success {100 * ev['mean_success']:.1f}% "

@@ -88,7 +88,8 @@ class Run:
         policy, version = self._policy(system)
         out = self.dir / "eval" / f"iter_{iteration:06d}"
         res = evaluate(policy, self.cfg.env, self.embodiment, self.cfg.eval_episodes, seed=self.cfg.seed,
-                       video_dir=out / "videos", init_state_offset=self.cfg.eval_init_state_offset)
+                       video_dir=out / "videos", init_state_offset=self.cfg.eval_init_state_offset,
+                       init_states=self.cfg.eval_init_states)
         res.update({"iteration": iteration, "version": version, "wall_s": time.time() - self._t0})
         write_result(out, res, f"iteration {iteration}")
         return float(res["mean_success"])

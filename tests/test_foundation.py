@@ -36,10 +36,19 @@ def test_dotted_overrides_are_typed():
     ("policy.num_cameras=3", r"policy.num_cameras: got 3; allowed: the number of env.cameras \(2\)"),
     ("placement.mode=spread", r"placement.mode: got 'spread'"),
     ("env.cameras=agentview", r"env.cameras: expected a list"),
+    ("env.init_states=[0,2]", r"env.init_states: env 'tabletop' has no fixed initial states"),
+    ("env.init_states=[-1]", r"env.init_states: got \(-1,\); allowed: init-state ids >= 0"),
 ])
 def test_bad_config_names_the_field_and_what_is_allowed(override, match):
     with pytest.raises(ConfigError, match=match):
         load_config("tabletop_ppo", [override])
+
+
+def test_evaluation_init_states_offset_or_listed_split():
+    from rlsys.evaluation import episode_init_states
+
+    assert episode_init_states(25, (), 4, 3) == [29, 30, 31]
+    assert episode_init_states(0, (1, 2, 5), 2, 3) == [5, 1, 2]  # listed ids, cycled
 
 
 def test_unknown_preset_suggests():

@@ -55,6 +55,23 @@ def test_init_state_determinism_and_conventions(spatial):
     assert img[-8:].mean() > img[:8].mean()
 
 
+def test_training_init_states_restrict_seeded_resets_only():
+    """env.init_states: seeded (training) resets draw from the listed ids; evaluation's explicit
+    init_state is not restricted; an id past the task's count is a clear error."""
+    env = make_single_env(EnvConfig(name="libero_spatial", tasks=("0",), image_size=64, init_states=(3, 10)))
+    try:
+        assert [env.reset(seed=s)[1]["init_state"] for s in (0, 1, 2, 7)] == [3, 10, 3, 10]
+        assert env.reset(seed=0, options={"init_state": 30})[1]["init_state"] == 30
+    finally:
+        env.close()
+    bad = make_single_env(EnvConfig(name="libero_spatial", tasks=("0",), image_size=64, init_states=(50,)))
+    try:
+        with pytest.raises(ConfigError, match=r"env.init_states: 50 .*0\.\.49"):
+            bad.reset(seed=0)
+    finally:
+        bad.close()
+
+
 def test_gripper_sign_convention(spatial):
     obs, _ = spatial.reset(seed=0, options={"task": "0", "init_state": 0})
     close = np.array([0, 0, 0, 0, 0, 0, 1.0], np.float32)
