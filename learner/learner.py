@@ -99,14 +99,19 @@ class Learner:
         logs: dict[str, list[float]] = {}
         first_dev = None
         idx = np.flatnonzero(batch.loss_mask)
+        # a frozen backbone gives the same prefix in every epoch: encode each valid sample once
+        cache = None if a.update_backbone else self.policy.encode_batch(batch.obs.index(idx))
+        row = np.zeros(len(batch.loss_mask), np.int64)
+        row[idx] = np.arange(len(idx))
         for _ in range(a.epochs):
             for mb in np.array_split(self.rng.permutation(idx), a.minibatches):
                 if len(mb) == 0:
                     continue
                 m = batch.index(mb)
                 mask = torch.ones(len(mb), dtype=torch.bool)
+                prefix = None if cache is None else cache.index(torch.from_numpy(row[mb]))
                 rc = self.policy.log_prob_and_value(m.obs, m.chunk.chain, m.chunk.step_mask, m.exec_mask,
-                                                    self.sampler, self.cfg.sampler.logprob)
+                                                    self.sampler, self.cfg.sampler.logprob, prefix)
                 pl = ppo_policy_loss(rc.logp, old_logp[mb], adv_all[mb], mask, a.clip_low, a.clip_high)
                 if first_dev is None:
                     first_dev = float((rc.logp.detach() - old_logp[mb]).exp().sub(1).abs().max())

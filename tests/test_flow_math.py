@@ -63,6 +63,14 @@ def test_recompute_at_rollout_weights_gives_ratio_one(sampler, noise_head):
     # per horizon step (summed over the 7 channels): 1e-5 per element
     full = pol.log_prob_and_value(obs, chunk.chain, chunk.step_mask, np.ones((B, H), bool), sampler, "chunk_level")
     assert np.abs(full.logp.detach().numpy() - chunk.logp_steps.sum(1)).max() <= 1e-5 * H * K * 4
+    # the learner's path for a frozen backbone: prefixes encoded once (in blocks), indexed per minibatch
+    cached = pol.encode_batch(obs, block=5).index(torch.from_numpy(mb))
+    again = pol.log_prob_and_value(obs.index(mb), chunk.chain[mb], chunk.step_mask[mb], exec_mask[mb], sampler,
+                                   "chunk_level", prefix=cached)
+    direct = recompute(pol, obs.index(mb), chunk.index(mb), exec_mask[mb], sampler, "chunk_level")
+    torch.testing.assert_close(again.logp, direct.logp, atol=1e-4, rtol=1e-6)  # float32 sums of ~100
+    torch.testing.assert_close(again.value, direct.value, atol=1e-6, rtol=0)
+    assert again.logp.requires_grad  # the action expert still gets gradients
 
 
 # 2 -------------------------------------------------------------------------------------------

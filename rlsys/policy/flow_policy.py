@@ -167,13 +167,16 @@ class FlowPolicy(nn.Module):
 
     # ------------------------------------------------------------------ learner
     def log_prob_and_value(self, obs: Observation, chain: np.ndarray, step_mask: np.ndarray,
-                           exec_mask: np.ndarray, sampler: Sampler, mode: str) -> Recompute:
+                           exec_mask: np.ndarray, sampler: Sampler, mode: str,
+                           prefix: Prefix | None = None) -> Recompute:
         """Recompute the log-prob of the stored stochastic transitions under the current weights.
 
         chain [B, S+1, H, K], step_mask [B, S], exec_mask [B, H] (numpy, as stored by rollout).
+        ``prefix``: the backbone's output for ``obs`` if already computed (a frozen backbone's is
+        the same in every epoch, so the learner encodes each sample once per update).
         """
         t = self._tensors(obs)
-        prefix = self.encode(t)
+        prefix = self.encode(t) if prefix is None else prefix
         dev = self.device
         chain_t = torch.as_tensor(chain, device=dev).float().detach()
         smask = torch.as_tensor(step_mask, device=dev)
@@ -200,6 +203,13 @@ class FlowPolicy(nn.Module):
             value=self.value_of(prefix),
             entropy=reduce_log_prob(ent_steps, emask, t["action_dim"], n_stoch, "token_level"),
         )
+
+    @torch.no_grad()
+    def encode_batch(self, obs: Observation, block: int = 256) -> Prefix:
+        """Backbone output for ``obs`` (no gradients), computed ``block`` rows at a time."""
+        parts = [self.encode(self._tensors(obs.index(np.arange(i, min(i + block, obs.batch_size)))))
+                 for i in range(0, obs.batch_size, block)]
+        return Prefix(*(torch.cat([getattr(p, f) for p in parts]) for f in ("tokens", "mask", "pooled")))
 
     def value(self, obs: Observation) -> torch.Tensor:
         return self.value_of(self.encode(self._tensors(obs)))
