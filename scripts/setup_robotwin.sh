@@ -16,4 +16,11 @@ python3 -m venv "$VENV"
   imageio "setuptools>=77.0.3,<81" huggingface_hub safetensors pyarrow pillow rich "pytest>=8" "pytest-timeout>=2.3"
 "$VENV/bin/pip" install -q --no-deps "rlinf-robotwin-runtime==0.1.3"
 "$VENV/bin/pip" install -q --no-deps -e .   # rlsys itself: the simulator server side of the env pool
+# RoboTwin 2.0's documented mplib 0.2.1 edit: a screw (straight-line) motion must not abort on contact,
+# else every approach to a block ends in "screw plan failed" (the grasp itself touches the block).
+PLANNER="$("$VENV/bin/python" -c 'import mplib, os; print(os.path.join(os.path.dirname(mplib.__file__), "planner.py"))')"
+sed -i -E 's/(if np\.linalg\.norm\(delta_twist\) < 1e-4 )(or collide )(or not within_joint_limit:)/\1\3/' "$PLANNER"
+if grep -q "or collide or not within_joint_limit" "$PLANNER"; then
+  echo "setup_robotwin: could not apply the mplib screw-plan edit to $PLANNER" >&2; exit 1
+fi
 echo "setup_robotwin: $VENV/bin/python ready"
