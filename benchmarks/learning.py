@@ -49,7 +49,9 @@ def main() -> None:
         it = int(e["iteration"])
         evals.append({"iteration": it, "env_steps": steps_at.get(it, steps), "wall_s": e["wall_s"],
                       "success": e["mean_success"], "tasks": {k: v["success"] for k, v in e["tasks"].items()}})
+    last = json.loads((sorted((run_dir / "eval").glob("iter_*"))[-1] / "eval.json").read_text()) if evals else {}
     res = {"algo": args.algo, "preset": args.preset or f"tabletop_{args.algo}", "env": cfg.env.name,
+           "asset_status": last.get("asset_status", (init or {}).get("asset_status", "n/a")),
            "budget_minutes": args.minutes, "run_dir": str(run_dir), "total_s": time.time() - t0,
            "sft_eval": init and {"success": init["mean_success"],
                                  "tasks": {k: v["success"] for k, v in init["tasks"].items()}},

@@ -353,9 +353,12 @@ class RoboTwinEnv(RobotEnv):
         """RoboTwin's own scripted expert (``play_once``, planned with mplib) for the current episode,
         recorded and replayed as joint targets. Call right after ``reset``; ``expert.planned`` says
         whether the plan succeeded in simulation."""
+        import mplib
+
         task, seed, instruction = self._task, self.scene_seed, self._instruction
         sim = self._sim
         sim.frames, sim.save_data = [], True
+        mplib.set_global_seed(int(seed))  # the planner's RRT: the same scene seed plans the same way
         with contextlib.redirect_stdout(io.StringIO()):
             sim.play_once()
         planned = bool(sim.plan_success and sim.check_success())

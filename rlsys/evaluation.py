@@ -33,11 +33,14 @@ def episode_init_states(offset: int, listed: Sequence[int], start: int, n: int) 
 
 def run_episodes(policy: Any, pool: Any, builder: ObservationBuilder, task: str, seeds: list[int],
                  sampler: Sampler, generator: torch.Generator, frames: list[np.ndarray] | None = None,
-                 init_states: list[int] | None = None) -> np.ndarray:
-    """One episode per env of ``pool`` (len(seeds) == pool.num_envs) on ``task``; -> success [N]."""
+                 init_states: list[int] | None = None, infos: list[dict] | None = None) -> np.ndarray:
+    """One episode per env of ``pool`` (len(seeds) == pool.num_envs) on ``task``; -> success [N].
+    ``infos`` (if given) receives the reset infos."""
     n = pool.num_envs
     inits = init_states if init_states is not None else [None] * n
-    obs, _ = pool.reset(seeds=seeds, options=[{"task": task, "init_state": j} for j in inits])
+    obs, reset_infos = pool.reset(seeds=seeds, options=[{"task": task, "init_state": j} for j in inits])
+    if infos is not None:
+        infos.extend(reset_infos)
     done = np.zeros(n, bool)
     success = np.zeros(n, bool)
     h = policy.cfg.action_horizon
@@ -68,6 +71,7 @@ def evaluate(policy: Any, env_cfg: EnvConfig, embodiment: Any, episodes_per_task
     cfg = dataclasses.replace(env_cfg, num_envs=n)
     generator = torch.Generator().manual_seed(seed)
     results: dict[str, Any] = {}
+    infos: list[dict] = []
     was_training = policy.training
     policy.eval()
     with EnvPool(cfg) as pool:
@@ -78,7 +82,7 @@ def evaluate(policy: Any, env_cfg: EnvConfig, embodiment: Any, episodes_per_task
                 seeds = [EVAL_SEED_BASE + 10_000 * j + start + i for i in range(n)]
                 inits = episode_init_states(init_state_offset, init_states, start, n)
                 s = run_episodes(policy, pool, builder, task, seeds, sampler, generator,
-                                 frames if start == 0 else None, inits)
+                                 frames if start == 0 else None, inits, infos)
                 wins += s[: episodes_per_task - start].tolist()
                 if progress is not None:
                     progress(min(n, episodes_per_task - start))
@@ -88,7 +92,14 @@ def evaluate(policy: Any, env_cfg: EnvConfig, embodiment: Any, episodes_per_task
     policy.train(was_training)
     mean = float(np.mean([r["success"] for r in results.values()]))
     return {"env": env_cfg.name, "tasks": results, "mean_success": mean, "sampler": type(sampler).__name__,
-            "seed_base": EVAL_SEED_BASE, "init_state_offset": init_state_offset, "init_states": list(init_states)}
+            "seed_base": EVAL_SEED_BASE, "init_state_offset": init_state_offset, "init_states": list(init_states),
+            **asset_status(infos)}
+
+
+def asset_status(infos: list[dict]) -> dict[str, str]:
+    """``{"asset_status": ...}`` where the env reports one (SimplerEnv: official / stand-in; RoboTwin)."""
+    found = sorted({str(i["asset_status"]) for i in infos if "asset_status" in i})
+    return {"asset_status": "+".join(found)} if found else {}
 
 
 def evaluate_on_ray(policy: Any, env_cfg: EnvConfig, embodiment: Any, episodes_per_task: int,
@@ -105,7 +116,7 @@ def evaluate_on_ray(policy: Any, env_cfg: EnvConfig, embodiment: Any, episodes_p
     n = max(1, min(num_envs, episodes_per_task))
     state = ray.put(state_to_numpy(policy))
     blocks = [(j, task, start) for j, task in enumerate(tasks) for start in range(0, episodes_per_task, n)]
-    pending, out = [], {}
+    pending, out, infos = [], {}, []
     for b in blocks:
         j, task, start = b
         ref = _remote_eval_block().remote(policy.cfg, state, dataclasses.replace(env_cfg, num_envs=n), embodiment, task,
@@ -116,8 +127,9 @@ def evaluate_on_ray(policy: Any, env_cfg: EnvConfig, embodiment: Any, episodes_p
         out[ref] = b
         while len(pending) >= workers or (b is blocks[-1] and pending):
             done, pending = ray.wait(pending, num_returns=1)
-            wins, frames = ray.get(done[0])
+            wins, frames, block_infos = ray.get(done[0])
             out[done[0]] = (*out[done[0]], wins, frames)
+            infos += block_infos
             if progress is not None:
                 progress(len(wins))
     results: dict[str, Any] = {}
@@ -130,11 +142,11 @@ def evaluate_on_ray(policy: Any, env_cfg: EnvConfig, embodiment: Any, episodes_p
     mean = float(np.mean([r["success"] for r in results.values()]))
     return {"env": env_cfg.name, "tasks": results, "mean_success": mean, "sampler": "ODE",
             "seed_base": EVAL_SEED_BASE, "init_state_offset": init_state_offset, "init_states": list(init_states),
-            "ray_workers": workers}
+            "ray_workers": workers, **asset_status(infos)}
 
 
 def _eval_block(policy_cfg: Any, state: dict[str, np.ndarray], env_cfg: EnvConfig, embodiment: Any, task: str,
-                seeds: list[int], inits: list[int], count: int, frames: bool) -> tuple[list[bool], list | None]:
+                seeds: list[int], inits: list[int], count: int, frames: bool) -> tuple[list[bool], list | None, list]:
     from rlsys.actors.inference import load_numpy_state
     from rlsys.envs.pool import EnvPool
     from rlsys.policy.flow_policy import FlowPolicy
@@ -144,10 +156,11 @@ def _eval_block(policy_cfg: Any, state: dict[str, np.ndarray], env_cfg: EnvConfi
     load_numpy_state(policy, state)
     policy.eval()
     video: list | None = [] if frames else None
+    infos: list[dict] = []
     with EnvPool(env_cfg) as pool:
         s = run_episodes(policy, pool, ObservationBuilder(policy_cfg, embodiment), task, seeds, ODE(),
-                         torch.Generator().manual_seed(0), video, inits)
-    return s[:count].tolist(), video
+                         torch.Generator().manual_seed(0), video, inits, infos)
+    return s[:count].tolist(), video, [{"asset_status": i["asset_status"]} for i in infos if "asset_status" in i]
 
 
 def _remote_eval_block() -> Any:
@@ -168,6 +181,8 @@ def markdown_table(result: dict[str, Any], title: str = "") -> str:
     for task, r in result["tasks"].items():
         lines.append(f"| {task} | {100 * r['success']:.1f}% | {r['episodes']} |")
     lines.append(f"| **mean** | **{100 * result['mean_success']:.1f}%** | |")
+    if "asset_status" in result:
+        lines.append(f"\nassets: **{result['asset_status']}**")
     return "\n".join(line for line in lines if line) + "\n"
 
 
