@@ -32,6 +32,10 @@ class Run:
         self.cfg, self.dir = cfg, run_dir
         self.embodiment = embodiment
         self.logger = M.MetricsLogger(run_dir)
+        self.start_clock()
+
+    def start_clock(self) -> None:
+        """Evaluations report ``wall_s`` from here: the start of the RL phase (after any SFT)."""
         self._t0 = time.time()
 
     @classmethod
@@ -157,6 +161,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict[str, Any]:
             ray.get(system.learner.load_training_state.remote(training_state))
         from rlsys.learner.loop import train_loop
 
+        run.start_clock()
         last = train_loop(run, system, start)
     finally:
         system.shutdown()
