@@ -57,6 +57,8 @@ def make_single_env(cfg: EnvConfig) -> Any:
         kwargs["max_episode_steps"] = cfg.max_episode_steps
     if cfg.init_states:
         kwargs["init_states"] = cfg.init_states
+    if cfg.reward != "sparse":
+        kwargs["reward"] = cfg.reward
     return factory(**kwargs)
 
 

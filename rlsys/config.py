@@ -46,6 +46,9 @@ class EnvConfig:
     # Fixed-init-state suites (LIBERO, SimplerEnv): the init-state ids training resets (demos, RL
     # rollouts) draw from; () = all. Evaluation picks its own (eval_init_states / eval_init_state_offset).
     init_states: tuple[int, ...] = ()
+    # "sparse": 1 on success (every benchmark's reward). "shaped" (tabletop lift): plus the change of a
+    # progress potential (reach, hold, raise) each step; success and evaluation are unchanged.
+    reward: Literal["sparse", "shaped"] = "sparse"
 
     def __post_init__(self) -> None:
         check(16 <= self.image_size <= 512, "image_size", "16..512 pixels", self.image_size)

@@ -95,6 +95,8 @@ def preflight_env(cfg: Any) -> None:
     if cfg.init_states and cfg.name not in ENV_FIXED_INIT_STATES:
         raise ConfigError(f"init_states: env {cfg.name!r} has no fixed initial states (allowed with "
                           f"{', '.join(sorted(ENV_FIXED_INIT_STATES))}); leave it empty")
+    if cfg.reward != "sparse" and cfg.name != "tabletop":
+        raise ConfigError(f"reward: {cfg.reward!r} is defined for the tabletop env only; {cfg.name} is sparse")
     target = ENV_PREFLIGHT.get(cfg.name)
     if target:
         module, _, attr = target.partition(":")

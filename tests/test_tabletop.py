@@ -85,3 +85,28 @@ def test_no_episode_starts_solved():
             env.reset(seed=seed, options={"task": task})
             assert not TASKS[task].success(env.privileged_state(), env._roles), (task, seed)
     env.close()
+
+
+def test_shaped_lift_reward_is_progress_plus_the_success_reward():
+    """env.reward=shaped: each step adds the change of the lift-progress potential, so an expert
+    episode's return is 1 (success) + final - initial potential; sparse and shaped agree on success."""
+    from rlsys.envs.tabletop.tasks import lift_progress
+
+    env = TabletopEnv(tasks=("lift",), cameras=(), reward="shaped")
+    env.reset(seed=3)
+    start = lift_progress(env.privileged_state(), env._roles)
+    expert, total, rewards = env.expert(), 0.0, []
+    for _ in range(env.max_episode_steps):
+        _, r, terminated, truncated, info = env.step(expert.act(env.privileged_state()))
+        rewards.append(r)
+        if terminated or truncated:
+            break
+    assert terminated and info["success"]
+    end = lift_progress(env.privileged_state(), env._roles)
+    assert sum(rewards) == pytest.approx(1.0 + end - start, abs=1e-6)
+    assert 0.0 <= start < 0.3 < end <= 1.0  # the expert reached, held and raised the cube
+    assert max(rewards[:-1]) < 0.4  # the largest step is the grip (0.3): none rivals the success reward
+    with pytest.raises(ConfigError, match="shaped rewards are defined for lift only, not stack"):
+        TabletopEnv(tasks=("lift", "stack"), cameras=(), reward="shaped")
+    with pytest.raises(ConfigError, match="reward: 'shaped' is defined for the tabletop env only"):
+        EnvConfig(name="libero_spatial", reward="shaped")

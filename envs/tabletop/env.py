@@ -26,7 +26,7 @@ from rlsys.configtools import ConfigError, suggest
 from rlsys.envs.api import Embodiment, RobotEnv, validate_action
 from rlsys.envs.render import Renderer, configure_gl
 from rlsys.envs.tabletop import scene
-from rlsys.envs.tabletop.tasks import CUBES, PLATES, STEP_M, TASKS, Expert
+from rlsys.envs.tabletop.tasks import CUBES, PLATES, PROGRESS, STEP_M, TASKS, Expert
 
 configure_gl()
 import mujoco  # noqa: E402  (after MUJOCO_GL is settled)
@@ -58,11 +58,18 @@ class TabletopEnv(RobotEnv):
         max_episode_steps: int = 0,
         render: RenderConfig | None = None,
         render_mode: str | None = "rgb_array",
+        reward: str = "sparse",
     ) -> None:
         tasks = tuple(tasks) or tuple(TASKS)
         for t in tasks:
             if t not in TASKS:
                 raise ConfigError(f"env.tasks: unknown tabletop task {t!r}. {suggest(t, TASKS)}")
+        if reward not in ("sparse", "shaped"):
+            raise ConfigError(f"env.reward: {reward!r}; allowed: sparse, shaped")
+        if reward == "shaped" and not set(tasks) <= set(PROGRESS):
+            raise ConfigError(f"env.reward: shaped rewards are defined for {', '.join(PROGRESS)} only, "
+                              f"not {', '.join(sorted(set(tasks) - set(PROGRESS)))}")
+        self.reward_mode = reward
         for c in cameras:
             if c not in CAMERAS:
                 raise ConfigError(f"env.cameras: unknown tabletop camera {c!r}. {suggest(c, CAMERAS)}")
@@ -158,7 +165,13 @@ class TabletopEnv(RobotEnv):
                 break
         self._steps = 0
         self._succeeded = False
+        self._progress = self._potential()
         return self._obs(), self._info(False)
+
+    def _potential(self) -> float:
+        if self.reward_mode == "sparse":
+            return 0.0
+        return PROGRESS[self._task](self.privileged_state(), self._roles)
 
     def _place_objects(self, rng: np.random.Generator) -> None:
         names = [f"cube_{c}" for c in CUBES] + [f"plate_{p}" for p in PLATES]
@@ -193,6 +206,10 @@ class TabletopEnv(RobotEnv):
         self._steps += 1
         success = TASKS[self._task].success(self.privileged_state(), self._roles)
         reward = 1.0 if success and not self._succeeded else 0.0
+        if self.reward_mode == "shaped":  # progress made this step (potential difference)
+            progress = self._potential()
+            reward += progress - self._progress
+            self._progress = progress
         self._succeeded = self._succeeded or success
         terminated = bool(success)
         truncated = bool(self._steps >= self.max_episode_steps and not terminated)

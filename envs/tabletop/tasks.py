@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -51,6 +52,20 @@ def _resting(s: dict[str, np.ndarray], cube: str) -> bool:
 
 def _lifted(s: dict[str, np.ndarray], r: dict[str, str]) -> bool:
     return bool(s[f"cube_{r['cube']}"][2] > LIFT_Z)
+
+
+def lift_progress(s: dict[str, Any], r: dict[str, str]) -> float:
+    """Potential in [0, 1] for shaped lift rewards: reach the cube (0.3), hold it (0.3), raise it
+    toward LIFT_Z (0.4). The env rewards its change per step, so an episode's shaping sums to
+    ``final - initial`` and cannot outweigh the success reward of 1."""
+    cube = s[f"cube_{r['cube']}"]
+    reach = 1.0 - np.tanh(10.0 * float(np.linalg.norm(s["hand"] - cube)))
+    lift = np.clip((cube[2] - CUBE_HALF) / (LIFT_Z - CUBE_HALF), 0.0, 1.0) if s[f"held_{r['cube']}"] else 0.0
+    return float(0.3 * reach + 0.3 * float(s[f"held_{r['cube']}"]) + 0.4 * lift)
+
+
+# Shaped-reward potentials (``env.reward: shaped``) by task; the others are sparse only.
+PROGRESS = {"lift": lift_progress}
 
 
 def _on_plate(s: dict[str, np.ndarray], r: dict[str, str]) -> bool:
