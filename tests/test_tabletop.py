@@ -95,7 +95,7 @@ def test_shaped_lift_reward_is_progress_plus_the_success_reward():
     env = TabletopEnv(tasks=("lift",), cameras=(), reward="shaped")
     env.reset(seed=3)
     start = lift_progress(env.privileged_state(), env._roles)
-    expert, total, rewards = env.expert(), 0.0, []
+    expert, rewards = env.expert(), []
     for _ in range(env.max_episode_steps):
         _, r, terminated, truncated, info = env.step(expert.act(env.privileged_state()))
         rewards.append(r)
