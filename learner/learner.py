@@ -101,7 +101,7 @@ class Learner:
         idx = np.flatnonzero(batch.loss_mask)
         # a frozen backbone gives the same prefix in every epoch: encode each valid sample once
         cache = None if a.update_backbone else self.policy.encode_batch(batch.obs.index(idx))
-        row = np.zeros(len(batch.loss_mask), np.int64)
+        row = np.zeros(len(batch.loss_mask), np.int64)  # batch index -> row of the cache
         row[idx] = np.arange(len(idx))
         for _ in range(a.epochs):
             for mb in np.array_split(self.rng.permutation(idx), a.minibatches):

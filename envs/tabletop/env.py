@@ -165,13 +165,13 @@ class TabletopEnv(RobotEnv):
                 break
         self._steps = 0
         self._succeeded = False
-        self._progress = self._potential()
+        self._progress = self._potential(self.privileged_state())
         return self._obs(), self._info(False)
 
-    def _potential(self) -> float:
+    def _potential(self, state: dict[str, Any]) -> float:
         if self.reward_mode == "sparse":
             return 0.0
-        return PROGRESS[self._task](self.privileged_state(), self._roles)
+        return PROGRESS[self._task](state, self._roles)
 
     def _place_objects(self, rng: np.random.Generator) -> None:
         names = [f"cube_{c}" for c in CUBES] + [f"plate_{p}" for p in PLATES]
@@ -204,10 +204,11 @@ class TabletopEnv(RobotEnv):
         d.ctrl[4] = scene.FINGER_OPEN * (1.0 - a[6]) / 2.0
         mujoco.mj_step(self.model, d, nstep=SUBSTEPS)
         self._steps += 1
-        success = TASKS[self._task].success(self.privileged_state(), self._roles)
+        state = self.privileged_state()
+        success = TASKS[self._task].success(state, self._roles)
         reward = 1.0 if success and not self._succeeded else 0.0
         if self.reward_mode == "shaped":  # progress made this step (potential difference)
-            progress = self._potential()
+            progress = self._potential(state)
             reward += progress - self._progress
             self._progress = progress
         self._succeeded = self._succeeded or success
