@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +80,14 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def load_policy(path: str | os.PathLike, expect: PolicyConfig | None = None,
-                device: str = "cpu") -> tuple[Any, EnvConfig, Embodiment, dict[str, Any]]:
-    """-> (policy, env config, embodiment, meta). ``expect`` (optional) must match the stored config."""
+def load_policy(path: str | os.PathLike, expect: PolicyConfig | None = None, device: str = "cpu",
+                critic: str | None = None) -> tuple[Any, EnvConfig, Embodiment, dict[str, Any]]:
+    """-> (policy, env config, embodiment, meta). ``expect`` (optional) must match the stored config.
+
+    ``critic``: build the policy with this value head (``PolicyConfig.critic``). A checkpoint stored
+    with another kind loads every weight but the value head, which starts fresh: the RL start from
+    an SFT checkpoint, whose value head SFT never trains.
+    """
     from rlsys.policy.flow_policy import FlowPolicy
 
     data = read_config(path)
@@ -91,12 +96,18 @@ def load_policy(path: str | os.PathLike, expect: PolicyConfig | None = None,
         ecfg = from_dict(EnvConfig, data["env"], "env")
     except ConfigError as e:
         raise CheckpointError(f"{path}: stored config is invalid: {e}") from e
+    fresh_critic = critic is not None and critic != pcfg.critic
+    if fresh_critic:
+        pcfg = replace(pcfg, critic=critic)
     if expect is not None and expect != pcfg:
         diffs = [f"policy.{k}: checkpoint {v!r} vs requested {getattr(expect, k)!r}"
                  for k, v in to_dict(pcfg).items() if to_dict(expect)[k] != v]
         raise CheckpointError(f"{path}: incompatible policy config: " + "; ".join(diffs))
     policy = FlowPolicy(pcfg)
     state = load_file(str(Path(path) / "model.safetensors"), device=device)
+    if fresh_critic:
+        state = {k: v for k, v in state.items() if not k.startswith("value_head.")}
+        state.update({k: v for k, v in policy.state_dict().items() if k.startswith("value_head.")})
     try:
         missing, unexpected = policy.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatch

@@ -84,6 +84,9 @@ class PolicyConfig:
     vocab_size: int = 1024  # hashed word vocabulary of the offline tokenizer
     denoise_steps: int = 4  # S, flow integration steps
     detach_critic_input: bool = True  # keep critic gradients out of the backbone
+    # Value head input: "pooled" = MLP on the mean of all prefix tokens; "attention" = a learned
+    # query attends over the prefix tokens (image patches, keypoints, proprio), then the MLP.
+    critic: Literal["pooled", "attention"] = "pooled"
     noise_head: bool = False  # learned exploration std (Flow-Noise)
 
     def __post_init__(self) -> None:
@@ -95,6 +98,7 @@ class PolicyConfig:
         check(self.image_size % 16 == 0, "image_size", "a multiple of 16", self.image_size)
         check(self.max_tokens >= 8, "max_tokens", ">= 8", self.max_tokens)
         check(self.vocab_size >= 16, "vocab_size", ">= 16", self.vocab_size)
+        check(self.critic in ("pooled", "attention"), "critic", "pooled | attention", self.critic)
 
 
 @dataclass(frozen=True)

@@ -138,7 +138,7 @@ def initial_policy_state(run: Run) -> dict[str, np.ndarray]:
               flush=True)
         ckpt = str(run.dir / "sft")
         run_sft(cfg, ckpt)
-    policy, _, run.embodiment, _ = load_policy(ckpt, expect=cfg.policy)
+    policy, _, run.embodiment, _ = load_policy(ckpt, expect=cfg.policy, critic=cfg.policy.critic)
     return state_to_numpy(policy)
 
 

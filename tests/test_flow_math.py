@@ -216,13 +216,29 @@ def test_gradients_reach_the_velocity_net_not_the_chain(sampler, noise_head):
         assert pol.noise_head.weight.grad.abs().sum() > 0
 
 
-def test_detached_critic_input_keeps_critic_gradients_out_of_the_backbone():
+@pytest.mark.parametrize("critic", ["pooled", "attention"])
+def test_detached_critic_input_keeps_critic_gradients_out_of_the_backbone(critic):
     for detach in (True, False):
-        pol = make_policy(detach_critic_input=detach)
-        pol.value(make_obs()).sum().backward()
-        assert pol.value_head[0].weight.grad.abs().sum() > 0
+        pol = make_policy(detach_critic_input=detach, critic=critic)
+        v = pol.value(make_obs())
+        assert v.shape == (B,)
+        v.sum().backward()
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in pol.value_head.parameters())
         g = pol.backbone.blocks[0].conv.weight.grad
         assert (g is None or float(g.abs().sum()) == 0.0) == detach
+
+
+def test_attention_critic_ignores_padded_prefix_tokens():
+    pol = make_policy(critic="attention")
+    obs = make_obs()
+    prefix = pol.encode(pol._tensors(obs))
+    tokens = prefix.tokens.clone()
+    tokens[~prefix.mask] = 1e3  # padding (masked text tokens) must not reach the value
+    changed = type(prefix)(tokens, prefix.mask, prefix.pooled)
+    assert (~prefix.mask).any()
+    torch.testing.assert_close(pol.value_of(changed), pol.value_of(prefix))
+    tokens[prefix.mask] += 1.0  # real tokens do
+    assert not torch.allclose(pol.value_of(type(prefix)(tokens, prefix.mask, prefix.pooled)), pol.value_of(prefix))
 
 
 # 10 ------------------------------------------------------------------------------------------

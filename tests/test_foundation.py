@@ -192,6 +192,28 @@ def test_checkpoint_round_trip_same_actions(tmp_path):
         load_policy(tmp_path)
 
 
+def test_checkpoint_loads_with_a_fresh_critic_of_another_kind(tmp_path):
+    """RL from an SFT checkpoint may swap the (never SFT-trained) value head; nothing else changes."""
+    from rlsys.checkpoint import CheckpointError, load_policy, save_policy
+    from rlsys.envs.tabletop.env import EMBODIMENT
+    from rlsys.policy.flow_policy import AttentionPoolValue, FlowPolicy
+
+    torch.manual_seed(0)
+    pol = FlowPolicy(PolicyConfig())
+    save_policy(tmp_path / "ck", pol, EnvConfig(), EMBODIMENT, meta={"stage": "sft"})
+    want = PolicyConfig(critic="attention")
+    with pytest.raises(CheckpointError, match="policy.critic: checkpoint 'pooled' vs requested 'attention'"):
+        load_policy(tmp_path / "ck", expect=want)
+    loaded = load_policy(tmp_path / "ck", expect=want, critic="attention")[0]
+    assert loaded.cfg == want and isinstance(loaded.value_head, AttentionPoolValue)
+    old = pol.state_dict()
+    for k, v in loaded.state_dict().items():
+        if not k.startswith("value_head."):
+            torch.testing.assert_close(v, old[k], msg=k)
+    same = load_policy(tmp_path / "ck", critic="pooled")[0]  # same kind: the stored head is kept
+    torch.testing.assert_close(same.value_head[0].weight, pol.value_head[0].weight)
+
+
 def test_policy_rejects_mismatched_observations():
     from rlsys.envs.api import Embodiment
     from rlsys.flow import ODE

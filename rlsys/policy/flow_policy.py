@@ -32,6 +32,25 @@ class Recompute:
     entropy: torch.Tensor
 
 
+class AttentionPoolValue(nn.Module):
+    """V(prefix): one learned query attends over the (masked) prefix tokens, then an MLP.
+
+    The mean over all prefix tokens mixes the 48 text tokens in with the image and proprio tokens
+    and gives the critic one fixed view of them; the query picks what predicts the return.
+    """
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.query = nn.Parameter(torch.randn(1, 1, width) * 0.02)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.GELU(), nn.Linear(width, 1))
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        q = self.query.expand(tokens.shape[0], -1, -1)
+        out, _ = self.attn(q, tokens, tokens, key_padding_mask=~mask, need_weights=False)
+        return self.mlp(out[:, 0]).squeeze(-1)
+
+
 class FlowPolicy(nn.Module):
     def __init__(self, cfg: PolicyConfig) -> None:
         super().__init__()
@@ -39,7 +58,8 @@ class FlowPolicy(nn.Module):
         w, k = cfg.width, cfg.action_channels
         self.backbone = BACKBONES.build(cfg.backbone, cfg)
         self.expert = ActionExpert(cfg)
-        self.value_head = nn.Sequential(nn.Linear(w, w), nn.GELU(), nn.Linear(w, 1))
+        self.value_head: nn.Module = (AttentionPoolValue(w, cfg.heads) if cfg.critic == "attention"
+                                      else nn.Sequential(nn.Linear(w, w), nn.GELU(), nn.Linear(w, 1)))
         self.noise_head = nn.Linear(w, k) if cfg.noise_head else None
         if self.noise_head is not None:
             nn.init.zeros_(self.noise_head.weight)
@@ -125,7 +145,10 @@ class FlowPolicy(nn.Module):
         return v, h
 
     def value_of(self, prefix: Prefix) -> torch.Tensor:
-        pooled = prefix.pooled.detach() if self.cfg.detach_critic_input else prefix.pooled
+        detach = self.cfg.detach_critic_input
+        if self.cfg.critic == "attention":
+            return self.value_head(prefix.tokens.detach() if detach else prefix.tokens, prefix.mask)
+        pooled = prefix.pooled.detach() if detach else prefix.pooled
         return self.value_head(pooled).squeeze(-1)
 
     # ------------------------------------------------------------------ rollout
