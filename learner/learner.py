@@ -43,9 +43,13 @@ class Learner:
     # ------------------------------------------------------------------ batch assembly
     def _old_logp(self, seg: Segment) -> np.ndarray:
         c = seg.chunk
-        exec_mask = torch.from_numpy(seg.exec_mask.reshape(-1, c.logp_steps.shape[1]))
-        lp = reduce_log_prob(torch.from_numpy(c.logp_steps), exec_mask, torch.from_numpy(seg.obs.action_dim),
-                             torch.from_numpy(c.step_mask.sum(1)), self.cfg.sampler.logprob)
+
+        def t(a: np.ndarray) -> torch.Tensor:  # a copy: arrays from Ray's object store are read-only
+            return torch.from_numpy(np.array(a))
+
+        exec_mask = t(seg.exec_mask.reshape(-1, c.logp_steps.shape[1]))
+        lp = reduce_log_prob(t(c.logp_steps), exec_mask, t(seg.obs.action_dim), t(c.step_mask.sum(1)),
+                             self.cfg.sampler.logprob)
         return lp.numpy().astype(np.float32)
 
     def make_batch(self, segments: list[Segment]) -> tuple[Batch, dict[str, float]]:
