@@ -14,6 +14,7 @@ ENV_STEPS_PER_S = "rollout/env_steps_per_s"
 CHUNKS_PER_S = "rollout/chunks_per_s"
 EPISODES = "rollout/episodes"
 SUCCESS_RATE = "rollout/success_rate"
+REWARD_PER_STEP = "rollout/reward_per_step"  # mean reward per executed env step (shaped rewards move first)
 ACTOR_RESTARTS = "rollout/actor_restarts"
 DISCARDED_SEGMENTS = "rollout/discarded_segments"
 BAD_EPISODES = "rollout/bad_episodes"

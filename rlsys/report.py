@@ -18,7 +18,8 @@ from rlsys import metrics as M
 PANELS: list[tuple[str, list[tuple[str, str]]]] = [
     ("throughput", [(M.ENV_STEPS_PER_S, "env steps/s"), (M.CHUNKS_PER_S, "chunks/s"),
                     (M.SAMPLES_PER_S, "learner samples/s")]),
-    ("success", [(M.SUCCESS_RATE, "rollout success"), (M.EVAL_SUCCESS, "eval success (ODE)")]),
+    ("success", [(M.SUCCESS_RATE, "rollout success"), (M.EVAL_SUCCESS, "eval success (ODE)"),
+                 (M.REWARD_PER_STEP, "reward per env step")]),
     ("losses", [(M.POLICY_LOSS, "policy loss"), (M.VALUE_LOSS, "value loss")]),
     ("PPO health", [(M.APPROX_KL, "approx KL"), (M.CLIP_FRACTION, "clip fraction"),
                     (M.EXPLAINED_VARIANCE, "explained variance")]),

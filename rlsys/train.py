@@ -60,12 +60,13 @@ class Run:
         chunks = sum(int(s.valid.sum()) for s in segments)
         ended = sum(int(((s.terminated | s.truncated) & s.valid).sum()) for s in segments)
         wins = sum(int((s.success & s.valid).sum()) for s in segments)
+        reward = sum(float(np.where(s.exec_mask & s.valid[..., None], s.rewards, 0.0).sum()) for s in segments)
         st = system.stats()
         infer = st["infer"]
         return {
             M.ENV_STEPS: float(steps), M.ENV_STEPS_PER_S: steps / max(collect_s, 1e-9),
             M.CHUNKS_PER_S: chunks / max(collect_s, 1e-9), M.EPISODES: float(ended),
-            M.SUCCESS_RATE: wins / ended if ended else 0.0,
+            M.SUCCESS_RATE: wins / ended if ended else 0.0, M.REWARD_PER_STEP: reward / max(steps, 1),
             M.ACTOR_RESTARTS: float(system.worker_restarts), M.DISCARDED_SEGMENTS: float(system.discarded_segments),
             M.BAD_EPISODES: float(sum(e["bad_episodes"] for e in st["env"])),
             M.INFER_BATCH_SIZE: float(np.mean([i["batch_size"] for i in infer])),

@@ -65,6 +65,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
     ("collocated", []),
     ("disaggregated", []),
     ("pipelined", ["rollout.env_groups=2"]),
+    ("collocated", ["policy.critic=attention"]),  # the SFT checkpoint's pooled head is swapped for a fresh one
 ])
 def test_short_run_per_placement_preset(ray_local, init_ckpt, tmp_path, mode, extra):
     from rlsys.train import train
@@ -92,6 +93,10 @@ def test_grpo_run(ray_local, init_ckpt, tmp_path):
     rows = read_metrics(Path(train(cfg)["run_dir"]))
     assert rows[0]["rollout/episodes"] == 4  # one full episode per env
     assert rows[0]["learner/first_minibatch_ratio_dev"] <= 1e-4
+    # the sparse reward is 1 on the success step: reward per step x steps = successes
+    r = rows[0]
+    assert r["rollout/reward_per_step"] * r["rollout/env_steps"] == pytest.approx(
+        r["rollout/success_rate"] * r["rollout/episodes"])
 
 
 def _core_and_engine(cfg):
