@@ -2,6 +2,10 @@
 
 - raw simulator env steps/s with a null policy on the same env workers, vs full-system env steps/s
   (rollout with the flow policy through inference actors); their ratio = pipeline efficiency
+- the shared-CPU bound: where inference runs on the simulators' cores (a CPU-only machine), each env
+  step costs simulator core-time plus the policy's own core-time per env step (measured alone, one
+  thread, at the batch sizes the worker sees), so the full system can reach at most
+  cores / (sim + inference core-s per step); full / bound = the system's own overhead efficiency
 - pipelining on (2 env groups per worker) vs off
 - learner samples/s (PPO update) vs raw forward+backward samples/s of the same model
 - weight broadcast time to 1 vs 2 inference workers
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -83,6 +88,38 @@ def hot_path_round_trip(cfg, state, requests: int = 60) -> dict:
     return out
 
 
+def inference_core_steps_per_s(cfg, state, batches: tuple[int, ...] = (8, 16), repeats: int = 20) -> dict:
+    """Env steps/s one core of inference serves (the flow policy sampling a chunk, one thread)."""
+    from rlsys.actors.inference import InferenceEngine
+    from rlsys.envs.tabletop.env import EMBODIMENT
+    from rlsys.prompt import ObservationBuilder
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        engine = InferenceEngine(cfg)
+        engine.set_weights(state, 0)
+        rng, p, out = np.random.default_rng(0), cfg.policy, {}
+        for n in batches:
+            obs = ObservationBuilder(p, EMBODIMENT)(
+                rng.integers(0, 255, (n, p.num_cameras, p.image_size, p.image_size, 3), dtype=np.uint8),
+                rng.normal(size=(n, 8)).astype(np.float32), ["pick up the red cube"] * n)
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                engine.infer(obs)
+                times.append(time.perf_counter() - t0)
+            out[n] = n * p.action_horizon / float(np.median(times[3:]))
+        return out
+    finally:
+        torch.set_num_threads(threads)
+
+
+def shared_cpu_bound(raw_rate: float, sim_cores: int, infer_rate: float, cores: int) -> float:
+    """Env steps/s when every step's simulator and inference core-time share ``cores`` cores."""
+    return cores / (sim_cores / raw_rate + 1.0 / infer_rate)
+
+
 def raw_fwd_bwd(cfg, batch: int, repeats: int = 5) -> float:
     from rlsys.actors.env_worker import EnvWorkerCore
     from rlsys.actors.inference import InferenceEngine
@@ -130,6 +167,15 @@ def main() -> None:
     two = load_config("tabletop_ppo", ["placement.mode=disaggregated", "rollout.env_groups=1",
                                        "rollout.num_inference_workers=2", *base])
     res["two_inference_workers"] = system_numbers(two, state, args.repeats)
+    infer = inference_core_steps_per_s(cfg, state)
+    best = max(infer.values())  # the cheapest batching: the highest bound, the strictest ratio
+    cores = os.cpu_count() or 1
+    res["shared_cpu"] = {"cores": cores, "inference_env_steps_per_s_one_core": infer, "per_setting": {}}
+    for key in ("pipelining_off", "pipelining_on", "pipelined_zmq_transport", "two_inference_workers"):
+        r = res[key]
+        bound = shared_cpu_bound(r["raw_env_steps_per_s"], min(cfg.rollout.num_env_workers, cores), best, cores)
+        res["shared_cpu"]["per_setting"][key] = {"bound_env_steps_per_s": bound,
+                                                 "full_over_bound": r["full_env_steps_per_s"] / bound}
     res["raw_fwd_bwd_samples_per_s"] = raw_fwd_bwd(cfg, 64)
     res["learner_over_raw"] = res["pipelining_off"]["learner_samples_per_s"] / res["raw_fwd_bwd_samples_per_s"]
     res["broadcast_1_vs_2_workers_s"] = [res["pipelining_off"]["broadcast_s"],
@@ -144,9 +190,11 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
-    labels = ["raw sim (null policy)", "full system", "full, pipelined", "full, 2 infer workers",
+    labels = ["raw sim (null policy)", "shared-CPU bound", "full system", "full, pipelined", "full, 2 infer workers",
               "pipelined, Ray transport", "pipelined, zmq transport"]
-    vals = [res["pipelining_off"]["raw_env_steps_per_s"], res["pipelining_off"]["full_env_steps_per_s"],
+    vals = [res["pipelining_off"]["raw_env_steps_per_s"],
+            res["shared_cpu"]["per_setting"]["pipelining_off"]["bound_env_steps_per_s"],
+            res["pipelining_off"]["full_env_steps_per_s"],
             res["pipelining_on"]["full_env_steps_per_s"], res["two_inference_workers"]["full_env_steps_per_s"],
             res["pipelined_ray_transport"]["full_env_steps_per_s"],
             res["pipelined_zmq_transport"]["full_env_steps_per_s"]]
