@@ -97,7 +97,7 @@ def expert(tasks: tuple[str, ...], seeds: int, meta: dict) -> dict:
             plan_s = time.perf_counter() - t0
             replay = False
             t0 = time.perf_counter()
-            for _ in range(len(ex.targets) + 20):
+            for _ in range(len(ex.targets) + 20 if ex.targets else 0):  # nothing to replay: planning failed
                 _, reward, terminated, truncated, step_info = env.step(ex.act(None))
                 if terminated or truncated:
                     replay = bool(terminated and step_info["success"])

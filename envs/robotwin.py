@@ -383,6 +383,9 @@ class RoboTwinExpert:
         self.targets, self.planned, self.t = targets, planned, 0
 
     def act(self, _state: dict[str, Any]) -> np.ndarray:
+        if not self.targets:
+            raise RuntimeError("RoboTwin expert: the planner produced no joint targets for this episode "
+                               "(planned=False); skip it (rlsys demos does)")
         a = self.targets[min(self.t, len(self.targets) - 1)]
         self.t += 1
         return a

@@ -67,3 +67,13 @@ def test_bad_configs_fail_before_any_simulator_starts(tmp_path):
     if "robotwin" not in sys.modules:
         with pytest.raises(ConfigError, match="setup_robotwin"):  # RoboTwin is not importable here
             EnvConfig(tasks=("stack_blocks_two",), **{**base, "python": "", "subprocess": False})
+
+
+def test_expert_with_no_planned_targets_says_so():
+    """A plan that failed before its first frame leaves nothing to replay: a clear error, no IndexError."""
+    from rlsys.envs.robotwin import RoboTwinExpert
+
+    with pytest.raises(RuntimeError, match="no joint targets"):
+        RoboTwinExpert([], planned=False).act({})
+    ex = RoboTwinExpert([np.zeros(14), np.ones(14)], planned=True)
+    assert [float(ex.act({})[0]) for _ in range(3)] == [0.0, 1.0, 1.0]  # holds the last target
