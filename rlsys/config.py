@@ -228,6 +228,9 @@ class TrainConfig:
     eval_episodes: int = 8  # per task
     eval_init_state_offset: int = 0  # suites with fixed init states (LIBERO): evaluate on offset.. (held out)
     eval_init_states: tuple[int, ...] = ()  # or on exactly these ids, cycled (overrides the offset)
+    # simulators an evaluation (SFT's, and the periodic one beside the idle training actors) runs at
+    # once: each LIBERO or SAPIEN subprocess holds ~2 GB, so a heavy simulator wants fewer than 8
+    eval_num_envs: int = 8
     checkpoint_every: int = 10
     init_checkpoint: str = ""  # SFT checkpoint to start from; empty: run few-shot SFT first
     run_dir: str = "runs"
@@ -237,6 +240,7 @@ class TrainConfig:
         check(self.iterations >= 0, "iterations", ">= 0", self.iterations)
         check(self.eval_every >= 1, "eval_every", ">= 1", self.eval_every)
         check(self.eval_init_state_offset >= 0, "eval_init_state_offset", ">= 0", self.eval_init_state_offset)
+        check(self.eval_num_envs >= 1, "eval_num_envs", ">= 1", self.eval_num_envs)
         check(self.checkpoint_every >= 1, "checkpoint_every", ">= 1", self.checkpoint_every)
         check(
             self.policy.num_cameras == len(self.env.cameras),

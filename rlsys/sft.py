@@ -148,7 +148,7 @@ def run_sft(cfg: TrainConfig, out_dir: str | Path, demos: str | None = None) -> 
         tasks = task_names(cfg.env)
         with Progress("sft eval", total=cfg.sft.eval_episodes * len(tasks)) as bar:
             ev = evaluate(policy, cfg.env, ds.embodiment, cfg.sft.eval_episodes, tasks,
-                          video_dir=out / "eval" / "videos", progress=bar.advance,
+                          num_envs=cfg.eval_num_envs, video_dir=out / "eval" / "videos", progress=bar.advance,
                           init_state_offset=cfg.eval_init_state_offset, init_states=cfg.eval_init_states)
         write_result(out / "eval", ev, f"SFT {out}")
         result["eval"] = ev

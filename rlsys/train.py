@@ -93,6 +93,7 @@ class Run:
         policy, version = self._policy(system)
         out = self.dir / "eval" / f"iter_{iteration:06d}"
         res = evaluate(policy, self.cfg.env, self.embodiment, self.cfg.eval_episodes, seed=self.cfg.seed,
+                       num_envs=self.cfg.eval_num_envs,
                        video_dir=out / "videos", init_state_offset=self.cfg.eval_init_state_offset,
                        init_states=self.cfg.eval_init_states)
         res.update({"iteration": iteration, "version": version, "wall_s": time.time() - self._t0})

@@ -38,6 +38,8 @@ def test_dotted_overrides_are_typed():
     ("env.cameras=agentview", r"env.cameras: expected a list"),
     ("env.init_states=[0,2]", r"env.init_states: env 'tabletop' has no fixed initial states"),
     ("env.init_states=[-1]", r"env.init_states: got \(-1,\); allowed: init-state ids >= 0"),
+    ("eval_num_envs=0", r"eval_num_envs: got 0; allowed: >= 1"),
+    ("policy.critic=mean", r"policy.critic: got 'mean'; allowed: 'pooled' \| 'attention'"),
 ])
 def test_bad_config_names_the_field_and_what_is_allowed(override, match):
     with pytest.raises(ConfigError, match=match):
