@@ -107,7 +107,10 @@ class Learner:
         cache = None if a.update_backbone else self.policy.encode_batch(batch.obs.index(idx))
         row = np.zeros(len(batch.loss_mask), np.int64)  # batch index -> row of the cache
         row[idx] = np.arange(len(idx))
+        steps, stop = 0, False
         for _ in range(a.epochs):
+            if stop:
+                break
             for mb in np.array_split(self.rng.permutation(idx), a.minibatches):
                 if len(mb) == 0:
                     continue
@@ -119,6 +122,10 @@ class Learner:
                 pl = ppo_policy_loss(rc.logp, old_logp[mb], adv_all[mb], mask, a.clip_low, a.clip_high)
                 if first_dev is None:
                     first_dev = float((rc.logp.detach() - old_logp[mb]).exp().sub(1).abs().max())
+                if actor_on and a.target_kl > 0 and pl.approx_kl > 1.5 * a.target_kl:
+                    logs.setdefault("approx_kl", []).append(pl.approx_kl)  # the KL that stopped it
+                    stop = True
+                    break
                 loss = pl.loss if actor_on else torch.zeros(())
                 vl = torch.zeros(())
                 if self.algo.uses_critic:
@@ -134,6 +141,7 @@ class Learner:
                 gn = torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], a.grad_clip)
                 torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[1]["params"], a.grad_clip)
                 self.optimizer.step()
+                steps += 1
                 for k, v in (("policy_loss", pl.loss.item()), ("value_loss", vl.item()), ("entropy", ent.item()),
                              ("approx_kl", pl.approx_kl), ("clip_fraction", pl.clip_fraction),
                              ("ratio_mean", pl.ratio_mean), ("ratio_max", pl.ratio_max), ("grad_norm", float(gn))):
@@ -141,13 +149,14 @@ class Learner:
         self.version += 1
         self.iteration += 1
         metrics.update({k: float(np.mean(v)) for k, v in logs.items()})
-        metrics["ratio_max"] = float(np.max(logs["ratio_max"]))
+        metrics["ratio_max"] = float(np.max(logs.get("ratio_max", [1.0])))
+        metrics["epochs_run"] = steps / a.minibatches  # < epochs where target_kl stopped the update
         metrics["first_minibatch_ratio_dev"] = float(first_dev or 0.0)
         v = batch.old_value[batch.loss_mask]
         r = batch.returns[batch.loss_mask]
         metrics["explained_variance"] = float(1 - np.var(r - v) / np.var(r)) if np.var(r) > 0 else 0.0
         metrics["update_seconds"] = time.perf_counter() - t0
-        metrics["samples_per_s"] = n_valid * a.epochs / metrics["update_seconds"]
+        metrics["samples_per_s"] = n_valid * max(steps, 1) / a.minibatches / metrics["update_seconds"]
         return metrics
 
     # ------------------------------------------------------------------ state

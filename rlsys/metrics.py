@@ -34,6 +34,7 @@ RATIO_MAX = "learner/ratio_max"
 FIRST_RATIO_DEV = "learner/first_minibatch_ratio_dev"
 EXPLAINED_VARIANCE = "learner/explained_variance"
 GRAD_NORM = "learner/grad_norm"
+EPOCHS_RUN = "learner/epochs_run"  # epochs (fractional) the update ran before algo.target_kl stopped it
 SAMPLES = "learner/samples"
 SAMPLES_PER_S = "learner/samples_per_s"
 STALENESS_MAX = "learner/staleness_max"
@@ -49,7 +50,7 @@ LEARNER_KEYS = {
     "policy_loss": POLICY_LOSS, "value_loss": VALUE_LOSS, "entropy": ENTROPY, "approx_kl": APPROX_KL,
     "clip_fraction": CLIP_FRACTION, "ratio_mean": RATIO_MEAN, "ratio_max": RATIO_MAX,
     "first_minibatch_ratio_dev": FIRST_RATIO_DEV, "explained_variance": EXPLAINED_VARIANCE,
-    "grad_norm": GRAD_NORM, "samples": SAMPLES, "samples_per_s": SAMPLES_PER_S,
+    "grad_norm": GRAD_NORM, "epochs_run": EPOCHS_RUN, "samples": SAMPLES, "samples_per_s": SAMPLES_PER_S,
     "staleness_max": STALENESS_MAX, "stale_rejected": STALE_REJECTED,
 }
 

@@ -18,7 +18,7 @@ import ray
 import torch
 
 from rlsys.actors.env_worker import EnvWorkerCore
-from rlsys.actors.inference import InferenceEngine, state_to_numpy
+from rlsys.actors.inference import InferenceEngine, load_numpy_state, state_to_numpy
 from rlsys.checkpoint import save_policy
 from rlsys.config import load_config
 from rlsys.envs.tabletop.env import EMBODIMENT
@@ -125,6 +125,26 @@ def test_version_propagation_and_staleness(tmp_path):
     assert stats["stale_rejected"] == 0 and batch.loss_mask.sum() == seg.valid.sum()
     engine.set_weights(state_to_numpy(engine.policy), 5)
     assert (core.rollout(engine.infer, lambda c: c, engine.values).versions == 5).all()
+
+
+def test_target_kl_stops_the_update_early(tmp_path):
+    """A big step overshoots the rollout policy; target_kl ends the epochs there, 0 runs them all."""
+    import dataclasses
+
+    cfg = small_cfg(tmp_path, "algo.epochs=6", "algo.minibatches=2", "algo.actor_lr=3e-3",
+                    "algo.critic_warmup_iters=0", "env.num_envs=4", "rollout.chunks_per_segment=6")
+    core, engine = _core_and_engine(cfg)
+    seg = core.rollout(engine.infer, lambda c: c, engine.values)
+    core.close()
+    state = state_to_numpy(engine.policy)
+    runs = {}
+    for target in (0.0, 1e-3):
+        c = dataclasses.replace(cfg, algo=dataclasses.replace(cfg.algo, target_kl=target))
+        policy = FlowPolicy(c.policy)
+        load_numpy_state(policy, state)
+        runs[target] = Learner(c, policy).update([seg])
+    assert runs[0.0]["epochs_run"] == 6 and runs[0.0]["approx_kl"] > 1.5e-3  # unchecked, it overshoots
+    assert 0 < runs[1e-3]["epochs_run"] < 6
 
 
 def test_nan_observations_drop_the_episode(tmp_path, monkeypatch):
