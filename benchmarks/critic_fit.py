@@ -32,7 +32,7 @@ OUT = Path(__file__).parent / "results"
 
 
 def collect(ckpt: str, reward: str, num_envs: int, chunks: int, noise: float, seed: int):
-    """-> (obs [N], returns [N], env index [N], success rate) over complete episodes only."""
+    """-> (policy, per-chunk observations, rewards [T, N], ended [T, N], success rate, episodes)."""
     policy, ecfg, emb, _ = load_policy(ckpt)
     policy.eval()
     cfg = dataclasses.replace(ecfg, num_envs=num_envs, reward=reward)
@@ -57,7 +57,7 @@ def collect(ckpt: str, reward: str, num_envs: int, chunks: int, noise: float, se
             if (c + 1) % 50 == 0:
                 print(f"collect: {c + 1}/{chunks} chunk-steps, {ended} episodes, success {succ / max(ended, 1):.2f}",
                       flush=True)
-    return obs_t, np.stack(rew_t), np.stack(done_t), succ / max(ended, 1), ended
+    return policy, obs_t, np.stack(rew_t), np.stack(done_t), succ / max(ended, 1), ended
 
 
 def chunk_returns(rewards: np.ndarray, done: np.ndarray, gamma: float) -> tuple[np.ndarray, np.ndarray]:
@@ -111,7 +111,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     t0 = time.time()
-    obs_t, rewards, done, success, episodes = collect(args.ckpt, args.reward, args.envs, args.chunks,
+    policy, obs_t, rewards, done, success, episodes = collect(args.ckpt, args.reward, args.envs, args.chunks,
                                                       args.noise, args.seed)
     ret, complete = chunk_returns(rewards, done, args.gamma)
     obs = Observation.concat(obs_t)  # row = t * N + env
@@ -119,8 +119,7 @@ def main() -> None:
     ok = complete.reshape(-1)
     held = env_of >= (3 * args.envs) // 4
     train, test = np.flatnonzero(ok & ~held), np.flatnonzero(ok & held)
-    policy, *_ = load_policy(args.ckpt)
-    prefix = policy.encode_batch(obs)
+    prefix = policy.encode_batch(obs)  # the frozen backbone, once for every head
     ret_t = torch.from_numpy(ret.reshape(-1))
     print(f"fit: {len(train)} train / {len(test)} held-out chunk-steps, return mean {ret_t[ok].mean():.3f} "
           f"std {ret_t[ok].std():.3f}", flush=True)

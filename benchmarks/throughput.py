@@ -58,19 +58,24 @@ def system_numbers(cfg, state, repeats: int) -> dict:
         system.shutdown()
 
 
+def random_observation(cfg, n: int, rng: np.random.Generator):
+    """An ``n``-env tabletop observation batch with random pixels and proprio, as workers send it."""
+    from rlsys.envs.tabletop.env import EMBODIMENT
+    from rlsys.prompt import ObservationBuilder
+
+    p = cfg.policy
+    return ObservationBuilder(p, EMBODIMENT)(
+        rng.integers(0, 255, (n, p.num_cameras, p.image_size, p.image_size, 3), dtype=np.uint8),
+        rng.normal(size=(n, 8)).astype(np.float32), ["pick up the red cube"] * n)
+
+
 def hot_path_round_trip(cfg, state, requests: int = 60) -> dict:
     """Median seconds per obs -> ActionChunk round trip to one inference actor, Ray vs zmq."""
     from rlsys.actors.system import PolicyActor
     from rlsys.actors.transport import ZmqClient
-    from rlsys.envs.tabletop.env import EMBODIMENT
-    from rlsys.prompt import ObservationBuilder
     from rlsys.types import ActionChunk
 
-    rng = np.random.default_rng(0)
-    n, p = cfg.env.num_envs, cfg.policy
-    obs = ObservationBuilder(p, EMBODIMENT)(
-        rng.integers(0, 255, (n, p.num_cameras, p.image_size, p.image_size, 3), dtype=np.uint8),
-        rng.normal(size=(n, 8)).astype(np.float32), ["pick up the red cube"] * n)
+    obs = random_observation(cfg, cfg.env.num_envs, np.random.default_rng(0))
     actor = PolicyActor.remote(cfg, "infer", seed=0)
     ray.get(actor.set_weights.remote(state, 0))
     client = ZmqClient(ray.get(actor.zmq_endpoint.remote()), ActionChunk, timeout_s=60)
@@ -91,25 +96,21 @@ def hot_path_round_trip(cfg, state, requests: int = 60) -> dict:
 def inference_core_steps_per_s(cfg, state, batches: tuple[int, ...] = (8, 16), repeats: int = 20) -> dict:
     """Env steps/s one core of inference serves (the flow policy sampling a chunk, one thread)."""
     from rlsys.actors.inference import InferenceEngine
-    from rlsys.envs.tabletop.env import EMBODIMENT
-    from rlsys.prompt import ObservationBuilder
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         engine = InferenceEngine(cfg)
         engine.set_weights(state, 0)
-        rng, p, out = np.random.default_rng(0), cfg.policy, {}
+        rng, out = np.random.default_rng(0), {}
         for n in batches:
-            obs = ObservationBuilder(p, EMBODIMENT)(
-                rng.integers(0, 255, (n, p.num_cameras, p.image_size, p.image_size, 3), dtype=np.uint8),
-                rng.normal(size=(n, 8)).astype(np.float32), ["pick up the red cube"] * n)
+            obs = random_observation(cfg, n, rng)
             times = []
             for _ in range(repeats):
                 t0 = time.perf_counter()
                 engine.infer(obs)
                 times.append(time.perf_counter() - t0)
-            out[n] = n * p.action_horizon / float(np.median(times[3:]))
+            out[n] = n * cfg.policy.action_horizon / float(np.median(times[3:]))
         return out
     finally:
         torch.set_num_threads(threads)
