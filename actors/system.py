@@ -249,7 +249,8 @@ class PolicyActor:
         return {"policy": state_to_numpy(self.learner.policy),
                 "optimizer": {k: v.numpy() for k, v in tensors.items()}, "optimizer_scalars": scalars,
                 "version": self.learner.version, "iteration": self.learner.iteration,
-                "rng": self.learner.rng.bit_generator.state}
+                "rng": self.learner.rng.bit_generator.state,
+                "reference": None if self.learner.reference is None else state_to_numpy(self.learner.reference)}
 
     async def load_training_state(self, state: dict[str, Any]) -> None:
         from rlsys.actors.inference import load_numpy_state
@@ -260,6 +261,11 @@ class PolicyActor:
                                           state["optimizer_scalars"])
         self.learner.version, self.learner.iteration = state["version"], state["iteration"]
         self.learner.rng.bit_generator.state = state["rng"]
+        if self.learner.reference is not None:
+            if state.get("reference") is None:
+                raise ValueError("algo.ref_kl_coef > 0 but the checkpoint has no reference weights "
+                                 "(reference.safetensors) to anchor the resumed run to")
+            load_numpy_state(self.learner.reference, state["reference"])
         self.engine.version = self.learner.version
 
     async def pid(self) -> int:

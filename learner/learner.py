@@ -5,6 +5,7 @@ Plain class (tests construct it in-process); the Ray layer wraps it in ``PolicyA
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any
 
@@ -35,6 +36,8 @@ class Learner:
             [{"params": actor, "lr": a.actor_lr}, {"params": critic, "lr": a.critic_lr}],
             betas=(a.betas[0], a.betas[1]), weight_decay=a.weight_decay,
         )
+        # frozen copy of the starting weights for the KL anchor (ref_kl_coef > 0)
+        self.reference = copy.deepcopy(policy).requires_grad_(False).eval() if a.ref_kl_coef > 0 else None
         self.version = 0  # weights version; bumped by every update
         self.iteration = 0
         self.rng = np.random.default_rng(seed)
@@ -117,8 +120,13 @@ class Learner:
                 m = batch.index(mb)
                 mask = torch.ones(len(mb), dtype=torch.bool)
                 prefix = None if cache is None else cache.index(torch.from_numpy(row[mb]))
+                ref = None
+                if self.reference is not None:
+                    with torch.no_grad():  # a frozen backbone is the reference's too: same prefix
+                        ref = self.reference.transitions(m.obs, m.chunk.chain, m.chunk.step_mask, self.sampler,
+                                                         None if a.update_backbone else prefix)
                 rc = self.policy.log_prob_and_value(m.obs, m.chunk.chain, m.chunk.step_mask, m.exec_mask,
-                                                    self.sampler, self.cfg.sampler.logprob, prefix)
+                                                    self.sampler, self.cfg.sampler.logprob, prefix, ref)
                 pl = ppo_policy_loss(rc.logp, old_logp[mb], adv_all[mb], mask, a.clip_low, a.clip_high)
                 if first_dev is None:
                     first_dev = float((rc.logp.detach() - old_logp[mb]).exp().sub(1).abs().max())
@@ -127,6 +135,9 @@ class Learner:
                     stop = True
                     break
                 loss = pl.loss if actor_on else torch.zeros(())
+                kl_ref = torch.zeros(()) if rc.kl_ref is None else masked_mean(rc.kl_ref, mask)
+                if actor_on and rc.kl_ref is not None:
+                    loss = loss + a.ref_kl_coef * kl_ref
                 vl = torch.zeros(())
                 if self.algo.uses_critic:
                     vl = value_loss(rc.value, old_v[mb], ret[mb], mask, a.value_clip, a.value_loss, a.huber_delta)
@@ -146,6 +157,8 @@ class Learner:
                              ("approx_kl", pl.approx_kl), ("clip_fraction", pl.clip_fraction),
                              ("ratio_mean", pl.ratio_mean), ("ratio_max", pl.ratio_max), ("grad_norm", float(gn))):
                     logs.setdefault(k, []).append(v)
+                if rc.kl_ref is not None:
+                    logs.setdefault("kl_ref", []).append(kl_ref.item())
         self.version += 1
         self.iteration += 1
         metrics.update({k: float(np.mean(v)) for k, v in logs.items()})

@@ -168,6 +168,10 @@ class AlgoConfig:
     # 1.5 x target_kl (that step is not taken). Measured: at actor_lr 1e-4 without it, the first actor
     # update reached approx-KL 1.1 (ratio max ~1000) and later ones 2.6.
     target_kl: float = 0.0
+    # > 0: add ref_kl_coef x KL(current || initial policy) to the actor loss. The KL is exact per stored
+    # denoising transition (two Gaussians), averaged per action element; the learner keeps a frozen
+    # copy of the starting (SFT) weights, saved in checkpoints so a resumed run anchors to the same.
+    ref_kl_coef: float = 0.0
     update_backbone: bool = False  # False: RL updates the action expert (+ heads) only; backbone frozen
     group_size: int = 8  # GRPO: rollouts per initial state
     filter_groups: bool = True  # GRPO: drop groups whose success rate is 0 or 1
@@ -182,6 +186,7 @@ class AlgoConfig:
         check(len(self.betas) == 2, "betas", "two numbers", self.betas)
         check(self.group_size >= 2, "group_size", ">= 2", self.group_size)
         check(self.target_kl >= 0, "target_kl", ">= 0 (0: off)", self.target_kl)
+        check(self.ref_kl_coef >= 0, "ref_kl_coef", ">= 0 (0: off)", self.ref_kl_coef)
 
 
 @dataclass(frozen=True)

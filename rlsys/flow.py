@@ -37,6 +37,12 @@ def gaussian_entropy(std: torch.Tensor) -> torch.Tensor:
     return 0.5 * (LOG_2PI + 1.0) + torch.log(std)
 
 
+def gaussian_kl(mean_p: torch.Tensor, std_p: torch.Tensor, mean_q: torch.Tensor, std_q: torch.Tensor
+                ) -> torch.Tensor:
+    """Element-wise ``KL(N(mean_p, std_p^2) || N(mean_q, std_q^2))`` (std > 0)."""
+    return torch.log(std_q / std_p) + (std_p**2 + (mean_p - mean_q) ** 2) / (2 * std_q**2) - 0.5
+
+
 def flow_sde_step(
     x: torch.Tensor, v: torch.Tensor, t: torch.Tensor, dt: float, noise_level: float, num_steps: int
 ) -> tuple[torch.Tensor, torch.Tensor]:

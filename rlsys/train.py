@@ -113,6 +113,8 @@ class Run:
                    "optimizer": st["optimizer_scalars"], "rng": st["rng"]}
         extra = {"optimizer.safetensors": save_np(st["optimizer"]) if st["optimizer"] else save_np({}),
                  "trainer.json": json.dumps(trainer).encode()}
+        if st.get("reference") is not None:  # the KL anchor's weights (algo.ref_kl_coef > 0)
+            extra["reference.safetensors"] = save_np(st["reference"])
         return save_policy(self.dir / "checkpoint", policy, self.cfg.env, self.embodiment,
                            meta={"stage": "rl", "iteration": iteration, "version": st["version"]}, extra=extra)
 
@@ -125,6 +127,8 @@ class Run:
         state = {"policy": state_to_numpy(policy), "optimizer": load_np(str(ck / "optimizer.safetensors")),
                  "optimizer_scalars": trainer["optimizer"], "version": trainer["version"],
                  "iteration": trainer["learner_iteration"], "rng": trainer["rng"]}
+        if (ck / "reference.safetensors").exists():
+            state["reference"] = load_np(str(ck / "reference.safetensors"))
         return state["policy"], state, int(trainer["iteration"])
 
 

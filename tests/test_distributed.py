@@ -147,6 +147,43 @@ def test_target_kl_stops_the_update_early(tmp_path):
     assert 0 < runs[1e-3]["epochs_run"] < 6
 
 
+def _kl_to_start(learner: Learner, m) -> float:
+    """Mean per-element KL(learner's policy || its reference) on the transitions of batch ``m``."""
+    with torch.no_grad():
+        ref = learner.reference.transitions(m.obs, m.chunk.chain, m.chunk.step_mask, learner.sampler)
+        rc = learner.policy.log_prob_and_value(m.obs, m.chunk.chain, m.chunk.step_mask, m.exec_mask,
+                                               learner.sampler, learner.cfg.sampler.logprob, reference=ref)
+    return float(rc.kl_ref.mean())
+
+
+def test_ref_kl_anchor_is_zero_at_the_start_and_holds_the_policy_near_it(tmp_path):
+    """KL(current || start) is exactly 0 before any step; after big steps it is > 0, and a large
+    ref_kl_coef keeps the updated policy closer to the start than no anchor does."""
+    import dataclasses
+
+    cfg = small_cfg(tmp_path, "algo.epochs=4", "algo.minibatches=2", "algo.actor_lr=3e-3",
+                    "algo.critic_warmup_iters=0", "env.num_envs=4", "rollout.chunks_per_segment=6")
+    core, engine = _core_and_engine(cfg)
+    seg = core.rollout(engine.infer, lambda c: c, engine.values)
+    core.close()
+    state = state_to_numpy(engine.policy)
+    kl_after = {}
+    for coef in (1e-9, 30.0):  # 1e-9: the same code path, no pull
+        c = dataclasses.replace(cfg, algo=dataclasses.replace(cfg.algo, ref_kl_coef=coef))
+        policy = FlowPolicy(c.policy)
+        load_numpy_state(policy, state)
+        learner = Learner(c, policy)
+        batch, _ = learner.make_batch([seg])
+        rows = np.flatnonzero(batch.loss_mask)
+        m = batch.index(rows)
+        assert _kl_to_start(learner, m) == 0.0
+        metrics = learner.update([seg])
+        assert metrics["kl_ref"] >= 0
+        kl_after[coef] = _kl_to_start(learner, m)
+    assert kl_after[1e-9] > 0
+    assert kl_after[30.0] < 0.5 * kl_after[1e-9], kl_after
+
+
 def test_nan_observations_drop_the_episode(tmp_path, monkeypatch):
     from rlsys.envs.tabletop.env import TabletopEnv
 
@@ -258,7 +295,8 @@ def test_resume_after_kill_continues_at_the_same_iteration(init_ckpt, tmp_path):
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     env.pop("RAY_ADDRESS", None)
     args = [sys.executable, "-m", "rlsys.train", "--preset", "tabletop_ppo"]
-    for s in (*SMALL, f"run_dir={tmp_path}", f"init_checkpoint={init_ckpt}", "iterations=4", "eval_every=100"):
+    for s in (*SMALL, f"run_dir={tmp_path}", f"init_checkpoint={init_ckpt}", "iterations=4", "eval_every=100",
+              "algo.ref_kl_coef=0.1"):
         args += ["--set", s]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -286,3 +324,13 @@ def test_resume_after_kill_continues_at_the_same_iteration(init_ckpt, tmp_path):
     resumed = [r for r in rows if r["iteration"] > done]
     assert resumed[0]["iteration"] == done + 1 and resumed[0]["learner/weight_version"] == done
     assert (run_dir / "config.yaml").read_text() == config_before
+    # the KL anchor is still the initial policy, not the weights the run resumed from
+    from safetensors.numpy import load_file
+
+    start = load_file(str(Path(init_ckpt) / "model.safetensors"))
+    ref = load_file(str(run_dir / "checkpoint" / "reference.safetensors"))
+    now = load_file(str(run_dir / "checkpoint" / "model.safetensors"))
+    expert = [k for k in start if k.startswith("expert.")]
+    assert expert and all(np.array_equal(ref[k], start[k]) for k in expert)
+    assert any(not np.array_equal(now[k], start[k]) for k in expert)
+    assert all("learner/kl_ref" in r for r in rows)

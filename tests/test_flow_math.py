@@ -8,7 +8,16 @@ import torch
 
 from rlsys import flow
 from rlsys.config import PolicyConfig
-from rlsys.flow import ODE, FlowNoise, FlowSDE, flow_sde_step, gaussian_entropy, gaussian_log_prob, transition
+from rlsys.flow import (
+    ODE,
+    FlowNoise,
+    FlowSDE,
+    flow_sde_step,
+    gaussian_entropy,
+    gaussian_kl,
+    gaussian_log_prob,
+    transition,
+)
 from rlsys.policy.flow_policy import FlowPolicy
 from rlsys.types import Observation
 
@@ -148,6 +157,15 @@ def test_toy_marginals_match_the_target_at_many_steps(sampler):
 
 
 # 5 -------------------------------------------------------------------------------------------
+def test_gaussian_kl_matches_torch_normal():
+    g = torch.Generator().manual_seed(1)
+    mp, mq = torch.randn(2, 1000, generator=g, dtype=torch.float64)
+    sp, sq = torch.rand(2, 1000, generator=g, dtype=torch.float64) + 0.05
+    ref = torch.distributions.kl_divergence(torch.distributions.Normal(mp, sp), torch.distributions.Normal(mq, sq))
+    torch.testing.assert_close(gaussian_kl(mp, sp, mq, sq), ref, atol=1e-9, rtol=0)
+    assert float(gaussian_kl(mp, sp, mp, sp).abs().max()) == 0.0
+
+
 def test_gaussian_log_prob_and_entropy_match_torch_normal():
     g = torch.Generator().manual_seed(0)
     x, mu = torch.randn(1000, generator=g, dtype=torch.float64), torch.randn(1000, generator=g, dtype=torch.float64)

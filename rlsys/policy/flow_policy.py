@@ -16,7 +16,7 @@ from torch import nn
 
 from rlsys import flow  # sampling and recompute both go through flow.time_grid / flow.transition
 from rlsys.config import PolicyConfig
-from rlsys.flow import Sampler, gaussian_entropy, gaussian_log_prob, reduce_log_prob
+from rlsys.flow import Sampler, gaussian_entropy, gaussian_kl, gaussian_log_prob, reduce_log_prob
 from rlsys.policy.backbone import Prefix
 from rlsys.policy.dit import ActionExpert
 from rlsys.registry import BACKBONES
@@ -30,6 +30,23 @@ class Recompute:
     logp: torch.Tensor
     value: torch.Tensor
     entropy: torch.Tensor
+    kl_ref: torch.Tensor | None = None  # per-element KL to a reference policy, when one was given
+
+
+@dataclass
+class Transitions:
+    """The stored stochastic transitions of a batch under one policy's weights.
+
+    rows [M] (batch row of each transition), x_next / mean / std / on [M, H, K]; std is 1 on
+    padded channels (``on`` False) so every element-wise Gaussian term stays finite there.
+    """
+
+    rows: torch.Tensor
+    x_next: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    on: torch.Tensor
+    prefix: Prefix
 
 
 class AttentionPoolValue(nn.Module):
@@ -189,42 +206,66 @@ class FlowPolicy(nn.Module):
         )
 
     # ------------------------------------------------------------------ learner
-    def log_prob_and_value(self, obs: Observation, chain: np.ndarray, step_mask: np.ndarray,
-                           exec_mask: np.ndarray, sampler: Sampler, mode: str,
-                           prefix: Prefix | None = None) -> Recompute:
-        """Recompute the log-prob of the stored stochastic transitions under the current weights.
+    def transitions(self, obs: Observation, chain: np.ndarray, step_mask: np.ndarray, sampler: Sampler,
+                    prefix: Prefix | None = None) -> Transitions:
+        """(mean, std) of every stored stochastic transition under the current weights.
 
-        chain [B, S+1, H, K], step_mask [B, S], exec_mask [B, H] (numpy, as stored by rollout).
-        ``prefix``: the backbone's output for ``obs`` if already computed (a frozen backbone's is
-        the same in every epoch, so the learner encodes each sample once per update).
+        chain [B, S+1, H, K], step_mask [B, S] (numpy, as stored by rollout). Rows are the
+        transitions ``step_mask.nonzero()``, in that order for any policy given the same mask.
         """
         t = self._tensors(obs)
         prefix = self.encode(t) if prefix is None else prefix
         dev = self.device
         chain_t = torch.as_tensor(chain, device=dev).float().detach()
         smask = torch.as_tensor(step_mask, device=dev)
-        emask = torch.as_tensor(exec_mask, device=dev)
-        b, s = smask.shape
-        h = chain_t.shape[2]
+        s = smask.shape[1]
         cmask = self.channel_mask(t["action_dim"])
-        logp_steps = torch.zeros(b, h, device=dev)
-        ent_steps = torch.zeros(b, h, device=dev)
         bi, ki = smask.nonzero(as_tuple=True)  # one row per stochastic transition
+        x_k, x_next = chain_t[bi, ki], chain_t[bi, ki + 1]
         if bi.numel():
-            x_k, x_next = chain_t[bi, ki], chain_t[bi, ki + 1]
             v, nh = self.velocity(x_k, flow.time_grid(s).to(dev)[ki], prefix.index(bi), cmask[bi], sampler)
-            mean, std = flow.transition(sampler, x_k, v, ki, s, torch.ones_like(bi, dtype=torch.bool), cmask[bi], nh)
-            on = cmask[bi][:, None, :].expand_as(mean)
-            safe_std = torch.where(on, std, torch.ones_like(std))
-            lp = (gaussian_log_prob(x_next, mean, safe_std) * on).sum(-1)
-            ent = (gaussian_entropy(safe_std) * on).sum(-1)
-            logp_steps = logp_steps.index_add(0, bi, lp)
-            ent_steps = ent_steps.index_add(0, bi, ent)
-        n_stoch = smask.sum(1)
+            mean, std = flow.transition(sampler, x_k, v, ki, s, torch.ones_like(bi, dtype=torch.bool),
+                                        cmask[bi], nh)
+        else:
+            mean, std = x_next, torch.zeros_like(x_next)
+        on = cmask[bi][:, None, :].expand_as(mean)
+        return Transitions(rows=bi, x_next=x_next, mean=mean, std=torch.where(on, std, torch.ones_like(std)),
+                           on=on, prefix=prefix)
+
+    def log_prob_and_value(self, obs: Observation, chain: np.ndarray, step_mask: np.ndarray,
+                           exec_mask: np.ndarray, sampler: Sampler, mode: str,
+                           prefix: Prefix | None = None, reference: Transitions | None = None) -> Recompute:
+        """Recompute the log-prob of the stored stochastic transitions under the current weights.
+
+        chain [B, S+1, H, K], step_mask [B, S], exec_mask [B, H] (numpy, as stored by rollout).
+        ``prefix``: the backbone's output for ``obs`` if already computed (a frozen backbone's is
+        the same in every epoch, so the learner encodes each sample once per update).
+        ``reference``: another policy's ``transitions`` of the same rows; ``kl_ref`` is then the exact
+        Gaussian KL(current || reference) of each transition, averaged per element like a
+        token-level log-prob.
+        """
+        tr = self.transitions(obs, chain, step_mask, sampler, prefix)
+        dev = self.device
+        emask = torch.as_tensor(exec_mask, device=dev)
+        b, h = emask.shape
+        action_dim = torch.as_tensor(np.array(obs.action_dim), device=dev)
+        n_stoch = torch.as_tensor(step_mask, device=dev).sum(1)
+
+        def per_sample(elementwise: torch.Tensor, how: str) -> torch.Tensor:
+            steps = torch.zeros(b, h, device=dev).index_add(0, tr.rows, (elementwise * tr.on).sum(-1))
+            return reduce_log_prob(steps, emask, action_dim, n_stoch, how)
+
+        kl = None
+        if reference is not None:
+            if not torch.equal(reference.rows, tr.rows):
+                raise ContractError("reference transitions are not the same rows as this batch")
+            kl = per_sample(gaussian_kl(tr.mean, tr.std, reference.mean.detach(), reference.std.detach()),
+                            "token_level")
         return Recompute(
-            logp=reduce_log_prob(logp_steps, emask, t["action_dim"], n_stoch, mode),
-            value=self.value_of(prefix),
-            entropy=reduce_log_prob(ent_steps, emask, t["action_dim"], n_stoch, "token_level"),
+            logp=per_sample(gaussian_log_prob(tr.x_next, tr.mean, tr.std), mode),
+            value=self.value_of(tr.prefix),
+            entropy=per_sample(gaussian_entropy(tr.std), "token_level"),
+            kl_ref=kl,
         )
 
     @torch.no_grad()
