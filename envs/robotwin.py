@@ -50,6 +50,14 @@ from rlsys.config import RenderConfig
 from rlsys.configtools import ConfigError, suggest
 from rlsys.envs.api import Embodiment, RobotEnv, reset_task, validate_action
 
+# Base_Task methods that plan or move the robot; ``get_info()`` must not run them (``_scene_info``)
+MOTION_PRIMITIVES = ("move", "grasp_actor", "place_actor", "move_by_displacement", "back_to_origin")
+
+
+def _no_motion(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
 STEP_LIMITS = {"stack_blocks_two": 800, "stack_blocks_three": 1200, "handover_block": 800,
                "blocks_ranking_rgb": 1200, "blocks_ranking_size": 1200}
 CAMERAS = {"head": "head_camera", "left_wrist": "left_camera", "right_wrist": "right_camera"}
@@ -313,8 +321,30 @@ class RoboTwinEnv(RobotEnv):
         if kind not in ("seen", "unseen"):
             raise ConfigError(f"reset options.instruction_type: {kind!r}; allowed: seen, unseen")
         with contextlib.redirect_stdout(io.StringIO()):
-            desc = generate_episode_descriptions(self._task, [self._sim.get_info()], 1, self.scene_seed)
+            desc = generate_episode_descriptions(self._task, [self._scene_info()], 1, self.scene_seed)
         return random.Random(self.scene_seed).choice(desc[0][kind])
+
+    def _scene_info(self) -> dict[str, Any]:
+        """The task's ``get_info()`` (placeholders for its instruction), read with the robot held still.
+
+        In the packaged tasks ``stack_blocks_three`` and ``blocks_ranking_size``, ``get_info()`` replays
+        the whole scripted pick-and-place to learn which arm moves which block: it plans (minutes on a
+        CPU) and executes every motion, so the episode would start with the robot away from its home
+        pose and ``plan_success`` already False (the expert then planned nothing). The arm choice only
+        depends on the block poses, so the motion primitives are no-ops while it reads them.
+        """
+        sim = self._sim
+        kept = {k: getattr(sim, k) for k in ("last_gripper", "last_actor") if hasattr(sim, k)}
+        for name in MOTION_PRIMITIVES:  # instance attributes shadow the Base_Task methods
+            setattr(sim, name, _no_motion)
+        try:
+            return sim.get_info()
+        finally:
+            for name in MOTION_PRIMITIVES:
+                delattr(sim, name)
+            for k, v in kept.items():
+                setattr(sim, k, v)
+            sim.plan_success = True
 
     def step(self, action: Any):
         a = np.clip(validate_action(action, EMBODIMENT.action_dim), ACTION_LOW, ACTION_HIGH)

@@ -49,6 +49,19 @@ def test_every_box_task_resets_and_steps(env, task):
     assert reward == 0.0 and not terminated and not truncated
 
 
+def test_every_box_task_starts_at_the_home_pose_with_the_planner_ready(env):
+    """Reading a task's instruction placeholders must not move the robot: the packaged
+    stack_blocks_three and blocks_ranking_size replay their whole expert inside get_info()."""
+    homes = {}
+    for task in BOX_TASKS:
+        obs, _ = env.reset(seed=0, options={"task": task})
+        assert env._sim.plan_success is True, task
+        homes[task] = obs["proprio"]
+    first = homes[BOX_TASKS[0]]
+    for task, proprio in homes.items():
+        np.testing.assert_allclose(proprio, first, atol=1e-3, err_msg=f"{task} starts away from the home pose")
+
+
 def test_conventions(env):
     assert env.embodiment.arms == "dual arms" and env.embodiment.action_dim == 14
     assert STEP_LIMITS == {"stack_blocks_two": 800, "stack_blocks_three": 1200, "handover_block": 800,
