@@ -110,9 +110,9 @@ class Learner:
         cache = None if a.update_backbone else self.policy.encode_batch(batch.obs.index(idx))
         row = np.zeros(len(batch.loss_mask), np.int64)  # batch index -> row of the cache
         row[idx] = np.arange(len(idx))
-        steps, stop = 0, False
+        steps, critic_steps, actor_stopped = 0, 0, False
         for _ in range(a.epochs):
-            if stop:
+            if actor_stopped and not self.algo.uses_critic:
                 break
             for mb in np.array_split(self.rng.permutation(idx), a.minibatches):
                 if len(mb) == 0:
@@ -120,6 +120,10 @@ class Learner:
                 m = batch.index(mb)
                 mask = torch.ones(len(mb), dtype=torch.bool)
                 prefix = None if cache is None else cache.index(torch.from_numpy(row[mb]))
+                if actor_stopped:  # target_kl ended the policy's steps; the critic finishes its epochs
+                    logs.setdefault("value_loss", []).append(self._critic_step(m.obs, prefix, old_v[mb], ret[mb]))
+                    critic_steps += 1
+                    continue
                 ref = None
                 if self.reference is not None:
                     with torch.no_grad():  # a frozen backbone is the reference's too: same prefix
@@ -132,8 +136,12 @@ class Learner:
                     first_dev = float((rc.logp.detach() - old_logp[mb]).exp().sub(1).abs().max())
                 if actor_on and a.target_kl > 0 and pl.approx_kl > 1.5 * a.target_kl:
                     logs.setdefault("approx_kl", []).append(pl.approx_kl)  # the KL that stopped it
-                    stop = True
-                    break
+                    actor_stopped = True
+                    if not self.algo.uses_critic:
+                        break
+                    logs.setdefault("value_loss", []).append(self._critic_step(m.obs, prefix, old_v[mb], ret[mb]))
+                    critic_steps += 1
+                    continue
                 loss = pl.loss if actor_on else torch.zeros(())
                 kl_ref = torch.zeros(()) if rc.kl_ref is None else masked_mean(rc.kl_ref, mask)
                 if actor_on and rc.kl_ref is not None:
@@ -153,6 +161,7 @@ class Learner:
                 torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[1]["params"], a.grad_clip)
                 self.optimizer.step()
                 steps += 1
+                critic_steps += int(self.algo.uses_critic)
                 for k, v in (("policy_loss", pl.loss.item()), ("value_loss", vl.item()), ("entropy", ent.item()),
                              ("approx_kl", pl.approx_kl), ("clip_fraction", pl.clip_fraction),
                              ("ratio_mean", pl.ratio_mean), ("ratio_max", pl.ratio_max), ("grad_norm", float(gn))):
@@ -164,6 +173,7 @@ class Learner:
         metrics.update({k: float(np.mean(v)) for k, v in logs.items()})
         metrics["ratio_max"] = float(np.max(logs.get("ratio_max", [1.0])))
         metrics["epochs_run"] = steps / a.minibatches  # < epochs where target_kl stopped the update
+        metrics["critic_epochs_run"] = critic_steps / a.minibatches
         metrics["first_minibatch_ratio_dev"] = float(first_dev or 0.0)
         v = batch.old_value[batch.loss_mask]
         r = batch.returns[batch.loss_mask]
@@ -171,6 +181,18 @@ class Learner:
         metrics["update_seconds"] = time.perf_counter() - t0
         metrics["samples_per_s"] = n_valid * max(steps, 1) / a.minibatches / metrics["update_seconds"]
         return metrics
+
+    def _critic_step(self, obs: Observation, prefix: Any, old_value: torch.Tensor, returns: torch.Tensor) -> float:
+        """One value-loss step (no actor gradient: AdamW leaves the actor as it is); returns the loss."""
+        a = self.cfg.algo
+        value = self.policy.value(obs) if prefix is None else self.policy.value_of(prefix)
+        mask = torch.ones(len(returns), dtype=torch.bool)
+        vl = value_loss(value, old_value, returns, mask, a.value_clip, a.value_loss, a.huber_delta)
+        self.optimizer.zero_grad(set_to_none=True)
+        (a.value_coef * vl).backward()
+        torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[1]["params"], a.grad_clip)
+        self.optimizer.step()
+        return vl.item()
 
     # ------------------------------------------------------------------ state
     def optimizer_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

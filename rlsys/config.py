@@ -164,9 +164,10 @@ class AlgoConfig:
     betas: tuple[float, ...] = (0.9, 0.95)
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    # > 0: end the update's epochs at the first minibatch whose approx-KL to the rollout policy exceeds
-    # 1.5 x target_kl (that step is not taken). Measured: at actor_lr 1e-4 without it, the first actor
-    # update reached approx-KL 1.1 (ratio max ~1000) and later ones 2.6.
+    # > 0: end the policy's steps at the first minibatch whose approx-KL to the rollout policy exceeds
+    # 1.5 x target_kl (that step is not taken); the critic still runs all its epochs. Measured: at
+    # actor_lr 1e-4 without it, the first actor update reached approx-KL 1.1 (ratio max ~1000) and later
+    # ones 2.6.
     target_kl: float = 0.0
     # > 0: add ref_kl_coef x KL(current || initial policy) to the actor loss. The KL is exact per stored
     # denoising transition (two Gaussians), averaged per action element; the learner keeps a frozen

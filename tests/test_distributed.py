@@ -128,7 +128,8 @@ def test_version_propagation_and_staleness(tmp_path):
 
 
 def test_target_kl_stops_the_update_early(tmp_path):
-    """A big step overshoots the rollout policy; target_kl ends the epochs there, 0 runs them all."""
+    """A big step overshoots the rollout policy; target_kl ends the policy's epochs there (0 runs them
+    all), while the critic runs all of its epochs either way."""
     import dataclasses
 
     cfg = small_cfg(tmp_path, "algo.epochs=6", "algo.minibatches=2", "algo.actor_lr=3e-3",
@@ -145,6 +146,7 @@ def test_target_kl_stops_the_update_early(tmp_path):
         runs[target] = Learner(c, policy).update([seg])
     assert runs[0.0]["epochs_run"] == 6 and runs[0.0]["approx_kl"] > 1.5e-3  # unchecked, it overshoots
     assert 0 < runs[1e-3]["epochs_run"] < 6
+    assert runs[1e-3]["critic_epochs_run"] == runs[0.0]["critic_epochs_run"] == 6  # the critic is not stopped
 
 
 def _kl_to_start(learner: Learner, m) -> float:
