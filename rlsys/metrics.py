@@ -35,6 +35,7 @@ FIRST_RATIO_DEV = "learner/first_minibatch_ratio_dev"
 EXPLAINED_VARIANCE = "learner/explained_variance"
 GRAD_NORM = "learner/grad_norm"
 EPOCHS_RUN = "learner/epochs_run"  # epochs (fractional) the update ran before algo.target_kl stopped it
+CRITIC_EPOCHS_RUN = "learner/critic_epochs_run"  # the critic's epochs (target_kl does not stop them)
 KL_REF = "learner/kl_ref"  # per-element KL to the starting policy (the algo.ref_kl_coef anchor)
 SAMPLES = "learner/samples"
 SAMPLES_PER_S = "learner/samples_per_s"
@@ -51,8 +52,8 @@ LEARNER_KEYS = {
     "policy_loss": POLICY_LOSS, "value_loss": VALUE_LOSS, "entropy": ENTROPY, "approx_kl": APPROX_KL,
     "clip_fraction": CLIP_FRACTION, "ratio_mean": RATIO_MEAN, "ratio_max": RATIO_MAX,
     "first_minibatch_ratio_dev": FIRST_RATIO_DEV, "explained_variance": EXPLAINED_VARIANCE,
-    "grad_norm": GRAD_NORM, "epochs_run": EPOCHS_RUN, "kl_ref": KL_REF, "samples": SAMPLES,
-    "samples_per_s": SAMPLES_PER_S,
+    "grad_norm": GRAD_NORM, "epochs_run": EPOCHS_RUN, "critic_epochs_run": CRITIC_EPOCHS_RUN, "kl_ref": KL_REF,
+    "samples": SAMPLES, "samples_per_s": SAMPLES_PER_S,
     "staleness_max": STALENESS_MAX, "stale_rejected": STALE_REJECTED,
 }
 
