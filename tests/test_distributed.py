@@ -127,23 +127,31 @@ def test_version_propagation_and_staleness(tmp_path):
     assert (core.rollout(engine.infer, lambda c: c, engine.values).versions == 5).all()
 
 
-def test_target_kl_stops_the_update_early(tmp_path):
-    """A big step overshoots the rollout policy; target_kl ends the policy's epochs there (0 runs them
-    all), while the critic runs all of its epochs either way."""
-    import dataclasses
-
-    cfg = small_cfg(tmp_path, "algo.epochs=6", "algo.minibatches=2", "algo.actor_lr=3e-3",
+def _overshooting_segment(tmp_path, epochs: int):
+    """A config whose actor lr overshoots, one rollout segment of it and the rollout policy's weights."""
+    cfg = small_cfg(tmp_path, f"algo.epochs={epochs}", "algo.minibatches=2", "algo.actor_lr=3e-3",
                     "algo.critic_warmup_iters=0", "env.num_envs=4", "rollout.chunks_per_segment=6")
     core, engine = _core_and_engine(cfg)
     seg = core.rollout(engine.infer, lambda c: c, engine.values)
     core.close()
-    state = state_to_numpy(engine.policy)
-    runs = {}
-    for target in (0.0, 1e-3):
-        c = dataclasses.replace(cfg, algo=dataclasses.replace(cfg.algo, target_kl=target))
-        policy = FlowPolicy(c.policy)
-        load_numpy_state(policy, state)
-        runs[target] = Learner(c, policy).update([seg])
+    return cfg, seg, state_to_numpy(engine.policy)
+
+
+def _learner(cfg, state, **algo) -> Learner:
+    """A learner on a copy of ``state`` with ``algo`` fields replaced."""
+    import dataclasses
+
+    c = dataclasses.replace(cfg, algo=dataclasses.replace(cfg.algo, **algo))
+    policy = FlowPolicy(c.policy)
+    load_numpy_state(policy, state)
+    return Learner(c, policy)
+
+
+def test_target_kl_stops_the_update_early(tmp_path):
+    """A big step overshoots the rollout policy; target_kl ends the policy's epochs there (0 runs them
+    all), while the critic runs all of its epochs either way."""
+    cfg, seg, state = _overshooting_segment(tmp_path, epochs=6)
+    runs = {target: _learner(cfg, state, target_kl=target).update([seg]) for target in (0.0, 1e-3)}
     assert runs[0.0]["epochs_run"] == 6 and runs[0.0]["approx_kl"] > 1.5e-3  # unchecked, it overshoots
     assert 0 < runs[1e-3]["epochs_run"] < 6
     assert runs[1e-3]["critic_epochs_run"] == runs[0.0]["critic_epochs_run"] == 6  # the critic is not stopped
@@ -161,20 +169,10 @@ def _kl_to_start(learner: Learner, m) -> float:
 def test_ref_kl_anchor_is_zero_at_the_start_and_holds_the_policy_near_it(tmp_path):
     """KL(current || start) is exactly 0 before any step; after big steps it is > 0, and a large
     ref_kl_coef keeps the updated policy closer to the start than no anchor does."""
-    import dataclasses
-
-    cfg = small_cfg(tmp_path, "algo.epochs=4", "algo.minibatches=2", "algo.actor_lr=3e-3",
-                    "algo.critic_warmup_iters=0", "env.num_envs=4", "rollout.chunks_per_segment=6")
-    core, engine = _core_and_engine(cfg)
-    seg = core.rollout(engine.infer, lambda c: c, engine.values)
-    core.close()
-    state = state_to_numpy(engine.policy)
+    cfg, seg, state = _overshooting_segment(tmp_path, epochs=4)
     kl_after = {}
     for coef in (1e-9, 30.0):  # 1e-9: the same code path, no pull
-        c = dataclasses.replace(cfg, algo=dataclasses.replace(cfg.algo, ref_kl_coef=coef))
-        policy = FlowPolicy(c.policy)
-        load_numpy_state(policy, state)
-        learner = Learner(c, policy)
+        learner = _learner(cfg, state, ref_kl_coef=coef)
         batch, _ = learner.make_batch([seg])
         rows = np.flatnonzero(batch.loss_mask)
         m = batch.index(rows)

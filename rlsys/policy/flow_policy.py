@@ -47,6 +47,8 @@ class Transitions:
     std: torch.Tensor
     on: torch.Tensor
     prefix: Prefix
+    action_dim: torch.Tensor  # [B]
+    num_stochastic: torch.Tensor  # [B] stochastic steps per sample
 
 
 class AttentionPoolValue(nn.Module):
@@ -213,13 +215,16 @@ class FlowPolicy(nn.Module):
         chain [B, S+1, H, K], step_mask [B, S] (numpy, as stored by rollout). Rows are the
         transitions ``step_mask.nonzero()``, in that order for any policy given the same mask.
         """
-        t = self._tensors(obs)
-        prefix = self.encode(t) if prefix is None else prefix
         dev = self.device
+        if prefix is None:
+            t = self._tensors(obs)
+            prefix, action_dim = self.encode(t), t["action_dim"]
+        else:  # the images were converted and checked when the prefix was encoded
+            action_dim = torch.as_tensor(np.array(obs.action_dim), device=dev)
         chain_t = torch.as_tensor(chain, device=dev).float().detach()
         smask = torch.as_tensor(step_mask, device=dev)
         s = smask.shape[1]
-        cmask = self.channel_mask(t["action_dim"])
+        cmask = self.channel_mask(action_dim)
         bi, ki = smask.nonzero(as_tuple=True)  # one row per stochastic transition
         x_k, x_next = chain_t[bi, ki], chain_t[bi, ki + 1]
         if bi.numel():
@@ -230,7 +235,7 @@ class FlowPolicy(nn.Module):
             mean, std = x_next, torch.zeros_like(x_next)
         on = cmask[bi][:, None, :].expand_as(mean)
         return Transitions(rows=bi, x_next=x_next, mean=mean, std=torch.where(on, std, torch.ones_like(std)),
-                           on=on, prefix=prefix)
+                           on=on, prefix=prefix, action_dim=action_dim, num_stochastic=smask.sum(1))
 
     def log_prob_and_value(self, obs: Observation, chain: np.ndarray, step_mask: np.ndarray,
                            exec_mask: np.ndarray, sampler: Sampler, mode: str,
@@ -248,12 +253,10 @@ class FlowPolicy(nn.Module):
         dev = self.device
         emask = torch.as_tensor(exec_mask, device=dev)
         b, h = emask.shape
-        action_dim = torch.as_tensor(np.array(obs.action_dim), device=dev)
-        n_stoch = torch.as_tensor(step_mask, device=dev).sum(1)
 
         def per_sample(elementwise: torch.Tensor, how: str) -> torch.Tensor:
             steps = torch.zeros(b, h, device=dev).index_add(0, tr.rows, (elementwise * tr.on).sum(-1))
-            return reduce_log_prob(steps, emask, action_dim, n_stoch, how)
+            return reduce_log_prob(steps, emask, tr.action_dim, tr.num_stochastic, how)
 
         kl = None
         if reference is not None:
