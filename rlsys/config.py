@@ -174,6 +174,7 @@ class AlgoConfig:
     # copy of the starting (SFT) weights, saved in checkpoints so a resumed run anchors to the same.
     ref_kl_coef: float = 0.0
     update_backbone: bool = False  # False: RL updates the action expert (+ heads) only; backbone frozen
+    backbone_lr: float = 0.0  # with update_backbone: the backbone's own lr (0: actor_lr)
     group_size: int = 8  # GRPO: rollouts per initial state
     filter_groups: bool = True  # GRPO: drop groups whose success rate is 0 or 1
 
@@ -188,6 +189,7 @@ class AlgoConfig:
         check(self.group_size >= 2, "group_size", ">= 2", self.group_size)
         check(self.target_kl >= 0, "target_kl", ">= 0 (0: off)", self.target_kl)
         check(self.ref_kl_coef >= 0, "ref_kl_coef", ">= 0 (0: off)", self.ref_kl_coef)
+        check(self.backbone_lr >= 0, "backbone_lr", ">= 0 (0: actor_lr)", self.backbone_lr)
 
 
 @dataclass(frozen=True)

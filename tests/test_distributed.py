@@ -157,6 +157,26 @@ def test_target_kl_stops_the_update_early(tmp_path):
     assert runs[1e-3]["critic_epochs_run"] == runs[0.0]["critic_epochs_run"] == 6  # the critic is not stopped
 
 
+def test_backbone_frozen_by_default_and_its_own_lr_when_updated(tmp_path):
+    """RL leaves the backbone as it is unless update_backbone; then backbone_lr sets its step size
+    apart from the action expert's."""
+    cfg, seg, state = _overshooting_segment(tmp_path, epochs=2)
+
+    def moved(learner: Learner, prefix: str) -> float:
+        return max(float(np.abs(p.detach().numpy() - state[n]).max())
+                   for n, p in learner.policy.named_parameters() if n.startswith(prefix))
+
+    runs = {}
+    for name, algo in (("frozen", {}), ("same", {"update_backbone": True}),
+                       ("slow", {"update_backbone": True, "backbone_lr": 1e-7})):
+        learner = _learner(cfg, state, **algo)
+        learner.update([seg])
+        runs[name] = (moved(learner, "backbone."), moved(learner, "expert."))
+    assert runs["frozen"][0] == 0.0 and runs["frozen"][1] > 0
+    assert runs["same"][0] > 1e-4
+    assert 0 < runs["slow"][0] < 0.01 * runs["same"][0] and runs["slow"][1] > 1e-4, runs
+
+
 def _kl_to_start(learner: Learner, m) -> float:
     """Mean per-element KL(learner's policy || its reference) on the transitions of batch ``m``."""
     with torch.no_grad():
