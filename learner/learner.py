@@ -33,8 +33,10 @@ class Learner:
         actor = [p for n, p in policy.named_parameters()
                  if not n.startswith(("value_head.", "backbone.")) and p.requires_grad]
         groups = [{"params": actor, "lr": a.actor_lr}, {"params": critic, "lr": a.critic_lr}]
-        if a.update_backbone:  # group 2, clipped with the actor; its own lr where backbone_lr is set
-            groups.append({"params": list(policy.backbone.parameters()), "lr": a.backbone_lr or a.actor_lr})
+        backbone = list(policy.backbone.parameters()) if a.update_backbone else []
+        if backbone:  # group 2: its own lr where backbone_lr is set
+            groups.append({"params": backbone, "lr": a.backbone_lr or a.actor_lr})
+        self.actor_params = actor + backbone  # the policy's gradients are clipped together
         self.optimizer = torch.optim.AdamW(groups, betas=(a.betas[0], a.betas[1]), weight_decay=a.weight_decay)
         # frozen copy of the starting weights for the KL anchor (ref_kl_coef > 0)
         self.reference = copy.deepcopy(policy).requires_grad_(False).eval() if a.ref_kl_coef > 0 else None
@@ -157,7 +159,7 @@ class Learner:
                 loss.backward()
                 # actor and critic clipped separately: a large value-loss gradient must not shrink
                 # the policy step
-                gn = torch.nn.utils.clip_grad_norm_(self._actor_params(), a.grad_clip)
+                gn = torch.nn.utils.clip_grad_norm_(self.actor_params, a.grad_clip)
                 torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[1]["params"], a.grad_clip)
                 self.optimizer.step()
                 steps += 1
@@ -181,11 +183,6 @@ class Learner:
         metrics["update_seconds"] = time.perf_counter() - t0
         metrics["samples_per_s"] = n_valid * max(steps, 1) / a.minibatches / metrics["update_seconds"]
         return metrics
-
-    def _actor_params(self) -> list[torch.nn.Parameter]:
-        """The policy's trainable parameters (action expert and heads, plus the backbone when it is updated)."""
-        g = self.optimizer.param_groups
-        return g[0]["params"] + (g[2]["params"] if len(g) > 2 else [])
 
     def _critic_step(self, obs: Observation, prefix: Any, old_value: torch.Tensor, returns: torch.Tensor) -> float:
         """One value-loss step (no actor gradient: AdamW leaves the actor as it is); returns the loss."""
