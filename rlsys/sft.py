@@ -14,7 +14,7 @@ import torch
 
 from rlsys.checkpoint import save_policy
 from rlsys.config import TrainConfig
-from rlsys.envs.demos import DemoSet, collect_expert_demos, load_demos
+from rlsys.envs.demos import DemoSet, collect_expert_demos, collect_expert_demos_in, load_demos
 from rlsys.policy.flow_policy import FlowPolicy
 from rlsys.progress import Progress
 from rlsys.prompt import ObservationBuilder
@@ -121,7 +121,9 @@ def run_sft(cfg: TrainConfig, out_dir: str | Path, demos: str | None = None) -> 
     demo_dir = demos or cfg.sft.demos
     if not demo_dir:
         demo_dir = str(out.parent / f"{out.name}_demos")
-        if not (Path(demo_dir) / "meta" / "info.json").exists():
+        if not (Path(demo_dir) / "meta" / "info.json").exists() and cfg.env.python:
+            collect_expert_demos_in(cfg.env.python, cfg.env, demo_dir, cfg.sft.demos_per_task)
+        elif not (Path(demo_dir) / "meta" / "info.json").exists():
             env = make_single_env(cfg.env)
             with Progress("expert demos", total=cfg.sft.demos_per_task * len(env.task_names)) as bar:
                 collect_expert_demos(env, demo_dir, cfg.sft.demos_per_task, cfg.env.name, progress=bar.advance)

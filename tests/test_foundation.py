@@ -164,6 +164,24 @@ def test_demo_format_is_lerobot_layout(demo_dir):
     np.testing.assert_array_equal(chunks[last, 1], ds.actions[last])
 
 
+def test_demos_in_the_simulators_own_interpreter_match_in_process(demo_dir, tmp_path, capsys):
+    """env.python (RoboTwin's venv): `rlsys demos` runs the expert in that interpreter; here the
+    interpreter is this one, so the episodes must be the in-process fixture's, action for action."""
+    from rlsys.cli import main
+    from rlsys.envs.demos import load_demos
+
+    out = tmp_path / "ds"
+    main(["demos", "--out", str(out), "--episodes", "2", "--set", "env.tasks=[lift,push_left]",
+          "--set", "env.subprocess=true", "--set", f"env.python={sys.executable}"])
+    assert "wrote 4 episodes" in capsys.readouterr().out
+    report = json.loads((out / "meta" / "expert_report.json").read_text())
+    assert {t: r["kept"] for t, r in report.items()} == {"lift": 2, "push_left": 2}
+    here, there = load_demos(demo_dir), load_demos(out)
+    np.testing.assert_array_equal(there.actions, here.actions)
+    np.testing.assert_array_equal(there.images, here.images)
+    assert there.instructions == here.instructions
+
+
 def test_checkpoint_round_trip_same_actions(tmp_path):
     from rlsys.checkpoint import CheckpointError, load_policy, save_policy
     from rlsys.envs.tabletop.env import EMBODIMENT

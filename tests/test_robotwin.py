@@ -52,6 +52,24 @@ def test_pool_here_drives_robotwin_there():
         assert res.exec_mask.sum() == 2 and res.truncated.all() and not res.terminated.any()
 
 
+def test_planner_expert_demos_through_the_robotwin_interpreter(tmp_path):
+    """`rlsys demos` / SFT from this venv: RoboTwin's own scripted expert (play_once, planned with mplib
+    on the CPU, RRT seeded with the scene seed) runs in RoboTwin's interpreter, its joint targets are
+    replayed through the env there, and the successful episode comes back in the standard format.
+    Seeds from 1: seeds 1 and 2 planned to success on every run measured (seeds 0-3: 2/4)."""
+    from rlsys.envs.demos import collect_expert_demos_in, load_demos
+    from rlsys.envs.robotwin import STEP_LIMITS
+
+    cfg = EnvConfig(name="robotwin", tasks=("stack_blocks_two",), cameras=("head",), image_size=32,
+                    num_envs=1, subprocess=True, python=PYTHON)
+    report = collect_expert_demos_in(PYTHON, cfg, tmp_path / "ds", 1, seed_base=1)
+    assert report["stack_blocks_two"]["kept"] == 1 and report["stack_blocks_two"]["attempts"] <= 3, report
+    ds = load_demos(tmp_path / "ds")
+    assert ds.images.shape[1:] == (1, 32, 32, 3) and ds.actions.shape[1] == 14 and ds.states.shape[1] == 14
+    assert 100 < len(ds.actions) <= STEP_LIMITS["stack_blocks_two"]
+    assert ds.info["rlsys"]["env"] == "robotwin" and "block" in ds.instructions[0].lower()
+
+
 def test_bad_configs_fail_before_any_simulator_starts(tmp_path):
     base = dict(name="robotwin", cameras=("head",), subprocess=True, python=PYTHON)
     with pytest.raises(ConfigError, match="unknown RoboTwin task 'stack_block_two'.*stack_blocks_two"):
