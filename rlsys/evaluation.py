@@ -193,13 +193,23 @@ def write_result(out_dir: str | Path, result: dict[str, Any], title: str) -> Non
     (out / "eval.md").write_text(markdown_table(result, title))
 
 
-def task_names(env_cfg: EnvConfig) -> tuple[str, ...]:
-    from rlsys.envs.pool import make_single_env
+def env_spec(env_cfg: EnvConfig) -> tuple[tuple[str, ...], Any]:
+    """(task names, embodiment) of ``env_cfg`` from one env: built here, or for a simulator that lives
+    in its own interpreter (env.python) asked there. Fails on a bad env / task / camera."""
+    from rlsys.envs.pool import EnvPool, make_single_env
 
+    if env_cfg.python:
+        with EnvPool(env_cfg, num_envs=1) as pool:
+            return tuple(pool.task_names), pool.embodiment
     env = make_single_env(env_cfg)
-    names = tuple(env.task_names)
-    env.close()
-    return names
+    try:
+        return tuple(env.task_names), env.embodiment
+    finally:
+        env.close()
+
+
+def task_names(env_cfg: EnvConfig) -> tuple[str, ...]:
+    return env_spec(env_cfg)[0]
 
 
 def run_eval_command(cfg: Any, ckpt: str, out_dir: str | None, episodes: int, tasks: list[str] | None,
@@ -210,17 +220,16 @@ def run_eval_command(cfg: Any, ckpt: str, out_dir: str | None, episodes: int, ta
     simulator per process, ``max_episode_steps``); the checkpoint supplies cameras and image size.
     """
     from rlsys.checkpoint import load_policy
-    from rlsys.envs.pool import make_single_env
     from rlsys.progress import Progress
 
     policy, env_cfg, embodiment, _ = load_policy(ckpt)
     e = cfg.env
-    env_cfg = dataclasses.replace(env_cfg, name=env or env_cfg.name, render=e.render, subprocess=e.subprocess,
+    python = e.python or env_cfg.python  # a simulator in its own interpreter (RoboTwin) stays there
+    env_cfg = dataclasses.replace(env_cfg, name=env or env_cfg.name, render=e.render,
+                                  subprocess=e.subprocess or bool(python), python=python,
                                   max_episode_steps=e.max_episode_steps,
                                   tasks=tuple(tasks) if tasks else (() if env else env_cfg.tasks))
-    probe = make_single_env(env_cfg)  # fails here, before any episode, on a bad env / task / camera
-    all_tasks, embodiment = tuple(probe.task_names), probe.embodiment
-    probe.close()
+    all_tasks, embodiment = env_spec(env_cfg)  # fails here, before any episode, on a bad env / task / camera
     out = Path(out_dir or Path(ckpt) / "eval")
     with Progress(f"eval {env_cfg.name}", total=episodes * len(all_tasks)) as bar:
         if workers > 0:

@@ -182,6 +182,30 @@ def test_demos_in_the_simulators_own_interpreter_match_in_process(demo_dir, tmp_
     assert there.instructions == here.instructions
 
 
+def test_sft_never_builds_a_simulator_that_lives_in_another_interpreter(tmp_path, monkeypatch):
+    """env.python (RoboTwin's venv): run_sft collects the demos there, trains here, and evaluates
+    through a subprocess pool; building the simulator in this interpreter would fail (RoboTwin is
+    not importable here), so here it raises."""
+    import rlsys.envs.pool as pool
+    from rlsys.sft import run_sft
+
+    def no_sim_here(cfg):
+        raise AssertionError(f"built {cfg.name} in-process")
+
+    monkeypatch.setattr(pool, "make_single_env", no_sim_here)
+    cfg = load_config("tabletop_sft", ["env.tasks=[lift]", "sft.demos_per_task=1", "sft.steps=2",
+                                       "sft.eval_episodes=1", "eval_num_envs=1", "env.subprocess=true",
+                                       f"env.python={sys.executable}"])
+    res = run_sft(cfg, tmp_path / "sft")
+    assert set(res["eval"]["tasks"]) == {"lift"} and (tmp_path / "sft" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "sft_demos" / "meta" / "expert_report.json").read_text())["lift"]["kept"] == 1
+    # `rlsys eval` of that checkpoint, with a config that does not name the interpreter: the checkpoint's
+    from rlsys.evaluation import run_eval_command
+
+    ev = run_eval_command(load_config("tabletop_sft"), str(tmp_path / "sft"), str(tmp_path / "ev"), 1, None)
+    assert set(ev["tasks"]) == {"lift"} and (tmp_path / "ev" / "eval.md").is_file()
+
+
 def test_checkpoint_round_trip_same_actions(tmp_path):
     from rlsys.checkpoint import CheckpointError, load_policy, save_policy
     from rlsys.envs.tabletop.env import EMBODIMENT
