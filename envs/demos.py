@@ -252,11 +252,27 @@ def collect_expert_demos(env: Any, out: str | os.PathLike, episodes_per_task: in
     return report
 
 
-def collect_expert_demos_in(python: str, env_cfg: Any, out: str | os.PathLike, episodes_per_task: int,
-                            seed_base: int = DEMO_SEED_BASE) -> dict[str, Any]:
-    """``collect_expert_demos`` for a simulator that lives in its own interpreter (``env.python``, e.g.
-    RoboTwin's venv): the scripted expert needs the simulator in-process, so the whole collection runs
-    in that interpreter (its progress shows on this terminal) and the demos come back on disk."""
+def expert_demos(env_cfg: Any, out: str | os.PathLike, episodes_per_task: int,
+                 seed_base: int = DEMO_SEED_BASE) -> dict[str, Any]:
+    """``rlsys demos`` / the SFT stage: ``collect_expert_demos`` on one env of ``env_cfg`` with a
+    progress bar. A simulator that lives in its own interpreter (``env.python``, e.g. RoboTwin's venv)
+    runs the whole collection there, since the scripted expert needs the simulator in-process; its
+    progress shows on this terminal and the demos come back on disk."""
+    if env_cfg.python:
+        return _expert_demos_there(env_cfg, out, episodes_per_task, seed_base)
+    from rlsys.envs.pool import make_single_env
+    from rlsys.progress import Progress
+
+    env = make_single_env(env_cfg)
+    try:
+        with Progress(f"expert demos {env_cfg.name}", total=episodes_per_task * len(env.task_names)) as bar:
+            return collect_expert_demos(env, out, episodes_per_task, env_cfg.name, seed_base, progress=bar.advance)
+    finally:
+        env.close()
+
+
+def _expert_demos_there(env_cfg: Any, out: str | os.PathLike, episodes_per_task: int,
+                        seed_base: int) -> dict[str, Any]:
     import subprocess
 
     from rlsys.configtools import to_dict
@@ -264,28 +280,19 @@ def collect_expert_demos_in(python: str, env_cfg: Any, out: str | os.PathLike, e
     # in-process there (a config for that interpreter: built and checked only on the other side)
     env = {**to_dict(env_cfg), "python": "", "subprocess": False}
     spec = {"env": env, "out": str(out), "episodes_per_task": episodes_per_task, "seed_base": seed_base}
-    code = "import sys; from rlsys.envs.demos import _collect_from_spec; _collect_from_spec(sys.argv[1])"
-    proc = subprocess.run([python, "-c", code, json.dumps(spec)], check=False)
+    code = "import sys; from rlsys.envs.demos import _expert_demos_here; _expert_demos_here(sys.argv[1])"
+    proc = subprocess.run([env_cfg.python, "-c", code, json.dumps(spec)], check=False)
     report = Path(out) / "meta" / "expert_report.json"
     if proc.returncode != 0 or not report.is_file():
-        raise RuntimeError(f"expert demos for env {env_cfg.name!r} in {python} failed (exit {proc.returncode}); "
-                           "its error is printed above")
+        raise RuntimeError(f"expert demos for env {env_cfg.name!r} in {env_cfg.python} failed "
+                           f"(exit {proc.returncode}); its error is printed above")
     return json.loads(report.read_text())
 
 
-def _collect_from_spec(text: str) -> None:
-    """Child side of ``collect_expert_demos_in``."""
+def _expert_demos_here(text: str) -> None:
+    """Child side of ``_expert_demos_there``."""
     from rlsys.config import EnvConfig
     from rlsys.configtools import from_dict
-    from rlsys.envs.pool import make_single_env
-    from rlsys.progress import Progress
 
     spec = json.loads(text)
-    cfg = from_dict(EnvConfig, spec["env"])
-    env = make_single_env(cfg)
-    try:
-        with Progress(f"expert demos {cfg.name}", total=spec["episodes_per_task"] * len(env.task_names)) as bar:
-            collect_expert_demos(env, spec["out"], spec["episodes_per_task"], cfg.name, spec["seed_base"],
-                                 progress=bar.advance)
-    finally:
-        env.close()
+    expert_demos(from_dict(EnvConfig, spec["env"]), spec["out"], spec["episodes_per_task"], spec["seed_base"])

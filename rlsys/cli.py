@@ -39,9 +39,7 @@ def cmd_presets(args: argparse.Namespace) -> None:
 
 
 def cmd_demos(args: argparse.Namespace) -> None:
-    from rlsys.envs.demos import collect_expert_demos, collect_expert_demos_in
-    from rlsys.envs.pool import make_single_env
-    from rlsys.progress import Progress
+    from rlsys.envs.demos import expert_demos
 
     cfg = _load(args)
     env_cfg = cfg.env
@@ -49,13 +47,7 @@ def cmd_demos(args: argparse.Namespace) -> None:
         from dataclasses import replace
 
         env_cfg = replace(env_cfg, name=args.env)
-    if env_cfg.python:  # the simulator lives in its own interpreter (RoboTwin): the expert runs there
-        report = collect_expert_demos_in(env_cfg.python, env_cfg, args.out, args.episodes)
-    else:
-        env = make_single_env(env_cfg)
-        with Progress(f"demos {env_cfg.name}", total=args.episodes * len(env.task_names)) as bar:
-            report = collect_expert_demos(env, args.out, args.episodes, env_cfg.name, progress=bar.advance)
-        env.close()
+    report = expert_demos(env_cfg, args.out, args.episodes)
     print(json.dumps(report, indent=2))
     print(f"wrote {sum(r['kept'] for r in report.values())} episodes to {args.out}")
 

@@ -57,12 +57,12 @@ def test_planner_expert_demos_through_the_robotwin_interpreter(tmp_path):
     on the CPU, RRT seeded with the scene seed) runs in RoboTwin's interpreter, its joint targets are
     replayed through the env there, and the successful episode comes back in the standard format.
     Seeds from 1: seeds 1 and 2 planned to success on every run measured (seeds 0-3: 2/4)."""
-    from rlsys.envs.demos import collect_expert_demos_in, load_demos
+    from rlsys.envs.demos import expert_demos, load_demos
     from rlsys.envs.robotwin import STEP_LIMITS
 
     cfg = EnvConfig(name="robotwin", tasks=("stack_blocks_two",), cameras=("head",), image_size=32,
                     num_envs=1, subprocess=True, python=PYTHON)
-    report = collect_expert_demos_in(PYTHON, cfg, tmp_path / "ds", 1, seed_base=1)
+    report = expert_demos(cfg, tmp_path / "ds", 1, seed_base=1)
     assert report["stack_blocks_two"]["kept"] == 1 and report["stack_blocks_two"]["attempts"] <= 3, report
     ds = load_demos(tmp_path / "ds")
     assert ds.images.shape[1:] == (1, 32, 32, 3) and ds.actions.shape[1] == 14 and ds.states.shape[1] == 14
