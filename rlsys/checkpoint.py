@@ -16,7 +16,7 @@ from typing import Any
 
 from safetensors.torch import load_file, save_file
 
-from rlsys.config import EnvConfig, PolicyConfig, to_dict
+from rlsys.config import EnvConfig, PolicyConfig, stored_config, to_dict
 from rlsys.configtools import ConfigError, from_dict
 from rlsys.envs.api import Embodiment
 
@@ -93,7 +93,8 @@ def load_policy(path: str | os.PathLike, expect: PolicyConfig | None = None, dev
     data = read_config(path)
     try:
         pcfg = from_dict(PolicyConfig, data["policy"], "policy")
-        ecfg = from_dict(EnvConfig, data["env"], "env")
+        with stored_config():  # the policy loads without its simulator; running the env re-checks
+            ecfg = from_dict(EnvConfig, data["env"], "env")
     except ConfigError as e:
         raise CheckpointError(f"{path}: stored config is invalid: {e}") from e
     fresh_critic = critic is not None and critic != pcfg.critic

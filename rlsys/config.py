@@ -6,8 +6,11 @@ applies dotted overrides (``--set algo.actor_lr=3e-4``) on top. See ``load_confi
 
 from __future__ import annotations
 
+import contextlib
 import importlib.resources
 import os
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -29,6 +32,23 @@ class RenderConfig:
     shadows: bool = False
     multisample: bool = False
     reflections: bool = False
+
+
+# False while a config read back from a checkpoint is built (see ``stored_config``).
+_HOST_CHECKS: ContextVar[bool] = ContextVar("rlsys_host_checks", default=True)
+
+
+@contextlib.contextmanager
+def stored_config() -> Iterator[None]:
+    """Build configs stored with a checkpoint without the checks about *this* machine: the env's
+    interpreter path, the simulator's install, assets and Vulkan device. A policy trained elsewhere
+    then loads where its simulator is absent (``rlsys serve``, an RL start on another cluster);
+    running that env re-checks it, since ``dataclasses.replace`` re-runs ``__post_init__``."""
+    token = _HOST_CHECKS.set(False)
+    try:
+        yield
+    finally:
+        _HOST_CHECKS.reset(token)
 
 
 @dataclass(frozen=True)
@@ -59,13 +79,13 @@ class EnvConfig:
         if self.python:
             check(self.subprocess, "subprocess", "true when env.python is set (the simulator runs in that "
                   "interpreter, one process per env)", self.subprocess)
-            check(os.access(self.python, os.X_OK), "python",
+            check(not _HOST_CHECKS.get() or os.access(self.python, os.X_OK), "python",
                   "an executable interpreter (RoboTwin: scripts/setup_robotwin.sh VENV -> VENV/bin/python)",
                   self.python)
         check(all(j >= 0 for j in self.init_states), "init_states", "init-state ids >= 0", self.init_states)
         from rlsys.registry import preflight_env
 
-        preflight_env(self)  # simulator-specific checks (assets, runtime), before any actor starts
+        preflight_env(self, host=_HOST_CHECKS.get())  # simulator checks (assets, runtime), before any actor starts
 
 
 @dataclass(frozen=True)

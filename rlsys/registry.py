@@ -91,16 +91,20 @@ ENV_PREFLIGHT = {"robotwin": "rlsys.envs.robotwin:preflight"}
 ENV_FIXED_INIT_STATES = {"simpler_bridge", *LIBERO_SUITES}
 
 
-def preflight_env(cfg: Any) -> None:
+def preflight_env(cfg: Any, host: bool = True) -> None:
+    """Env-config checks before any actor starts. ``host=False``: only those that do not depend on
+    this machine (a config read back from a checkpoint; see ``rlsys.config.stored_config``)."""
     if cfg.init_states and cfg.name not in ENV_FIXED_INIT_STATES:
         raise ConfigError(f"init_states: env {cfg.name!r} has no fixed initial states (allowed with "
                           f"{', '.join(sorted(ENV_FIXED_INIT_STATES))}); leave it empty")
     if cfg.reward != "sparse" and cfg.name != "tabletop":
         raise ConfigError(f"reward: {cfg.reward!r} is defined for the tabletop env only; {cfg.name} is sparse")
     target = ENV_PREFLIGHT.get(cfg.name)
-    if target:
+    if target and host:
         module, _, attr = target.partition(":")
         getattr(importlib.import_module(module), attr)(cfg)
+
+
 BACKBONES.register("tiny", "rlsys.policy.backbone:TinyBackbone")
 SAMPLERS.register("ode", "rlsys.flow:ODE")
 SAMPLERS.register("flow_sde", "rlsys.flow:FlowSDE")

@@ -236,6 +236,38 @@ def test_checkpoint_round_trip_same_actions(tmp_path):
         load_policy(tmp_path)
 
 
+def test_checkpoint_loads_where_its_simulator_is_absent(tmp_path, monkeypatch):
+    """A policy trained with RoboTwin in its own venv loads on a machine with neither that venv nor
+    the assets (serving, an RL start elsewhere); running its env there still fails with the reason."""
+    import dataclasses
+
+    from rlsys.checkpoint import load_policy, save_policy
+    from rlsys.envs.tabletop.env import EMBODIMENT
+    from rlsys.evaluation import run_eval_command
+    from rlsys.policy.flow_policy import FlowPolicy
+
+    save_policy(tmp_path / "ck", FlowPolicy(PolicyConfig()), EnvConfig(), EMBODIMENT)
+    cfg_file = tmp_path / "ck" / "config.json"
+    data = json.loads(cfg_file.read_text())
+    gone = str(tmp_path / "venv-elsewhere" / "bin" / "python")
+    data["env"].update(name="robotwin", tasks=["stack_blocks_two"], cameras=["head"], subprocess=True, python=gone)
+    cfg_file.write_text(json.dumps(data))
+    (tmp_path / "no_assets").mkdir()
+    monkeypatch.setenv("ROBOTWIN_ASSETS_ROOT", str(tmp_path / "no_assets"))
+    monkeypatch.delenv("ASSETS_PATH", raising=False)
+
+    policy, env_cfg, _, _ = load_policy(tmp_path / "ck")
+    assert env_cfg.name == "robotwin" and env_cfg.python == gone and policy is not None
+    with pytest.raises(ConfigError, match="python: .*executable interpreter"):
+        dataclasses.replace(env_cfg)  # the machine checks are back outside the checkpoint load
+    with pytest.raises(ConfigError, match="python: .*executable interpreter"):
+        run_eval_command(load_config("tabletop_sft"), str(tmp_path / "ck"), str(tmp_path / "ev"), 1, None)
+    here = load_config("tabletop_sft", [f"env.python={sys.executable}", "env.subprocess=true"])
+    with pytest.raises(ConfigError, match="'stack_blocks_two' cannot run with the assets"):
+        run_eval_command(here, str(tmp_path / "ck"), str(tmp_path / "ev"), 1, None)
+    assert not (tmp_path / "ev").exists()
+
+
 def test_checkpoint_loads_with_a_fresh_critic_of_another_kind(tmp_path):
     """RL from an SFT checkpoint may swap the (never SFT-trained) value head; nothing else changes."""
     from rlsys.checkpoint import CheckpointError, load_policy, save_policy
