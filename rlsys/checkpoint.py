@@ -81,12 +81,14 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_policy(path: str | os.PathLike, expect: PolicyConfig | None = None, device: str = "cpu",
-                critic: str | None = None) -> tuple[Any, EnvConfig, Embodiment, dict[str, Any]]:
+                critic: str | None = None, noise_head: bool = False
+                ) -> tuple[Any, EnvConfig, Embodiment, dict[str, Any]]:
     """-> (policy, env config, embodiment, meta). ``expect`` (optional) must match the stored config.
 
     ``critic``: build the policy with this value head (``PolicyConfig.critic``). A checkpoint stored
     with another kind loads every weight but the value head, which starts fresh: the RL start from
-    an SFT checkpoint, whose value head SFT never trains.
+    an SFT checkpoint, whose value head SFT never trains. ``noise_head``: add a fresh (zero, so
+    mid-range std) Flow-Noise head when the checkpoint has none: Flow-Noise RL from an SFT checkpoint.
     """
     from rlsys.policy.flow_policy import FlowPolicy
 
@@ -100,15 +102,19 @@ def load_policy(path: str | os.PathLike, expect: PolicyConfig | None = None, dev
     fresh_critic = critic is not None and critic != pcfg.critic
     if fresh_critic:
         pcfg = replace(pcfg, critic=critic)
+    fresh_noise = noise_head and not pcfg.noise_head
+    if fresh_noise:
+        pcfg = replace(pcfg, noise_head=True)
     if expect is not None and expect != pcfg:
         diffs = [f"policy.{k}: checkpoint {v!r} vs requested {getattr(expect, k)!r}"
                  for k, v in to_dict(pcfg).items() if to_dict(expect)[k] != v]
         raise CheckpointError(f"{path}: incompatible policy config: " + "; ".join(diffs))
     policy = FlowPolicy(pcfg)
     state = load_file(str(Path(path) / "model.safetensors"), device=device)
-    if fresh_critic:
-        state = {k: v for k, v in state.items() if not k.startswith("value_head.")}
-        state.update({k: v for k, v in policy.state_dict().items() if k.startswith("value_head.")})
+    fresh = tuple(head for head, new in (("value_head.", fresh_critic), ("noise_head.", fresh_noise)) if new)
+    if fresh:
+        state = {k: v for k, v in state.items() if not k.startswith(fresh)}
+        state.update({k: v for k, v in policy.state_dict().items() if k.startswith(fresh)})
     try:
         missing, unexpected = policy.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatch

@@ -144,7 +144,8 @@ def initial_policy_state(run: Run) -> dict[str, np.ndarray]:
               flush=True)
         ckpt = str(run.dir / "sft")
         run_sft(cfg, ckpt)
-    policy, _, run.embodiment, _ = load_policy(ckpt, expect=cfg.policy, critic=cfg.policy.critic)
+    policy, _, run.embodiment, _ = load_policy(ckpt, expect=cfg.policy, critic=cfg.policy.critic,
+                                               noise_head=cfg.policy.noise_head)
     return state_to_numpy(policy)
 
 

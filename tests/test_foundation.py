@@ -290,6 +290,33 @@ def test_checkpoint_loads_with_a_fresh_critic_of_another_kind(tmp_path):
     torch.testing.assert_close(same.value_head[0].weight, pol.value_head[0].weight)
 
 
+def test_flow_noise_rl_starts_from_an_sft_checkpoint_without_a_noise_head(tmp_path):
+    """pi-RL's Flow-Noise: the RL start adds a fresh learned-std head to an SFT policy; the flow is kept."""
+    from rlsys.checkpoint import CheckpointError, load_policy, save_policy
+    from rlsys.envs.tabletop.env import EMBODIMENT
+    from rlsys.flow import ODE, FlowNoise
+    from rlsys.policy.flow_policy import FlowPolicy
+    from rlsys.prompt import ObservationBuilder
+
+    torch.manual_seed(0)
+    sft = FlowPolicy(PolicyConfig())
+    save_policy(tmp_path / "ck", sft, EnvConfig(), EMBODIMENT)
+    want = PolicyConfig(noise_head=True)
+    with pytest.raises(CheckpointError, match="policy.noise_head: checkpoint False vs requested True"):
+        load_policy(tmp_path / "ck", expect=want)
+    rl = load_policy(tmp_path / "ck", expect=want, noise_head=True)[0]
+    assert rl.cfg == want and not rl.noise_head.weight.any() and not rl.noise_head.bias.any()
+    obs = ObservationBuilder(sft.cfg, EMBODIMENT)(np.zeros((2, 2, 64, 64, 3), np.uint8),
+                                                   np.zeros((2, 8), np.float32), ["lift the cube"] * 2)
+    np.testing.assert_array_equal(rl.sample(obs, ODE(), torch.Generator().manual_seed(1)).actions,
+                                  sft.sample(obs, ODE(), torch.Generator().manual_seed(1)).actions)
+    with pytest.raises(ContractError, match="needs a noise head"):
+        sft.sample(obs, FlowNoise(), torch.Generator().manual_seed(1))
+    out = rl.sample(obs, FlowNoise(), torch.Generator().manual_seed(1))
+    assert np.isfinite(out.actions).all()
+    assert len(load_policy(tmp_path / "ck", noise_head=False)[0].state_dict()) < len(rl.state_dict())
+
+
 def test_policy_rejects_mismatched_observations():
     from rlsys.envs.api import Embodiment
     from rlsys.flow import ODE
