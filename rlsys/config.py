@@ -76,16 +76,17 @@ class EnvConfig:
         check(self.max_episode_steps >= 0, "max_episode_steps", ">= 0 (0 = env default)", self.max_episode_steps)
         check(len(self.cameras) >= 1, "cameras", "at least one camera name", self.cameras)
         check(self.step_timeout_s > 0, "step_timeout_s", "> 0", self.step_timeout_s)
-        if self.python:
-            check(self.subprocess, "subprocess", "true when env.python is set (the simulator runs in that "
-                  "interpreter, one process per env)", self.subprocess)
-            check(not _HOST_CHECKS.get() or os.access(self.python, os.X_OK), "python",
+        check(not self.python or self.subprocess, "subprocess", "true when env.python is set (the simulator "
+              "runs in that interpreter, one process per env)", self.subprocess)
+        check(all(j >= 0 for j in self.init_states), "init_states", "init-state ids >= 0", self.init_states)
+        host = _HOST_CHECKS.get()  # False for a config read back from a checkpoint
+        if host and self.python:
+            check(os.access(self.python, os.X_OK), "python",
                   "an executable interpreter (RoboTwin: scripts/setup_robotwin.sh VENV -> VENV/bin/python)",
                   self.python)
-        check(all(j >= 0 for j in self.init_states), "init_states", "init-state ids >= 0", self.init_states)
         from rlsys.registry import preflight_env
 
-        preflight_env(self, host=_HOST_CHECKS.get())  # simulator checks (assets, runtime), before any actor starts
+        preflight_env(self, host=host)  # simulator checks (assets, runtime), before any actor starts
 
 
 @dataclass(frozen=True)
