@@ -33,20 +33,27 @@ RESTART = {"max_restarts": -1}
 RETRY = {"max_restarts": -1, "max_task_retries": -1}
 
 
-def ensure_ray(cfg: TrainConfig, num_cpus: int | None = None) -> None:
-    """Start a local Ray (loopback only) unless one is already connected."""
+def ensure_ray(cfg: TrainConfig, num_cpus: int | None = None) -> bool:
+    """Start a local Ray (loopback only) unless one is already connected; True if it started one."""
     if ray.is_initialized():
-        return
+        return False
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     address = os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
-        return
+        return False
     r = cfg.rollout
     need = r.num_env_workers + r.num_inference_workers + 2
     ray.init(num_cpus=max(os.cpu_count() or 1, num_cpus or need),
              resources={cfg.placement.sim_resource: r.num_env_workers},
              include_dashboard=False, log_to_driver=True, _node_ip_address="127.0.0.1")
+    return True
+
+
+def start_ray(cfg: TrainConfig) -> None:
+    """``ensure_ray``; where that started a local instance, the GPU requests are checked against it."""
+    if ensure_ray(cfg):
+        check_local_gpus(cfg)
 
 
 def actor_options(cfg: TrainConfig, role: str) -> dict[str, Any]:
@@ -57,10 +64,54 @@ def actor_options(cfg: TrainConfig, role: str) -> dict[str, Any]:
         if p.mode in ("disaggregated", "pipelined"):
             opts["resources"] = {p.sim_resource: 1}
         return opts
-    gpu = 1 if p.use_gpu else 0
     if role == "infer" and p.mode == "collocated":
         raise ValueError("collocated placement serves inference from the learner")
+    gpu = (p.learner_gpus if role == "learner" else p.inference_gpus) if p.use_gpu else 0
     return {"num_cpus": 1, "num_gpus": gpu}
+
+
+def gpu_requests(cfg: TrainConfig) -> list[float]:
+    """The GPUs each policy actor of this config asks Ray for (empty without ``use_gpu``)."""
+    if not cfg.placement.use_gpu:
+        return []
+    learner = [actor_options(cfg, "learner")["num_gpus"]]
+    if cfg.placement.mode == "collocated":  # the learner serves inference
+        return learner
+    return learner + [actor_options(cfg, "infer")["num_gpus"]] * cfg.rollout.num_inference_workers
+
+
+def gpus_fit(requests: list[float], gpus: int) -> bool:
+    """Whether Ray can place these GPU requests on ``gpus`` cards at once: a whole number takes
+    that many free cards, a fraction shares one card with others whose fractions sum to <= 1."""
+    free = [1.0] * gpus
+    for r in sorted(requests, reverse=True):
+        if r >= 1:
+            whole = [i for i, f in enumerate(free) if f == 1.0][: int(r)]
+            if len(whole) < r:
+                return False
+            for i in whole:
+                free[i] = 0.0
+        else:
+            i = next((i for i, f in enumerate(free) if f >= r - 1e-9), None)
+            if i is None:
+                return False
+            free[i] -= r
+    return True
+
+
+def check_local_gpus(cfg: TrainConfig) -> None:
+    """On a Ray instance started here (one machine, no autoscaler to add GPU nodes), fail before
+    any actor starts when the policy actors' GPU requests cannot all be placed: Ray would leave
+    them pending forever."""
+    requests = gpu_requests(cfg)
+    have = int(ray.cluster_resources().get("GPU", 0))
+    if requests and not gpus_fit(requests, have):
+        p = cfg.placement
+        raise ValueError(
+            f"placement.use_gpu=true asks for GPUs {requests} (learner_gpus={p.learner_gpus}, "
+            f"inference_gpus={p.inference_gpus} x {len(requests) - 1} inference workers, mode={p.mode}) but this "
+            f"machine's Ray sees {have} GPU(s). Share a card with fractions, e.g. --set placement.learner_gpus=0.5 "
+            f"--set placement.inference_gpus=0.5, or use placement.mode=collocated, or placement.use_gpu=false")
 
 
 @ray.remote
@@ -138,7 +189,14 @@ class PolicyActor:
         torch.set_num_threads(cfg.placement.learner_threads if role == "learner" else 1)
         torch.manual_seed(seed)
         self.cfg, self.role = cfg, role
-        device = "cuda" if cfg.placement.use_gpu and torch.cuda.is_available() else "cpu"
+        device = "cpu"
+        if cfg.placement.use_gpu:  # no silent fall-back to the CPU: that would be a slow run nobody asked for
+            if not torch.cuda.is_available():
+                raise RuntimeError(
+                    f"placement.use_gpu=true but this {role} actor's torch sees no CUDA device (torch "
+                    f"{torch.__version__}, CUDA build {torch.version.cuda}, CUDA_VISIBLE_DEVICES="
+                    f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}); install a CUDA build of torch on the GPU nodes")
+            device = "cuda"
         policy = FlowPolicy(cfg.policy).to(device)
         self.learner = None
         if role == "learner":
@@ -220,9 +278,11 @@ class PolicyActor:
     async def infer_stats(self) -> dict[str, float]:
         b, lat, peak = self.batch_sizes, self.latencies, self.queue_peak
         self.batch_sizes, self.latencies, self.queue_peak = [], [], 0
+        dev = self.engine.policy.device
+        gpu_gb = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else 0.0
         return {"batch_size": float(np.mean(b)) if b else 0.0, "latency_s": float(np.mean(lat)) if lat else 0.0,
                 "batches": float(len(b)), "version": float(self.engine.version), "queue_peak": float(peak),
-                "latencies": lat}
+                "latencies": lat, "gpu_memory_gb": gpu_gb}
 
     # ---------------------------------------------------------------- learner
     async def publish(self) -> tuple[int, list[Any]]:
@@ -276,7 +336,7 @@ class RaySystem:
     """Starts and drives the actors for one run (placement from ``cfg.placement.mode``)."""
 
     def __init__(self, cfg: TrainConfig, init_state: dict[str, np.ndarray], episodic: bool) -> None:
-        ensure_ray(cfg)
+        start_ray(cfg)
         self.cfg, self.episodic = cfg, episodic
         r = cfg.rollout
         # The learner is not restarted automatically: a fresh one would silently start over from

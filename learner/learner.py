@@ -93,6 +93,9 @@ class Learner:
         a = self.cfg.algo
         t0 = time.perf_counter()
         batch, stats = self.make_batch(segments)
+        dev = self.policy.device  # the batch arrives as numpy; the losses run where the weights are
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
         mask_all = torch.from_numpy(batch.loss_mask)
         n_valid = int(mask_all.sum())
         metrics: dict[str, float] = {**stats, "samples": float(n_valid)}
@@ -102,8 +105,9 @@ class Learner:
         adv_all = torch.from_numpy(batch.advantages)
         if a.adv_norm and self.algo.uses_critic:
             adv_all = normalize(adv_all, mask_all)
-        old_logp, old_v = torch.from_numpy(batch.old_logp), torch.from_numpy(batch.old_value)
-        ret = torch.from_numpy(batch.returns)
+        adv_all = adv_all.to(dev)
+        old_logp, old_v = torch.from_numpy(batch.old_logp).to(dev), torch.from_numpy(batch.old_value).to(dev)
+        ret = torch.from_numpy(batch.returns).to(dev)
         actor_on = self.iteration >= a.critic_warmup_iters or not self.algo.uses_critic
         logs: dict[str, list[float]] = {}
         first_dev = None
@@ -120,8 +124,8 @@ class Learner:
                 if len(mb) == 0:
                     continue
                 m = batch.index(mb)
-                mask = torch.ones(len(mb), dtype=torch.bool)
-                prefix = None if cache is None else cache.index(torch.from_numpy(row[mb]))
+                mask = torch.ones(len(mb), dtype=torch.bool, device=dev)
+                prefix = None if cache is None else cache.index(torch.from_numpy(row[mb]).to(dev))
                 if actor_stopped:  # target_kl ended the policy's steps; the critic finishes its epochs
                     logs.setdefault("value_loss", []).append(self._critic_step(m.obs, prefix, old_v[mb], ret[mb]))
                     critic_steps += 1
@@ -144,11 +148,11 @@ class Learner:
                     logs.setdefault("value_loss", []).append(self._critic_step(m.obs, prefix, old_v[mb], ret[mb]))
                     critic_steps += 1
                     continue
-                loss = pl.loss if actor_on else torch.zeros(())
-                kl_ref = torch.zeros(()) if rc.kl_ref is None else masked_mean(rc.kl_ref, mask)
+                loss = pl.loss if actor_on else torch.zeros((), device=dev)
+                kl_ref = torch.zeros((), device=dev) if rc.kl_ref is None else masked_mean(rc.kl_ref, mask)
                 if actor_on and rc.kl_ref is not None:
                     loss = loss + a.ref_kl_coef * kl_ref
-                vl = torch.zeros(())
+                vl = torch.zeros((), device=dev)
                 if self.algo.uses_critic:
                     vl = value_loss(rc.value, old_v[mb], ret[mb], mask, a.value_clip, a.value_loss, a.huber_delta)
                     loss = loss + a.value_coef * vl
@@ -180,6 +184,8 @@ class Learner:
         v = batch.old_value[batch.loss_mask]
         r = batch.returns[batch.loss_mask]
         metrics["explained_variance"] = float(1 - np.var(r - v) / np.var(r)) if np.var(r) > 0 else 0.0
+        if dev.type == "cuda":
+            metrics["gpu_memory_gb"] = torch.cuda.max_memory_allocated(dev) / 2**30
         metrics["update_seconds"] = time.perf_counter() - t0
         metrics["samples_per_s"] = n_valid * max(steps, 1) / a.minibatches / metrics["update_seconds"]
         return metrics
@@ -188,7 +194,7 @@ class Learner:
         """One value-loss step (no actor gradient: AdamW leaves the actor as it is); returns the loss."""
         a = self.cfg.algo
         value = self.policy.value(obs) if prefix is None else self.policy.value_of(prefix)
-        mask = torch.ones(len(returns), dtype=torch.bool)
+        mask = torch.ones(len(returns), dtype=torch.bool, device=returns.device)
         vl = value_loss(value, old_value, returns, mask, a.value_clip, a.value_loss, a.huber_delta)
         self.optimizer.zero_grad(set_to_none=True)
         (a.value_coef * vl).backward()

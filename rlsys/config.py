@@ -149,6 +149,7 @@ class SFTConfig:
     timestep_sampling: Literal["uniform", "beta", "logit_normal"] = "beta"
     eval_episodes: int = 10  # per task, ODE sampling, at the end
     log_every: int = 100
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA where torch sees a GPU, else the CPU
 
     def __post_init__(self) -> None:
         check(self.steps >= 1, "steps", ">= 1", self.steps)
@@ -226,6 +227,9 @@ class RolloutConfig:
     # benchmarks/throughput.py) or "ray" (actor calls)
     transport: Literal["zmq", "ray"] = "zmq"
     zmq_timeout_s: float = 30.0  # no reply within this -> re-sent through Ray (rest of the segment too)
+    # GPU inference replays a captured CUDA graph of the whole denoising chain per batch-size bucket
+    # (rlsys/policy/cuda_graph.py); no effect on the CPU
+    cuda_graphs: bool = True
 
     def __post_init__(self) -> None:
         check(self.num_env_workers >= 1, "num_env_workers", ">= 1", self.num_env_workers)
@@ -241,10 +245,18 @@ class PlacementConfig:
     mode: Literal["disaggregated", "collocated", "pipelined"] = "collocated"
     sim_resource: str = "sim"  # custom resource that marks simulator (CPU pool) nodes
     use_gpu: bool = False  # request GPUs for inference workers and the learner
+    # GPUs each actor asks Ray for when use_gpu: fractions share one card (e.g. 0.5 + 0.5 puts the
+    # learner and one inference worker on a single GPU); whole numbers give each its own.
+    learner_gpus: float = 1.0
+    inference_gpus: float = 1.0
     learner_threads: int = 2  # torch CPU threads in the learner (env workers idle while it updates)
 
     def __post_init__(self) -> None:
         check(self.learner_threads >= 1, "learner_threads", ">= 1", self.learner_threads)
+        for name in ("learner_gpus", "inference_gpus"):
+            g = getattr(self, name)
+            check(0 < g and (g <= 1 or float(g).is_integer()), name,
+                  "a fraction in (0, 1] or a whole number of GPUs (Ray's rule)", g)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ INFER_BATCH_SIZE = "infer/batch_size"
 INFER_LATENCY_S = "infer/latency_s"
 INFER_QUEUE_DEPTH = "infer/queue_depth"  # peak pending requests in a policy actor this iteration
 INFER_LATENCY_HIST = "infer/batch_latency_s"  # histogram of every inference batch's latency
+INFER_GPU_MEMORY_GB = "infer/gpu_memory_gb"  # peak CUDA memory of the busiest policy actor (0 on the CPU)
 # learner
 POLICY_LOSS = "learner/policy_loss"
 VALUE_LOSS = "learner/value_loss"
@@ -42,6 +43,7 @@ SAMPLES_PER_S = "learner/samples_per_s"
 STALENESS_MAX = "learner/staleness_max"
 STALE_REJECTED = "learner/stale_rejected"
 WEIGHT_VERSION = "learner/weight_version"
+LEARNER_GPU_MEMORY_GB = "learner/gpu_memory_gb"  # peak CUDA memory of the update (0 on the CPU)
 BROADCAST_S = "time/broadcast_s"
 COLLECT_S = "time/collect_s"
 UPDATE_S = "time/update_s"
@@ -54,7 +56,7 @@ LEARNER_KEYS = {
     "first_minibatch_ratio_dev": FIRST_RATIO_DEV, "explained_variance": EXPLAINED_VARIANCE,
     "grad_norm": GRAD_NORM, "epochs_run": EPOCHS_RUN, "critic_epochs_run": CRITIC_EPOCHS_RUN, "kl_ref": KL_REF,
     "samples": SAMPLES, "samples_per_s": SAMPLES_PER_S,
-    "staleness_max": STALENESS_MAX, "stale_rejected": STALE_REJECTED,
+    "staleness_max": STALENESS_MAX, "stale_rejected": STALE_REJECTED, "gpu_memory_gb": LEARNER_GPU_MEMORY_GB,
 }
 
 

@@ -73,6 +73,7 @@ class Run:
             M.INFER_LATENCY_S: float(np.mean([i["latency_s"] for i in infer])),
             M.INFER_QUEUE_DEPTH: float(max(i["queue_peak"] for i in infer)),
             M.INFER_LATENCY_HIST: [x for i in infer for x in i["latencies"]],
+            M.INFER_GPU_MEMORY_GB: float(max(i.get("gpu_memory_gb", 0.0) for i in infer)),
         }
 
     # ---------------------------------------------------------------- eval + checkpoints
@@ -150,12 +151,15 @@ def initial_policy_state(run: Run) -> dict[str, np.ndarray]:
 
 
 def train(cfg: TrainConfig, resume: str | None = None) -> dict[str, Any]:
-    from rlsys.actors.system import RaySystem
+    from rlsys.actors.system import RaySystem, start_ray
 
+    # placement the machine cannot hold fails in start_ray: before a run directory, the SFT or any actor
     if resume:
         run = Run.resume(resume)
+        start_ray(run.cfg)
         init_state, training_state, start = run.load_checkpoint()
     else:
+        start_ray(cfg)
         run = Run.create(cfg)
         init_state, training_state, start = initial_policy_state(run), None, 0
     cfg = run.cfg
