@@ -27,8 +27,13 @@ class InferenceEngine:
                  device: str = "cpu") -> None:
         self.policy = policy if policy is not None else FlowPolicy(cfg.policy).to(device)
         self.sampler = build_sampler(cfg.sampler)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(seed)  # on the CPU: the same draws on any device
         self.version = -1
+        self.denoiser = None
+        if cfg.rollout.cuda_graphs and self.policy.device.type == "cuda":
+            from rlsys.policy.cuda_graph import CudaGraphDenoiser
+
+            self.denoiser = CudaGraphDenoiser(self.policy, self.sampler, cfg.rollout.max_batch)
 
     def set_weights(self, state: dict[str, np.ndarray], version: int) -> None:
         load_numpy_state(self.policy, state)
@@ -37,7 +42,7 @@ class InferenceEngine:
     def infer(self, obs: Observation) -> ActionChunk:
         was = self.policy.training
         self.policy.eval()
-        chunk = self.policy.sample(obs, self.sampler, self.generator, self.version)
+        chunk = self.policy.sample(obs, self.sampler, self.generator, self.version, self.denoiser)
         self.policy.train(was)
         return chunk
 

@@ -141,17 +141,20 @@ def transition(
     stochastic: torch.Tensor,
     channel_mask: torch.Tensor,
     noise_h: torch.Tensor | None = None,
+    grid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, std) of ``x_{k+1}`` given ``x = x_k`` and ``v = v(x_k, t_k)``, all float32.
 
-    x, v: [M, H, K]; k: [M] step indices; stochastic: [M] bool; channel_mask: [M, K] bool.
-    Deterministic steps (and padded channels) get the Euler mean and std 0.
+    x, v: [M, H, K]; k: [M] step indices; stochastic: [M] bool; channel_mask: [M, K] bool;
+    grid: ``time_grid(num_steps)`` already on x's device (else made here).
+    Deterministic steps (and padded channels) get the Euler mean and std 0. No host sync and no
+    branch on tensor values: a CUDA graph can capture it.
     """
     x, v = x.float(), v.float()
-    t = time_grid(num_steps).to(x.device)[k].view(-1, 1, 1)
+    t = (time_grid(num_steps).to(x.device) if grid is None else grid)[k].view(-1, 1, 1)
     dt = 1.0 / num_steps
     euler = x - dt * v
-    if not bool(stochastic.any()):
+    if type(sampler).stochastic is Sampler.stochastic:  # a sampler with no stochastic transitions (ODE)
         return euler, torch.zeros_like(x)
     mean_s, std_s = sampler.stochastic(x, v, t, dt, num_steps, noise_h)
     std_s = torch.broadcast_to(std_s, x.shape)

@@ -9,6 +9,7 @@ K-channel space inside the policy; ``ActionChunk.actions`` are env-space.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -171,39 +172,65 @@ class FlowPolicy(nn.Module):
         return self.value_head(pooled).squeeze(-1)
 
     # ------------------------------------------------------------------ rollout
-    @torch.no_grad()
-    def sample(self, obs: Observation, sampler: Sampler, generator: torch.Generator | None = None,
-               version: int = 0) -> ActionChunk:
-        t = self._tensors(obs)
-        prefix = self.encode(t)
-        b, h, k, s = obs.batch_size, self.cfg.action_horizon, self.cfg.action_channels, self.cfg.denoise_steps
-        cmask = self.channel_mask(t["action_dim"])
-        grid = flow.time_grid(s).to(self.device)
-        step_mask = sampler.step_mask(b, s, generator).to(self.device)
-        x = torch.randn(b, h, k, generator=generator).to(self.device) * cmask[:, None]
+    def draw_noise(self, batch: int, sampler: Sampler, generator: torch.Generator | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(step_mask [B, S], x0 [B, H, K], noise [S, B, H, K]) on the CPU, in the generator's order
+        (step mask, initial noise, then one draw per step), whatever device the policy is on."""
+        h, k, s = self.cfg.action_horizon, self.cfg.action_channels, self.cfg.denoise_steps
+        step_mask = sampler.step_mask(batch, s, generator)
+        x0 = torch.randn(batch, h, k, generator=generator)
+        noise = torch.stack([torch.randn(batch, h, k, generator=generator) for _ in range(s)])
+        return step_mask, x0, noise
+
+    def denoise(self, inputs: dict[str, torch.Tensor], sampler: Sampler) -> dict[str, torch.Tensor]:
+        """The whole denoising chain on the policy's device, from ``_tensors`` plus ``grid``,
+        ``step_mask``, ``x0`` and ``noise`` (``draw_noise``, moved there). Tensor ops only (no host
+        sync, no branch on values), so ``CudaGraphDenoiser`` can capture and replay it."""
+        prefix = self.encode(inputs)
+        cmask = self.channel_mask(inputs["action_dim"])
+        grid, step_mask, noise = inputs["grid"], inputs["step_mask"], inputs["noise"]
+        b, s = step_mask.shape
+        x = inputs["x0"] * cmask[:, None]
         chain = [x]
-        logp_steps = torch.zeros(b, h, device=self.device)
+        logp_steps = torch.zeros(b, self.cfg.action_horizon, device=x.device)
         for i in range(s):
-            kk = torch.full((b,), i, dtype=torch.long, device=self.device)
+            kk = torch.full((b,), i, dtype=torch.long, device=x.device)
             v, nh = self.velocity(x, grid[kk], prefix, cmask, sampler)
-            mean, std = flow.transition(sampler, x, v, kk, s, step_mask[:, i], cmask, nh)
-            noise = torch.randn(b, h, k, generator=generator).to(self.device)
-            x_next = (mean + std * noise) * cmask[:, None]
+            mean, std = flow.transition(sampler, x, v, kk, s, step_mask[:, i], cmask, nh, grid)
+            x_next = (mean + std * noise[i]) * cmask[:, None]
             on = (step_mask[:, i, None] & cmask)[:, None, :]
             lp = gaussian_log_prob(x_next, mean, torch.where(on, std, torch.ones_like(std)))
-            logp_steps += (lp * on).sum(-1)
+            logp_steps = logp_steps + (lp * on).sum(-1)
             chain.append(x_next)
             x = x_next
-        actions = self.denormalize_actions(x) * cmask[:, None]
-        noise_level = torch.full((b,), float(sampler.noise_level))
+        return {"actions": self.denormalize_actions(x) * cmask[:, None], "action_mask": cmask,
+                "chain": torch.stack(chain, 1), "step_mask": step_mask, "logp_steps": logp_steps,
+                "value": self.value_of(prefix)}
+
+    def denoise_inputs(self, obs: Observation, sampler: Sampler, generator: torch.Generator | None = None
+                       ) -> dict[str, torch.Tensor]:
+        """``denoise``'s inputs for ``obs`` on the policy's device (checks the observation first)."""
+        t = self._tensors(obs)
+        step_mask, x0, noise = self.draw_noise(obs.batch_size, sampler, generator)
+        dev = self.device
+        return {**t, "grid": flow.time_grid(self.cfg.denoise_steps).to(dev), "step_mask": step_mask.to(dev),
+                "x0": x0.to(dev), "noise": noise.to(dev)}
+
+    @torch.no_grad()
+    def sample(self, obs: Observation, sampler: Sampler, generator: torch.Generator | None = None,
+               version: int = 0, denoiser: Any = None) -> ActionChunk:
+        """One action chunk per observation, keeping every denoising state. ``denoiser``: a
+        callable with ``denoise``'s signature (a ``CudaGraphDenoiser``); default: eager."""
+        out = (denoiser or self.denoise)(self.denoise_inputs(obs, sampler, generator), sampler)
+        b = obs.batch_size
         return ActionChunk(
-            actions=actions.float().cpu().numpy(),
-            action_mask=cmask.cpu().numpy(),
-            chain=torch.stack(chain, 1).float().cpu().numpy(),
-            step_mask=step_mask.cpu().numpy(),
-            logp_steps=logp_steps.float().cpu().numpy(),
-            value=self.value_of(prefix).float().cpu().numpy(),
-            noise_level=noise_level.numpy(),
+            actions=out["actions"].float().cpu().numpy(),
+            action_mask=out["action_mask"].cpu().numpy(),
+            chain=out["chain"].float().cpu().numpy(),
+            step_mask=out["step_mask"].cpu().numpy(),
+            logp_steps=out["logp_steps"].float().cpu().numpy(),
+            value=out["value"].float().cpu().numpy(),
+            noise_level=np.full(b, float(sampler.noise_level), np.float32),
             version=int(version),
         )
 
