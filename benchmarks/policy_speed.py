@@ -18,6 +18,7 @@ import torch
 
 from rlsys.config import PolicyConfig
 from rlsys.flow import ODE, FlowSDE
+from rlsys.policy.cuda_graph import CudaGraphDenoiser
 from rlsys.policy.flow_policy import FlowPolicy
 from rlsys.types import Observation
 
@@ -61,12 +62,17 @@ def main() -> None:
     res["policy"] = {"params_m": sum(p.numel() for p in FlowPolicy(base).parameters()) / 1e6,
                      "config": base.__dict__}
     rows = []
+    batches = [int(x) for x in args.batches.split(",")]
+    variants = [("ode", ODE(), False), ("flow_sde", FlowSDE(0.5), False)]
+    if dev == "cuda":  # the same sampling replayed from captured CUDA graphs (what GPU inference workers run)
+        variants += [("ode+cuda_graph", ODE(), True), ("flow_sde+cuda_graph", FlowSDE(0.5), True)]
     for steps in (4,):
-        for name, sampler in (("ode", ODE()), ("flow_sde", FlowSDE(0.5))):
+        for name, sampler, graphed in variants:
             pol = FlowPolicy(PolicyConfig(denoise_steps=steps)).to(dev).eval()
-            for b in [int(x) for x in args.batches.split(",")]:
+            den = CudaGraphDenoiser(pol, sampler, max(batches)) if graphed else None
+            for b in batches:
                 obs = fake_obs(pol.cfg, b)
-                t = timed(lambda: pol.sample(obs, sampler), args.repeats, dev)
+                t = timed(lambda: pol.sample(obs, sampler, denoiser=den), args.repeats, dev)
                 rows.append({"sampler": name, "denoise_steps": steps, "batch": b, "latency_s": t,
                              "chunks_per_s": b / t})
                 print(rows[-1], flush=True)
@@ -107,7 +113,7 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
-    for name in ("ode", "flow_sde"):
+    for name, *_ in variants:
         r = [x for x in res["vs_batch"] if x["sampler"] == name]
         ax[0].plot([x["batch"] for x in r], [x["chunks_per_s"] for x in r], "o-", label=name)
     ax[0].set(xscale="log", xlabel="batch size", ylabel="chunks / s", title=f"inference ({dev}, 4 steps)")

@@ -13,6 +13,11 @@
   inference actor (8-env observation, the flow policy answering), and full-system env steps/s
 
     python benchmarks/throughput.py [--chunks 16] [--set key=value ...]
+    python benchmarks/throughput.py --gpu   # learner + inference share one CUDA card -> throughput_gpu.*
+
+With ``--gpu`` the policy actors run on the GPU (fractions of one card), so inference no longer
+takes simulator cores: the bound is the raw simulator rate itself, and the raw forward+backward
+runs on the GPU too.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import ray
 import torch
 
 from rlsys.actors.inference import state_to_numpy
-from rlsys.actors.system import RaySystem, ensure_ray
+from rlsys.actors.system import RaySystem, actor_options, ensure_ray
 from rlsys.config import load_config
 from rlsys.policy.flow_policy import FlowPolicy
 
@@ -48,8 +53,9 @@ def system_numbers(cfg, state, repeats: int) -> dict:
         raw = ray.get([w.null_rollout.remote(cfg.rollout.chunks_per_segment) for w in system.env_workers])
         raw_rate = sum(s for s, _ in raw) / max(t for _, t in raw)
         broadcast = [system.sync_weights()[1] for _ in range(3)]
+        system.update(segs)  # warm-up: the first update pays one-off costs (optimizer state, GPU libraries)
         t0 = time.perf_counter()
-        m = system.update(segs)
+        m = system.update(segs)  # the same segments again: rollout.max_staleness=1 keeps them
         return {"full_env_steps_per_s": float(np.median(full)), "raw_env_steps_per_s": raw_rate,
                 "pipeline_efficiency": float(np.median(full)) / raw_rate,
                 "broadcast_s": float(np.median(broadcast)), "learner_samples_per_s": m["samples_per_s"],
@@ -76,7 +82,7 @@ def hot_path_round_trip(cfg, state, requests: int = 60) -> dict:
     from rlsys.types import ActionChunk
 
     obs = random_observation(cfg, cfg.env.num_envs, np.random.default_rng(0))
-    actor = PolicyActor.remote(cfg, "infer", seed=0)
+    actor = PolicyActor.options(**actor_options(cfg, "infer")).remote(cfg, "infer", seed=0)
     ray.get(actor.set_weights.remote(state, 0))
     client = ZmqClient(ray.get(actor.zmq_endpoint.remote()), ActionChunk, timeout_s=60)
     calls = {"ray": lambda: ray.get(actor.infer.remote(obs)), "zmq": lambda: client.wait(client.submit(obs))}
@@ -93,7 +99,7 @@ def hot_path_round_trip(cfg, state, requests: int = 60) -> dict:
     return out
 
 
-def inference_core_steps_per_s(cfg, state, batches: tuple[int, ...] = (8, 16), repeats: int = 20) -> dict:
+def inference_core_steps_per_s(cfg, state, batches: tuple[int, ...] = (8, 16), repeats: int = 20) -> dict[int, float]:
     """Env steps/s one core of inference serves (the flow policy sampling a chunk, one thread)."""
     from rlsys.actors.inference import InferenceEngine
 
@@ -121,11 +127,11 @@ def shared_cpu_bound(raw_rate: float, sim_cores: int, infer_rate: float, cores: 
     return cores / (sim_cores / raw_rate + 1.0 / infer_rate)
 
 
-def raw_fwd_bwd(cfg, batch: int, repeats: int = 5) -> float:
+def raw_fwd_bwd(cfg, batch: int, repeats: int = 5, device: str = "cpu") -> float:
     from rlsys.actors.env_worker import EnvWorkerCore
     from rlsys.actors.inference import InferenceEngine
 
-    engine = InferenceEngine(cfg, FlowPolicy(cfg.policy))
+    engine = InferenceEngine(cfg, FlowPolicy(cfg.policy).to(device), device=device)
     core = EnvWorkerCore(cfg, 0)
     seg = core.rollout(engine.infer, lambda c: c, engine.values)
     core.close()
@@ -138,6 +144,8 @@ def raw_fwd_bwd(cfg, batch: int, repeats: int = 5) -> float:
         rc = engine.policy.log_prob_and_value(obs, chunk.chain, chunk.step_mask, exec_mask, engine.sampler,
                                               "chunk_level")
         (rc.logp.sum() + rc.value.sum()).backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return len(idx) / float(np.median(times[1:]))
 
@@ -147,14 +155,18 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--gpu", action="store_true", help="learner and inference workers on one CUDA card")
     args = ap.parse_args()
-    base = [f"rollout.chunks_per_segment={args.chunks}", "algo.epochs=1", *args.overrides]
+    gpu = ["placement.use_gpu=true", "placement.learner_gpus=0.5", "placement.inference_gpus=0.25"] if args.gpu else []
+    base = [f"rollout.chunks_per_segment={args.chunks}", "algo.epochs=1", "rollout.max_staleness=1", *gpu,
+            *args.overrides]
     cfg = load_config("tabletop_ppo", ["placement.mode=disaggregated", "rollout.env_groups=1", *base])
     ensure_ray(cfg, num_cpus=8)
     torch.manual_seed(0)
     state = state_to_numpy(FlowPolicy(cfg.policy))
     res = {"config": {"env_workers": cfg.rollout.num_env_workers, "envs_per_worker": cfg.env.num_envs,
-                      "chunks_per_segment": args.chunks, "overrides": args.overrides}}
+                      "chunks_per_segment": args.chunks, "overrides": args.overrides,
+                      "gpu": torch.cuda.get_device_name() if args.gpu else None, "cpus": os.cpu_count()}}
     res["pipelining_off"] = system_numbers(cfg, state, args.repeats)
     print(json.dumps(res, indent=1), flush=True)
     piped = load_config("tabletop_ppo", ["placement.mode=pipelined", "rollout.env_groups=2", *base])
@@ -164,48 +176,64 @@ def main() -> None:
         c = load_config("tabletop_ppo", ["placement.mode=pipelined", "rollout.env_groups=2",
                                          f"rollout.transport={transport}", *base])
         res[f"pipelined_{transport}_transport"] = system_numbers(c, state, args.repeats)
-    print(json.dumps({k: res[k] for k in res if "transport" in k or "hot_path" in k}, indent=1), flush=True)
+    if args.gpu:  # the same pipelined zmq system with eager GPU inference: what the CUDA graphs buy
+        c = load_config("tabletop_ppo", ["placement.mode=pipelined", "rollout.env_groups=2", "rollout.transport=zmq",
+                                         "rollout.cuda_graphs=false", *base])
+        res["pipelined_zmq_eager_gpu_inference"] = system_numbers(c, state, args.repeats)
+    print(json.dumps({k: res[k] for k in res if "transport" in k or "hot_path" in k or "eager" in k}, indent=1),
+          flush=True)
     two = load_config("tabletop_ppo", ["placement.mode=disaggregated", "rollout.env_groups=1",
                                        "rollout.num_inference_workers=2", *base])
     res["two_inference_workers"] = system_numbers(two, state, args.repeats)
-    infer = inference_core_steps_per_s(cfg, state)
-    best = max(infer.values())  # the cheapest batching: the highest bound, the strictest ratio
+    infer = {} if args.gpu else inference_core_steps_per_s(cfg, state)
     cores = os.cpu_count() or 1
     res["shared_cpu"] = {"cores": cores, "inference_env_steps_per_s_one_core": infer, "per_setting": {}}
     for key in ("pipelining_off", "pipelining_on", "pipelined_zmq_transport", "two_inference_workers"):
         r = res[key]
-        bound = shared_cpu_bound(r["raw_env_steps_per_s"], min(cfg.rollout.num_env_workers, cores), best, cores)
+        if args.gpu:  # inference is on the GPU: the simulators alone bound the rate
+            bound = r["raw_env_steps_per_s"]
+        else:  # the cheapest batching: the highest bound, the strictest ratio
+            bound = shared_cpu_bound(r["raw_env_steps_per_s"], min(cfg.rollout.num_env_workers, cores),
+                                     max(infer.values()), cores)
         res["shared_cpu"]["per_setting"][key] = {"bound_env_steps_per_s": bound,
                                                  "full_over_bound": r["full_env_steps_per_s"] / bound}
-    res["raw_fwd_bwd_samples_per_s"] = raw_fwd_bwd(cfg, 64)
+    res["raw_fwd_bwd_samples_per_s"] = raw_fwd_bwd(cfg, 64, device="cuda" if args.gpu else "cpu")
     res["learner_over_raw"] = res["pipelining_off"]["learner_samples_per_s"] / res["raw_fwd_bwd_samples_per_s"]
     res["broadcast_1_vs_2_workers_s"] = [res["pipelining_off"]["broadcast_s"],
                                          res["two_inference_workers"]["broadcast_s"]]
     OUT.mkdir(exist_ok=True)
-    (OUT / "throughput.json").write_text(json.dumps(res, indent=2))
+    tag = "_gpu" if args.gpu else ""
+    (OUT / f"throughput{tag}.json").write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=1))
 
+    plot(res, OUT / f"throughput{tag}.png")
+
+
+def plot(res: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    gpu = bool(res["config"].get("gpu"))
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
-    labels = ["raw sim (null policy)", "shared-CPU bound", "full system", "full, pipelined", "full, 2 infer workers",
-              "pipelined, Ray transport", "pipelined, zmq transport"]
-    vals = [res["pipelining_off"]["raw_env_steps_per_s"],
-            res["shared_cpu"]["per_setting"]["pipelining_off"]["bound_env_steps_per_s"],
-            res["pipelining_off"]["full_env_steps_per_s"],
-            res["pipelining_on"]["full_env_steps_per_s"], res["two_inference_workers"]["full_env_steps_per_s"],
-            res["pipelined_ray_transport"]["full_env_steps_per_s"],
-            res["pipelined_zmq_transport"]["full_env_steps_per_s"]]
-    ax[0].barh(labels, vals)
-    ax[0].set(xlabel="env steps / s", title="rollout throughput")
+    bars = [("raw sim (null policy)", res["pipelining_off"]["raw_env_steps_per_s"]),
+            ("bound (GPU: raw sim)" if gpu else "shared-CPU bound",
+             res["shared_cpu"]["per_setting"]["pipelining_off"]["bound_env_steps_per_s"])]
+    for key, label in (("pipelining_off", "full system"), ("pipelining_on", "full, pipelined"),
+                       ("two_inference_workers", "full, 2 infer workers"),
+                       ("pipelined_ray_transport", "pipelined, Ray transport"),
+                       ("pipelined_zmq_transport", "pipelined, zmq transport"),
+                       ("pipelined_zmq_eager_gpu_inference", "pipelined zmq, eager GPU inference")):
+        if key in res:
+            bars.append((label, res[key]["full_env_steps_per_s"]))
+    ax[0].barh([b[0] for b in bars], [b[1] for b in bars])
+    ax[0].set(xlabel="env steps / s", title=f"rollout throughput ({res['config'].get('gpu') or 'CPU'})")
     ax[1].barh(["learner (PPO update)", "raw fwd+bwd"], [res["pipelining_off"]["learner_samples_per_s"],
                                                         res["raw_fwd_bwd_samples_per_s"]])
     ax[1].set(xlabel="samples / s", title="learner")
     fig.tight_layout()
-    fig.savefig(OUT / "throughput.png", dpi=100)
+    fig.savefig(path, dpi=100)
 
 
 if __name__ == "__main__":
