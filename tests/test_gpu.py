@@ -153,6 +153,34 @@ def test_cuda_graph_replay_matches_eager_and_follows_weight_updates(tmp_path, sa
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_a_policy_that_cannot_be_captured_runs_eagerly_with_a_warning(tmp_path):
+    from rlsys.policy.cuda_graph import CudaGraphDenoiser
+
+    cfg = small_cfg(tmp_path)
+    seg = _rollout(cfg, InferenceEngine(cfg, FlowPolicy(cfg.policy)))
+    policy = _randomized(FlowPolicy(cfg.policy), 0).cuda().eval()
+    plain = policy.denoise
+
+    def syncing(inputs, sampler):  # a host sync, as a plug-in backbone might do: not capturable
+        if float(inputs["x0"].abs().sum()) < 0:
+            raise AssertionError
+        return plain(inputs, sampler)
+
+    policy.denoise = syncing
+    smp = build_sampler(cfg.sampler)
+    graphs = CudaGraphDenoiser(policy, smp, max_batch=8)
+    obs = seg.obs.index(np.arange(4) % seg.obs.batch_size)
+    with pytest.warns(RuntimeWarning, match="capture of the denoising chain failed"):
+        g = policy.sample(obs, smp, torch.Generator().manual_seed(0), denoiser=graphs)
+    e = policy.sample(obs, smp, torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(g.chain, e.chain, rtol=1e-5, atol=1e-5)
+    assert graphs.failed and graphs.captures == 0
+    policy.sample(obs, smp, torch.Generator().manual_seed(1), denoiser=graphs)  # stays eager, no new warning
+    assert graphs.eager_calls == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 def test_inference_engine_uses_cuda_graphs_on_the_gpu_unless_disabled(tmp_path):
     cfg = small_cfg(tmp_path)
     engine = InferenceEngine(cfg, FlowPolicy(cfg.policy).cuda(), device="cuda")

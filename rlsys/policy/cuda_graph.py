@@ -10,10 +10,13 @@ Inputs are copied into the bucket's static buffers; rows past the real batch rep
 dropped from the outputs. The weights are read in place, so ``load_state_dict`` (weight broadcast)
 and optimizer steps (collocated learner) reach the graphs; if a parameter is re-allocated instead,
 the graphs are captured again. Batches above the largest bucket and other samplers run eagerly.
+A policy whose ``denoise`` cannot be captured (a plug-in backbone that syncs with the host, say)
+runs eagerly from then on, with one warning naming the error.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -48,6 +51,7 @@ class CudaGraphDenoiser:
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], dict[str, torch.Tensor]]] = {}
         self._ptrs: list[int] = []
         self.captures = self.replays = self.eager_calls = 0
+        self.failed: str | None = None  # why capture failed (then every call runs eagerly)
 
     def _weights_moved(self) -> bool:
         ptrs = [t.data_ptr() for t in (*self.policy.parameters(), *self.policy.buffers())]
@@ -82,13 +86,22 @@ class CudaGraphDenoiser:
     def __call__(self, inputs: dict[str, torch.Tensor], sampler: Sampler) -> dict[str, torch.Tensor]:
         b = inputs["x0"].shape[0]
         bucket = next((n for n in self.buckets if n >= b), None)
-        if bucket is None or sampler != self.sampler:
+        if bucket is None or sampler != self.sampler or self.failed:
             self.eager_calls += 1
             return self.policy.denoise(inputs, sampler)
         if self._weights_moved():
             self.graphs.clear()
         if bucket not in self.graphs:
-            self._capture(bucket, inputs)
+            try:
+                self._capture(bucket, inputs)
+            except Exception as e:  # e.g. a host sync inside denoise (not capturable)
+                self.failed = f"{type(e).__name__}: {e}"
+                self.graphs.clear()
+                torch.cuda.synchronize(self.policy.device)
+                warnings.warn(f"CUDA-graph capture of the denoising chain failed, inference runs eagerly: "
+                              f"{self.failed}", RuntimeWarning, stacklevel=2)
+                self.eager_calls += 1
+                return self.policy.denoise(inputs, sampler)
         graph, static_in, static_out = self.graphs[bucket]
         for k, v in inputs.items():
             _fill(static_in[k], v, _BATCH_AXIS.get(k, 0))
