@@ -64,7 +64,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     cfg = _load(args)
     run_eval_command(cfg, ckpt=args.ckpt, out_dir=args.out, episodes=args.episodes, tasks=args.tasks,
-                     env=args.env, init_state_offset=args.init_state_offset, workers=args.workers)
+                     env=args.env, init_state_offset=args.init_state_offset, workers=args.workers,
+                     sampler=args.sampler)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -130,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands: dict[str, tuple[Callable[[argparse.Namespace], None], str]] = {
         "train": (cmd_train, "RL post-training (PPO / GRPO) on Ray: SFT start -> rollouts -> updates"),
         "sft": (cmd_sft, "supervised flow-matching training from demos; writes a checkpoint"),
-        "eval": (cmd_eval, "evaluate a checkpoint with deterministic (ODE) sampling"),
+        "eval": (cmd_eval, "evaluate a checkpoint (deterministic ODE sampling unless --sampler rollout)"),
         "demos": (cmd_demos, "write scripted-expert demonstrations (LeRobotDataset layout)"),
         "report": (cmd_report, "plot a run directory: report.png + self-contained report.html"),
         "serve": (cmd_serve, "serve a checkpoint with Ray Serve: HTTP JSON /act, websocket /ws"),
@@ -153,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="episodes per task (default 50; LIBERO: init states 0..N-1)")
     ps["eval"].add_argument("--init-state-offset", type=int, default=0,
                             help="LIBERO: first init state (e.g. 25 to hold out the states demos used)")
+    ps["eval"].add_argument("--sampler", choices=("ode", "rollout"), default="ode",
+                            help="ode: deterministic (the protocol); rollout: the config's stochastic sampler "
+                                 "(sampler.name / sampler.noise_level), the policy RL trains")
     ps["eval"].add_argument("--out", help="folder for the result table (JSON + markdown) and videos")
     ps["eval"].add_argument("--workers", type=int, default=0,
                             help="shard episodes over this many Ray tasks (each an env pool + policy copy); "

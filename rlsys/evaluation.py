@@ -6,6 +6,9 @@ disjoint from demo seeds (``rlsys.envs.demos.DEMO_SEED_BASE``) and from training
 ``options["init_state"] = init_state_offset + e``: the community protocol is every task x its 50
 init states (episode ``e`` on init state ``e``); or, with ``init_states`` given, its entries in turn
 (a held-out split, e.g. SimplerEnv ids not used for training); other envs ignore the option.
+The sampler's noise (the ODE's initial noise too) comes from one generator per block of episodes,
+seeded by the block's task and first episode (:func:`block_generator`), so a block gets the same
+noise whether it runs here or sharded over Ray tasks.
 """
 
 from __future__ import annotations
@@ -24,6 +27,11 @@ from rlsys.flow import ODE, Sampler
 from rlsys.prompt import ObservationBuilder
 
 EVAL_SEED_BASE = 2_000_000
+
+
+def block_generator(seed: int, task_index: int, start: int) -> torch.Generator:
+    """The sampler's generator for the block of episodes ``start ..`` of task ``task_index``."""
+    return torch.Generator().manual_seed(EVAL_SEED_BASE + seed * 1_000_003 + 10_000 * task_index + start)
 
 
 def episode_init_states(offset: int, listed: Sequence[int], start: int, n: int) -> list[int]:
@@ -69,7 +77,6 @@ def evaluate(policy: Any, env_cfg: EnvConfig, embodiment: Any, episodes_per_task
     builder = ObservationBuilder(policy.cfg, embodiment)
     n = max(1, min(num_envs, episodes_per_task))
     cfg = dataclasses.replace(env_cfg, num_envs=n)
-    generator = torch.Generator().manual_seed(seed)
     results: dict[str, Any] = {}
     infos: list[dict] = []
     was_training = policy.training
@@ -81,7 +88,7 @@ def evaluate(policy: Any, env_cfg: EnvConfig, embodiment: Any, episodes_per_task
             for start in range(0, episodes_per_task, n):
                 seeds = [EVAL_SEED_BASE + 10_000 * j + start + i for i in range(n)]
                 inits = episode_init_states(init_state_offset, init_states, start, n)
-                s = run_episodes(policy, pool, builder, task, seeds, sampler, generator,
+                s = run_episodes(policy, pool, builder, task, seeds, sampler, block_generator(seed, j, start),
                                  frames if start == 0 else None, inits, infos)
                 wins += s[: episodes_per_task - start].tolist()
                 if progress is not None:
@@ -91,7 +98,7 @@ def evaluate(policy: Any, env_cfg: EnvConfig, embodiment: Any, episodes_per_task
                 save_video(Path(video_dir) / f"{task}.gif", frames)
     policy.train(was_training)
     mean = float(np.mean([r["success"] for r in results.values()]))
-    return {"env": env_cfg.name, "tasks": results, "mean_success": mean, "sampler": type(sampler).__name__,
+    return {"env": env_cfg.name, "tasks": results, "mean_success": mean, "sampler": sampler_name(sampler),
             "seed_base": EVAL_SEED_BASE, "init_state_offset": init_state_offset, "init_states": list(init_states),
             **asset_status(infos)}
 
@@ -102,17 +109,26 @@ def asset_status(infos: list[dict]) -> dict[str, str]:
     return {"asset_status": "+".join(found)} if found else {}
 
 
+def sampler_name(sampler: Sampler) -> str:
+    """``ODE`` / ``FlowSDE(noise_level=0.5)``: what an eval table says it sampled with."""
+    fields = ", ".join(f"{f.name}={getattr(sampler, f.name)}" for f in dataclasses.fields(sampler)) \
+        if dataclasses.is_dataclass(sampler) else ""
+    return f"{type(sampler).__name__}({fields})" if fields else type(sampler).__name__
+
+
 def evaluate_on_ray(policy: Any, env_cfg: EnvConfig, embodiment: Any, episodes_per_task: int,
                     tasks: tuple[str, ...], num_envs: int, workers: int, video_dir: str | Path | None = None,
                     progress: Any = None, init_state_offset: int = 0,
-                    init_states: Sequence[int] = ()) -> dict[str, Any]:
+                    init_states: Sequence[int] = (), sampler: Sampler | None = None, seed: int = 0) -> dict[str, Any]:
     """:func:`evaluate` with the episodes sharded over Ray tasks (each: an EnvPool of ``num_envs``
-    simulators + a CPU policy copy; weights ``ray.put`` once). Same seeds and init states as the
-    local path, so the same ODE results; ``workers`` blocks run at a time (a cluster's sim pool)."""
+    simulators + a CPU policy copy; weights ``ray.put`` once). Same env seeds, init states and
+    sampler noise per block as the local path, so the same results; ``workers`` blocks run at a
+    time (a cluster's sim pool)."""
     import ray
 
     from rlsys.actors.inference import state_to_numpy
 
+    sampler = sampler or ODE()
     n = max(1, min(num_envs, episodes_per_task))
     state = ray.put(state_to_numpy(policy))
     blocks = [(j, task, start) for j, task in enumerate(tasks) for start in range(0, episodes_per_task, n)]
@@ -122,7 +138,8 @@ def evaluate_on_ray(policy: Any, env_cfg: EnvConfig, embodiment: Any, episodes_p
         ref = _remote_eval_block().remote(policy.cfg, state, dataclasses.replace(env_cfg, num_envs=n), embodiment, task,
                                  [EVAL_SEED_BASE + 10_000 * j + start + i for i in range(n)],
                                  episode_init_states(init_state_offset, init_states, start, n),
-                                 min(n, episodes_per_task - start), bool(video_dir) and start == 0)
+                                 min(n, episodes_per_task - start), bool(video_dir) and start == 0,
+                                 sampler, (seed, j, start))
         pending.append(ref)
         out[ref] = b
         while len(pending) >= workers or (b is blocks[-1] and pending):
@@ -140,13 +157,14 @@ def evaluate_on_ray(policy: Any, env_cfg: EnvConfig, embodiment: Any, episodes_p
         if video_dir and rows[0][4]:
             save_video(Path(video_dir) / f"{task}.gif", rows[0][4])
     mean = float(np.mean([r["success"] for r in results.values()]))
-    return {"env": env_cfg.name, "tasks": results, "mean_success": mean, "sampler": "ODE",
+    return {"env": env_cfg.name, "tasks": results, "mean_success": mean, "sampler": sampler_name(sampler),
             "seed_base": EVAL_SEED_BASE, "init_state_offset": init_state_offset, "init_states": list(init_states),
             "ray_workers": workers, **asset_status(infos)}
 
 
 def _eval_block(policy_cfg: Any, state: dict[str, np.ndarray], env_cfg: EnvConfig, embodiment: Any, task: str,
-                seeds: list[int], inits: list[int], count: int, frames: bool) -> tuple[list[bool], list | None, list]:
+                seeds: list[int], inits: list[int], count: int, frames: bool, sampler: Sampler,
+                block: tuple[int, int, int]) -> tuple[list[bool], list | None, list]:
     from rlsys.actors.inference import load_numpy_state
     from rlsys.envs.pool import EnvPool
     from rlsys.policy.flow_policy import FlowPolicy
@@ -158,8 +176,8 @@ def _eval_block(policy_cfg: Any, state: dict[str, np.ndarray], env_cfg: EnvConfi
     video: list | None = [] if frames else None
     infos: list[dict] = []
     with EnvPool(env_cfg) as pool:
-        s = run_episodes(policy, pool, ObservationBuilder(policy_cfg, embodiment), task, seeds, ODE(),
-                         torch.Generator().manual_seed(0), video, inits, infos)
+        s = run_episodes(policy, pool, ObservationBuilder(policy_cfg, embodiment), task, seeds, sampler,
+                         block_generator(*block), video, inits, infos)
     return s[:count].tolist(), video, [{"asset_status": i["asset_status"]} for i in infos if "asset_status" in i]
 
 
@@ -213,16 +231,27 @@ def task_names(env_cfg: EnvConfig) -> tuple[str, ...]:
 
 
 def run_eval_command(cfg: Any, ckpt: str, out_dir: str | None, episodes: int, tasks: list[str] | None,
-                     env: str | None = None, init_state_offset: int = 0, workers: int = 0) -> dict[str, Any]:
+                     env: str | None = None, init_state_offset: int = 0, workers: int = 0,
+                     sampler: str = "ode") -> dict[str, Any]:
     """``rlsys eval``: load a checkpoint, evaluate on its env (or ``env``), write eval.json/eval.md/videos.
 
     ``cfg.env`` supplies how to run (render quality, ``num_envs`` at a time, ``subprocess``: one
     simulator per process, ``max_episode_steps``); the checkpoint supplies cameras and image size.
+    ``sampler``: ``ode`` (deterministic, the default protocol) or ``rollout`` (``cfg.sampler``, the
+    stochastic policy RL trains, e.g. Flow-SDE at ``sampler.noise_level``).
     """
     from rlsys.checkpoint import load_policy
+    from rlsys.flow import build_sampler
     from rlsys.progress import Progress
 
+    if sampler not in ("ode", "rollout"):
+        raise ValueError(f"--sampler {sampler!r}: allowed: ode, rollout")
+    smp = ODE() if sampler == "ode" else build_sampler(cfg.sampler)
+
     policy, env_cfg, embodiment, _ = load_policy(ckpt)
+    if smp.needs_noise_head and policy.noise_head is None:
+        raise ValueError(f"--sampler rollout with sampler.name={cfg.sampler.name} needs a noise head; "
+                         f"{ckpt} has none (use sampler.name=flow_sde, or a Flow-Noise RL checkpoint)")
     e = cfg.env
     python = e.python or env_cfg.python  # a simulator in its own interpreter (RoboTwin) stays there
     env_cfg = dataclasses.replace(env_cfg, name=env or env_cfg.name, render=e.render,
@@ -238,9 +267,9 @@ def run_eval_command(cfg: Any, ckpt: str, out_dir: str | None, episodes: int, ta
             ensure_ray(cfg, num_cpus=workers)
             result = evaluate_on_ray(policy, env_cfg, embodiment, episodes, all_tasks, e.num_envs, workers,
                                      video_dir=out / "videos", progress=bar.advance,
-                                     init_state_offset=init_state_offset)
+                                     init_state_offset=init_state_offset, sampler=smp)
         else:
-            result = evaluate(policy, env_cfg, embodiment, episodes, all_tasks, num_envs=e.num_envs,
+            result = evaluate(policy, env_cfg, embodiment, episodes, all_tasks, num_envs=e.num_envs, sampler=smp,
                               video_dir=out / "videos", progress=bar.advance, init_state_offset=init_state_offset)
     result["checkpoint"] = str(ckpt)
     write_result(out, result, f"{env_cfg.name}: {ckpt}")
