@@ -191,12 +191,14 @@ class PolicyActor:
         self.cfg, self.role = cfg, role
         device = "cpu"
         if cfg.placement.use_gpu:  # no silent fall-back to the CPU: that would be a slow run nobody asked for
-            if not torch.cuda.is_available():
+            if torch.cuda.is_available():
+                device = "cuda"
+            elif not cfg.placement.allow_cpu_fallback:
                 raise RuntimeError(
                     f"placement.use_gpu=true but this {role} actor's torch sees no CUDA device (torch "
                     f"{torch.__version__}, CUDA build {torch.version.cuda}, CUDA_VISIBLE_DEVICES="
-                    f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}); install a CUDA build of torch on the GPU nodes")
-            device = "cuda"
+                    f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}); install a CUDA build of torch on the GPU nodes, "
+                    f"or set placement.allow_cpu_fallback=true to run it on the CPU")
         policy = FlowPolicy(cfg.policy).to(device)
         self.learner = None
         if role == "learner":

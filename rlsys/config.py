@@ -249,6 +249,9 @@ class PlacementConfig:
     # learner and one inference worker on a single GPU); whole numbers give each its own.
     learner_gpus: float = 1.0
     inference_gpus: float = 1.0
+    # a GPU actor whose torch sees no CUDA device fails (default); true runs it on the CPU instead
+    # (placement tests on simulated GPU nodes, a CPU build of torch on purpose)
+    allow_cpu_fallback: bool = False
     learner_threads: int = 2  # torch CPU threads in the learner (env workers idle while it updates)
 
     def __post_init__(self) -> None:

@@ -69,6 +69,26 @@ def test_more_gpus_than_the_machine_has_fails_before_any_actor_or_run_dir(tmp_pa
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
+@pytest.mark.skipif(CUDA, reason="checks a GPU node whose torch has no CUDA")
+def test_a_gpu_actor_without_cuda_fails_instead_of_running_on_the_cpu(tmp_path):
+    """Ray hands the actor a GPU (here a simulated one); torch in it sees none: the run stops with the
+    reason instead of training on the CPU unnoticed."""
+    from rlsys.train import train
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=4, num_gpus=1, resources={"sim": 2}, include_dashboard=False,
+             _node_ip_address="127.0.0.1", log_to_driver=False)
+    try:
+        cfg0 = small_cfg(tmp_path / "init")
+        save_policy(tmp_path / "sft", FlowPolicy(cfg0.policy), cfg0.env, EMBODIMENT, meta={"stage": "test"})
+        cfg = small_cfg(tmp_path / "runs", "placement.use_gpu=true", f"init_checkpoint={tmp_path / 'sft'}")
+        with pytest.raises(Exception, match="sees no CUDA device.*allow_cpu_fallback"):
+            train(cfg)
+    finally:
+        ray.shutdown()
+
+
 # ---------------------------------------------------------------- CUDA
 def _rollout(cfg, engine):
     core = EnvWorkerCore(cfg, 0)

@@ -126,7 +126,9 @@ def test_fake_multinode_autoscaling_places_actors_on_the_right_pools(ckpt, tmp_p
         assert len([n for n in ray.nodes() if n["Alive"]]) == 1  # head only
         from rlsys.train import train
 
+        # the simulated GPU nodes have no CUDA device: the policy actors run on their CPUs
         cfg = load_config("tabletop_ppo", [*SMALL, "placement.mode=disaggregated", "placement.use_gpu=true",
+                                           "placement.allow_cpu_fallback=true",
                                            f"run_dir={tmp_path}", f"init_checkpoint={ckpt}"])
         train(cfg)
         nodes = {n["NodeID"]: n["Resources"] for n in ray.nodes() if n["Alive"]}
