@@ -15,6 +15,7 @@ import torch
 from rlsys.config import TrainConfig
 from rlsys.flow import build_sampler, reduce_log_prob
 from rlsys.learner.losses import chunk_gae, grpo_advantages, masked_mean, normalize, ppo_policy_loss, value_loss
+from rlsys.learner.self_imitation import SuccessMemory
 from rlsys.policy.flow_policy import FlowPolicy
 from rlsys.registry import ALGORITHMS
 from rlsys.types import ActionChunk, Batch, Observation, Segment
@@ -44,6 +45,9 @@ class Learner:
         self.iteration = 0
         self.rng = np.random.default_rng(seed)
         self.stale_rejected = 0
+        # self-imitation (sil_coef > 0): the policy's own successful episodes, imitated by flow matching
+        self.memory = SuccessMemory(a.sil_capacity) if a.sil_coef > 0 else None
+        self.sil_generator = torch.Generator().manual_seed(seed)
 
     # ------------------------------------------------------------------ batch assembly
     def _old_logp(self, seg: Segment) -> np.ndarray:
@@ -92,6 +96,9 @@ class Learner:
     def update(self, segments: list[Segment]) -> dict[str, float]:
         a = self.cfg.algo
         t0 = time.perf_counter()
+        if self.memory is not None:  # every finished episode counts, stale segments' too (SIL is off-policy)
+            for seg in segments:
+                self.memory.add(seg, self.iteration)
         batch, stats = self.make_batch(segments)
         dev = self.policy.device  # the batch arrives as numpy; the losses run where the weights are
         if dev.type == "cuda":
@@ -159,6 +166,12 @@ class Learner:
                 ent = masked_mean(rc.entropy, mask)
                 if a.entropy_coef:
                     loss = loss - a.entropy_coef * ent
+                if actor_on and self.memory is not None and self.memory.size:
+                    sil_obs, sil_actions, sil_valid = self.memory.sample(a.sil_batch, self.rng)
+                    sil = self.policy.sft_loss(sil_obs, sil_actions, sil_valid, self.cfg.sft.timestep_sampling,
+                                               self.sil_generator)
+                    loss = loss + a.sil_coef * sil
+                    logs.setdefault("sil_loss", []).append(sil.item())
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 # actor and critic clipped separately: a large value-loss gradient must not shrink
@@ -181,6 +194,9 @@ class Learner:
         metrics["epochs_run"] = steps / a.minibatches  # < epochs where target_kl stopped the update
         metrics["critic_epochs_run"] = critic_steps / a.minibatches
         metrics["first_minibatch_ratio_dev"] = float(first_dev or 0.0)
+        if self.memory is not None:
+            metrics["sil_memory_chunks"] = float(self.memory.size)
+            metrics["sil_episodes"] = float(self.memory.episodes_added)
         v = batch.old_value[batch.loss_mask]
         r = batch.returns[batch.loss_mask]
         metrics["explained_variance"] = float(1 - np.var(r - v) / np.var(r)) if np.var(r) > 0 else 0.0

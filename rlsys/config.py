@@ -199,6 +199,14 @@ class AlgoConfig:
     backbone_lr: float = 0.0  # with update_backbone: the backbone's own lr (0: actor_lr)
     group_size: int = 8  # GRPO: rollouts per initial state
     filter_groups: bool = True  # GRPO: drop groups whose success rate is 0 or 1
+    # > 0: self-imitation. Every chunk of the policy's own successful episodes goes to a FIFO of
+    # sil_capacity chunks (rlsys.learner.self_imitation); each actor step adds sil_coef x the
+    # flow-matching loss on sil_batch chunks drawn from it, with the executed actions as targets.
+    # Measured first as a diagnostic (benchmarks/self_imitation.py): fine-tuning on the policy's own
+    # successes raised the few-shot lift policy where PPO's likelihood-ratio signal did not.
+    sil_coef: float = 0.0
+    sil_capacity: int = 8192
+    sil_batch: int = 64
 
     def __post_init__(self) -> None:
         check(0 < self.gamma <= 1, "gamma", "(0, 1]", self.gamma)
@@ -212,6 +220,9 @@ class AlgoConfig:
         check(self.target_kl >= 0, "target_kl", ">= 0 (0: off)", self.target_kl)
         check(self.ref_kl_coef >= 0, "ref_kl_coef", ">= 0 (0: off)", self.ref_kl_coef)
         check(self.backbone_lr >= 0, "backbone_lr", ">= 0 (0: actor_lr)", self.backbone_lr)
+        check(self.sil_coef >= 0, "sil_coef", ">= 0 (0: off)", self.sil_coef)
+        check(self.sil_capacity >= 1, "sil_capacity", ">= 1 (chunks)", self.sil_capacity)
+        check(self.sil_batch >= 1, "sil_batch", ">= 1", self.sil_batch)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,117 @@
+"""Self-imitation (``algo.sil_coef``): the success memory's bookkeeping across segments, and the
+learner's flow-matching step toward the policy's own successful chunks."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from test_distributed import _core_and_engine, small_cfg
+
+from rlsys.actors.inference import load_numpy_state, state_to_numpy
+from rlsys.config import ConfigError
+from rlsys.learner.learner import Learner
+from rlsys.learner.self_imitation import SuccessMemory
+from rlsys.policy.flow_policy import FlowPolicy
+
+
+@pytest.fixture(scope="module")
+def rollout(tmp_path_factory):
+    """Two consecutive real rollout segments (2 envs x 3 chunk-steps) and the rollout weights."""
+    cfg = small_cfg(tmp_path_factory.mktemp("sil"), "algo.critic_warmup_iters=0", "algo.epochs=10",
+                    "algo.actor_lr=3e-3")
+    core, engine = _core_and_engine(cfg)
+    segs = [core.rollout(engine.infer, lambda c: c, engine.values) for _ in range(2)]
+    core.close()
+    return cfg, segs, state_to_numpy(engine.policy)
+
+
+def relabel(seg, ids, terminated=None, success=None, valid=None):
+    """The segment with its episode bookkeeping replaced ([T, N] arrays, time-major)."""
+    z = np.zeros(seg.shape, bool)
+    return dataclasses.replace(
+        seg, episode_ids=np.asarray(ids, np.int64),
+        terminated=z if terminated is None else np.asarray(terminated, bool),
+        truncated=z, success=z if success is None else np.asarray(success, bool),
+        valid=np.ones(seg.shape, bool) if valid is None else np.asarray(valid, bool),
+        exec_mask=np.ones_like(seg.exec_mask))
+
+
+def test_memory_keeps_whole_successful_episodes_across_segments(rollout):
+    _, (s1, s2), _ = rollout
+    # env 0: episode 10 runs through segment 1 and succeeds at t=1 of segment 2, then episode 11 starts;
+    # env 1: episode 20 fails at t=1 of segment 1; episode 21 is dropped (NaN) in segment 2
+    a = relabel(s1, [[10, 20], [10, 20], [10, 21]], terminated=[[0, 0], [0, 1], [0, 0]])
+    b = relabel(s2, [[10, 21], [10, 21], [11, 21]], terminated=[[0, 0], [1, 0], [0, 0]],
+                success=[[0, 0], [1, 0], [0, 0]], valid=[[1, 0], [1, 1], [1, 1]])
+    mem = SuccessMemory(capacity=100)
+    mem.add(a, iteration=0)
+    assert mem.size == 0 and set(mem.pending) == {10, 21}  # outcomes not known yet
+    mem.add(b, iteration=1)
+    assert mem.episodes_added == 1 and mem.size == 5  # episode 10: 3 + 2 chunks, nothing else
+    assert set(mem.pending) == {11}  # 20 failed, 21 was dropped
+    rows1, rows2 = np.array([0, 2, 4]), np.array([0, 2])  # env 0's rows, time-major
+    want = np.concatenate([s1.chunk.actions[rows1], s2.chunk.actions[rows2]])
+    obs, actions, valid = mem.sample(64, np.random.default_rng(0))
+    assert valid.all() and actions.shape == (64, *want.shape[1:])
+    assert all(any(np.array_equal(x, w) for w in want) for x in actions)  # only episode 10's chunks
+    assert {x.tobytes() for x in actions} == {w.tobytes() for w in want}  # and all of them
+    img = np.concatenate([s1.obs.images[rows1], s2.obs.images[rows2]])
+    for x, o in zip(actions, obs.images):  # each chunk with its own observation
+        assert np.array_equal(o, img[[np.array_equal(x, w) for w in want].index(True)])
+
+
+def test_memory_is_a_bounded_fifo_and_forgets_lost_episodes(rollout):
+    _, (s1, _), _ = rollout
+    mem = SuccessMemory(capacity=4, max_pending_iters=2)
+    done = [[0, 0], [0, 0], [1, 1]]
+    mem.add(relabel(s1, [[1, 2], [1, 2], [1, 2]], terminated=done, success=done), iteration=0)
+    # both succeeded (6 chunks > 4): episode 1 went in first and was evicted whole; episode 2 stays
+    assert mem.size == 3 and mem.episodes_added == 2
+    kept = {x.tobytes() for x in mem.sample(64, np.random.default_rng(0))[1]}
+    assert kept == {s1.chunk.actions[i].tobytes() for i in (1, 3, 5)}
+    mem.add(relabel(s1, [[3, 4], [3, 4], [3, 4]], terminated=done, success=done), iteration=1)
+    assert mem.size == 3 and mem.episodes_added == 4
+    mem.add(relabel(s1, [[5, 6], [5, 6], [5, 6]]), iteration=2)
+    assert set(mem.pending) == {5, 6}
+    mem.add(relabel(s1, [[7, 8], [7, 8], [7, 8]]), iteration=5)  # 5 and 6 never ended: forgotten
+    assert set(mem.pending) == {7, 8}
+    with pytest.raises(ValueError, match="empty"):
+        SuccessMemory(10).sample(1, np.random.default_rng(0))
+
+
+def fm_loss(policy: FlowPolicy, obs, actions, valid) -> float:
+    with torch.no_grad():
+        return float(policy.sft_loss(obs, actions, valid, "beta", torch.Generator().manual_seed(1)))
+
+
+def test_sil_step_imitates_the_successful_chunks(rollout):
+    """The same PPO update with and without sil_coef: with it, the flow-matching loss on the successful
+    episode's own chunks falls well below where PPO alone leaves it; the metrics count the memory."""
+    cfg, (s1, _), state = rollout
+    ok = [[0, 0], [0, 0], [1, 0]]
+    seg = relabel(s1, [[1, 2], [1, 2], [1, 2]], terminated=ok, success=ok)
+    rows = np.array([0, 2, 4])
+    target = (seg.obs.index(rows), seg.chunk.actions[rows], np.ones((3, seg.exec_mask.shape[-1]), bool))
+    after, metrics = {}, {}
+    for coef in (0.0, 1.0):
+        c = dataclasses.replace(cfg, algo=dataclasses.replace(cfg.algo, sil_coef=coef))
+        policy = FlowPolicy(c.policy)
+        load_numpy_state(policy, state)
+        before = fm_loss(policy, *target)
+        learner = Learner(c, policy)
+        metrics[coef] = learner.update([seg])
+        after[coef] = fm_loss(policy, *target)
+    assert "sil_loss" not in metrics[0.0] and metrics[1.0]["sil_episodes"] == 1
+    assert metrics[1.0]["sil_memory_chunks"] == 3 and metrics[1.0]["sil_loss"] > 0
+    assert after[1.0] < 0.9 * min(before, after[0.0]), (before, after)
+
+
+def test_sil_settings_are_checked():
+    from rlsys.config import load_config
+
+    for bad in ("algo.sil_coef=-1", "algo.sil_capacity=0", "algo.sil_batch=0"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0].split(".")[1]):
+            load_config("tabletop_ppo", [bad])
