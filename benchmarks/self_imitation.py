@@ -138,11 +138,15 @@ def main() -> None:
     ap.add_argument("--demos", default="", help="its demo folder (default: the one its meta names)")
     ap.add_argument("--task", default="lift")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--minutes", type=float, default=0.0,
+                    help="no new round once rollouts + fine-tuning have used this much (0: all rounds)")
     ap.add_argument("--rollouts", type=int, default=256, help="episodes rolled out per round")
     ap.add_argument("--steps", type=int, default=500, help="fine-tuning steps per round (both arms)")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--episodes", type=int, default=300, help="evaluation episodes (ODE)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--control", action=argparse.BooleanOptionalAction, default=True,
+                    help="also run the demos-only arm (--no-control: self-imitation alone, twice the rounds per hour)")
     ap.add_argument("--preset", default="tabletop_fewshot_ppo_full", help="the rollout sampler's settings")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--work", default="runs/self_imitation")
@@ -174,10 +178,15 @@ def main() -> None:
         res_path.write_text(json.dumps({"args": vars(args), "sampler": str(sampler), "rows": rows}, indent=2))
 
     t0 = time.time()
-    evaluate("start", 0, args.ckpt, {"seconds": 0.0})
+    evaluate("start", 0, args.ckpt, {"seconds": 0.0, "train_seconds": 0.0})
     kept: list[dict[str, Any]] = []
     current = {"self_imitation": args.ckpt, "control": args.ckpt}
+    train_s = {"self_imitation": 0.0, "control": 0.0}  # rollouts + fine-tuning, evaluations excluded
     for rnd in range(1, args.rounds + 1):
+        if args.minutes and train_s["self_imitation"] > args.minutes * 60:
+            print(f"budget: {train_s['self_imitation'] / 60:.1f} of {args.minutes} min used; stopping", flush=True)
+            break
+        t_round = time.time()
         pol, *_ = load_policy(current["self_imitation"])
         seeds = [ROLLOUT_SEED_BASE + (rnd - 1) * args.rollouts + i for i in range(args.rollouts)]
         eps = collect(pol, env_cfg, embodiment, args.task, seeds, sampler, cfg.env.num_envs, args.workers, rnd)
@@ -187,15 +196,20 @@ def main() -> None:
             if not e["success"]:
                 e.clear()
         rollout_success = len(wins) / len(eps)
+        train_s["self_imitation"] += time.time() - t_round
         print(f"round {rnd}: rollout success {rollout_success:.3f} ({len(wins)}/{len(eps)}), "
               f"kept {len(kept)} episodes", flush=True)
-        for arm, data in (("self_imitation", with_episodes(demos, kept)), ("control", demos)):
+        arms = [("self_imitation", with_episodes(demos, kept))] + ([("control", demos)] if args.control else [])
+        for arm, data in arms:
             out = work / f"{arm}_{rnd}"
+            t_ft = time.time()
             finetune(current[arm], data, cfg, out, seed=rnd)
+            train_s[arm] += time.time() - t_ft
             current[arm] = str(out)
             evaluate(arm, rnd, str(out), {"rollout_success": rollout_success if arm == "self_imitation" else None,
                                           "kept_episodes": len(kept) if arm == "self_imitation" else 0,
-                                          "finetune_steps": rnd * args.steps, "seconds": time.time() - t0})
+                                          "finetune_steps": rnd * args.steps, "seconds": time.time() - t0,
+                                          "train_seconds": train_s[arm]})
     ray.shutdown()
 
     import matplotlib
@@ -207,6 +221,8 @@ def main() -> None:
     start = rows[0]
     for arm, style in (("self_imitation", "o-"), ("control", "s--")):
         r = [start] + [x for x in rows if x["arm"] == arm]
+        if len(r) == 1:
+            continue
         ax.errorbar([x["round"] for x in r], [x["success"] for x in r], yerr=[x["stderr"] for x in r],
                     fmt=style, capsize=3, label=arm.replace("_", " ") + (" (demos + own successes)"
                                                                         if arm == "self_imitation" else

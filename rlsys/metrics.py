@@ -44,6 +44,9 @@ STALENESS_MAX = "learner/staleness_max"
 STALE_REJECTED = "learner/stale_rejected"
 WEIGHT_VERSION = "learner/weight_version"
 LEARNER_GPU_MEMORY_GB = "learner/gpu_memory_gb"  # peak CUDA memory of the update (0 on the CPU)
+SIL_LOSS = "learner/sil_loss"  # flow-matching loss on the self-imitation memory (algo.sil_coef > 0)
+SIL_MEMORY_CHUNKS = "learner/sil_memory_chunks"  # chunks of successful episodes held for self-imitation
+SIL_EPISODES = "learner/sil_episodes"  # successful episodes that entered the memory so far
 BROADCAST_S = "time/broadcast_s"
 COLLECT_S = "time/collect_s"
 UPDATE_S = "time/update_s"
@@ -57,6 +60,7 @@ LEARNER_KEYS = {
     "grad_norm": GRAD_NORM, "epochs_run": EPOCHS_RUN, "critic_epochs_run": CRITIC_EPOCHS_RUN, "kl_ref": KL_REF,
     "samples": SAMPLES, "samples_per_s": SAMPLES_PER_S,
     "staleness_max": STALENESS_MAX, "stale_rejected": STALE_REJECTED, "gpu_memory_gb": LEARNER_GPU_MEMORY_GB,
+    "sil_loss": SIL_LOSS, "sil_memory_chunks": SIL_MEMORY_CHUNKS, "sil_episodes": SIL_EPISODES,
 }
 
 

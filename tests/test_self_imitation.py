@@ -10,6 +10,7 @@ import pytest
 import torch
 from test_distributed import _core_and_engine, small_cfg
 
+from rlsys import metrics as M
 from rlsys.actors.inference import load_numpy_state, state_to_numpy
 from rlsys.config import ConfigError
 from rlsys.learner.learner import Learner
@@ -106,6 +107,7 @@ def test_sil_step_imitates_the_successful_chunks(rollout):
         after[coef] = fm_loss(policy, *target)
     assert "sil_loss" not in metrics[0.0] and metrics[1.0]["sil_episodes"] == 1
     assert metrics[1.0]["sil_memory_chunks"] == 3 and metrics[1.0]["sil_loss"] > 0
+    assert {k for k in metrics[1.0] if k.startswith("sil_")} <= set(M.LEARNER_KEYS)  # reach metrics.jsonl
     assert after[1.0] < 0.9 * min(before, after[0.0]), (before, after)
 
 
