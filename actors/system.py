@@ -181,7 +181,7 @@ class PolicyActor:
     """Inference (batched across env workers) and/or learning on one copy of the weights."""
 
     def __init__(self, cfg: TrainConfig, role: str, init_state: dict[str, np.ndarray] | None = None,
-                 learner: Any = None, seed: int = 0) -> None:
+                 learner: Any = None, seed: int = 0, sil_base: Any = None) -> None:
         from rlsys.actors.inference import InferenceEngine, load_numpy_state
         from rlsys.learner.learner import Learner
         from rlsys.policy.flow_policy import FlowPolicy
@@ -204,7 +204,7 @@ class PolicyActor:
         if role == "learner":
             if init_state is not None:
                 load_numpy_state(policy, init_state)
-            self.learner = Learner(cfg, policy, seed)
+            self.learner = Learner(cfg, policy, seed, sil_base=sil_base)
         self.engine = InferenceEngine(cfg, policy, seed=seed, device=device)
         if role == "learner":
             self.engine.version = 0
@@ -337,7 +337,9 @@ class PolicyActor:
 class RaySystem:
     """Starts and drives the actors for one run (placement from ``cfg.placement.mode``)."""
 
-    def __init__(self, cfg: TrainConfig, init_state: dict[str, np.ndarray], episodic: bool) -> None:
+    def __init__(self, cfg: TrainConfig, init_state: dict[str, np.ndarray], episodic: bool,
+                 sil_base: Any = None) -> None:
+        """``sil_base``: the demo frames that join the self-imitation memory (``algo.sil_demos``)."""
         start_ray(cfg)
         self.cfg, self.episodic = cfg, episodic
         r = cfg.rollout
@@ -345,7 +347,7 @@ class RaySystem:
         # init_state. A learner crash ends the run; `rlsys train --resume` continues from the last
         # (atomic) checkpoint.
         self.learner = PolicyActor.options(**actor_options(cfg, "learner")).remote(
-            cfg, "learner", init_state, seed=cfg.seed)
+            cfg, "learner", init_state, seed=cfg.seed, sil_base=sil_base)
         if cfg.placement.mode == "collocated":
             self.infer = [self.learner]
         else:

@@ -22,7 +22,8 @@ from rlsys.types import ActionChunk, Batch, Observation, Segment
 
 
 class Learner:
-    def __init__(self, cfg: TrainConfig, policy: FlowPolicy, seed: int = 0) -> None:
+    def __init__(self, cfg: TrainConfig, policy: FlowPolicy, seed: int = 0,
+                 sil_base: tuple[Observation, np.ndarray, np.ndarray] | None = None) -> None:
         self.cfg, self.policy = cfg, policy
         self.sampler = build_sampler(cfg.sampler)
         self.algo = ALGORITHMS.get(cfg.algo.name)
@@ -46,7 +47,8 @@ class Learner:
         self.rng = np.random.default_rng(seed)
         self.stale_rejected = 0
         # self-imitation (sil_coef > 0): the policy's own successful episodes, imitated by flow matching
-        self.memory = SuccessMemory(a.sil_capacity) if a.sil_coef > 0 else None
+        # (sil_base: the demo frames of algo.sil_demos, a fixed part of the memory)
+        self.memory = SuccessMemory(a.sil_capacity, base=sil_base) if a.sil_coef > 0 else None
         self.sil_generator = torch.Generator().manual_seed(seed)
 
     # ------------------------------------------------------------------ batch assembly
@@ -166,10 +168,8 @@ class Learner:
                 ent = masked_mean(rc.entropy, mask)
                 if a.entropy_coef:
                     loss = loss - a.entropy_coef * ent
-                if actor_on and self.memory is not None and self.memory.size:
-                    sil_obs, sil_actions, sil_valid = self.memory.sample(a.sil_batch, self.rng)
-                    sil = self.policy.sft_loss(sil_obs, sil_actions, sil_valid, self.cfg.sft.timestep_sampling,
-                                               self.sil_generator)
+                if actor_on and self.memory is not None and self.memory.available:
+                    sil = self._sil_loss()
                     loss = loss + a.sil_coef * sil
                     logs.setdefault("sil_loss", []).append(sil.item())
                 self.optimizer.zero_grad(set_to_none=True)
@@ -187,6 +187,16 @@ class Learner:
                     logs.setdefault(k, []).append(v)
                 if rc.kl_ref is not None:
                     logs.setdefault("kl_ref", []).append(kl_ref.item())
+        sil_steps = 0
+        if actor_on and a.sil_steps and self.memory is not None and self.memory.available:
+            for _ in range(a.sil_steps):  # self-imitation alone; target_kl bounds PPO's steps, not these
+                sil = self._sil_loss()
+                self.optimizer.zero_grad(set_to_none=True)
+                (a.sil_coef * sil).backward()
+                torch.nn.utils.clip_grad_norm_(self.actor_params, a.grad_clip)
+                self.optimizer.step()
+                logs.setdefault("sil_loss", []).append(sil.item())
+                sil_steps += 1
         self.version += 1
         self.iteration += 1
         metrics.update({k: float(np.mean(v)) for k, v in logs.items()})
@@ -197,6 +207,7 @@ class Learner:
         if self.memory is not None:
             metrics["sil_memory_chunks"] = float(self.memory.size)
             metrics["sil_episodes"] = float(self.memory.episodes_added)
+            metrics["sil_steps_run"] = float(sil_steps)
         v = batch.old_value[batch.loss_mask]
         r = batch.returns[batch.loss_mask]
         metrics["explained_variance"] = float(1 - np.var(r - v) / np.var(r)) if np.var(r) > 0 else 0.0
@@ -205,6 +216,11 @@ class Learner:
         metrics["update_seconds"] = time.perf_counter() - t0
         metrics["samples_per_s"] = n_valid * max(steps, 1) / a.minibatches / metrics["update_seconds"]
         return metrics
+
+    def _sil_loss(self) -> torch.Tensor:
+        """The flow-matching loss on one batch of ``sil_batch`` chunks from the self-imitation memory."""
+        obs, actions, valid = self.memory.sample(self.cfg.algo.sil_batch, self.rng)
+        return self.policy.sft_loss(obs, actions, valid, self.cfg.sft.timestep_sampling, self.sil_generator)
 
     def _critic_step(self, obs: Observation, prefix: Any, old_value: torch.Tensor, returns: torch.Tensor) -> float:
         """One value-loss step (no actor gradient: AdamW leaves the actor as it is); returns the loss."""

@@ -5,7 +5,10 @@ so chunks wait in ``pending`` (by global episode id) until their episode ends: o
 chunk of it enters a FIFO of at most ``capacity`` chunks; on failure, time-out or a dropped
 (invalid) chunk the episode is forgotten. The learner adds a flow-matching loss on batches drawn
 from the FIFO, with the executed actions as targets (the measured signal of
-``benchmarks/self_imitation.py``). The memory is not checkpointed: a resumed run refills it.
+``benchmarks/self_imitation.py``). With ``algo.sil_demos`` the SFT demos (every frame with its next
+H actions) form a fixed ``base`` that batches draw from alongside the FIFO, uniformly over both, as
+the self-imitation diagnostic fine-tunes on demos plus successes. The memory is not checkpointed: a
+resumed run refills it (the base is reloaded from the demos).
 """
 
 from __future__ import annotations
@@ -25,14 +28,23 @@ class _Part:
 
 
 class SuccessMemory:
-    def __init__(self, capacity: int, max_pending_iters: int = 8) -> None:
+    def __init__(self, capacity: int, max_pending_iters: int = 8,
+                 base: tuple[Observation, np.ndarray, np.ndarray] | None = None) -> None:
         self.capacity = capacity
+        # fixed demo part (obs, actions [n, H, A<=K], valid [n, H]); never evicted, not in ``size``
+        self.base = None if base is None else _Part(*base)
+        self.base_size = 0 if base is None else len(base[1])
         self.max_pending_iters = max_pending_iters
         self.pending: dict[int, tuple[int, list[_Part]]] = {}  # episode id -> (last seen iteration, parts)
         self.parts: list[_Part] = []
         self.size = 0
         self.episodes_added = 0
         self._cat: _Part | None = None
+
+    @property
+    def available(self) -> int:
+        """Chunks a batch can draw from: the FIFO's plus the base's."""
+        return self.size + self.base_size
 
     def add(self, seg: Segment, iteration: int) -> None:
         t, n = seg.shape
@@ -66,12 +78,16 @@ class SuccessMemory:
         self._cat = None
 
     def sample(self, batch: int, rng: np.random.Generator) -> tuple[Observation, np.ndarray, np.ndarray]:
-        """-> (obs, actions [B, H, K], valid [B, H]) drawn uniformly with replacement."""
-        if self.size == 0:
+        """-> (obs, actions [B, H, K], valid [B, H]) drawn uniformly with replacement from the base
+        (if any) and the FIFO together."""
+        if self.available == 0:
             raise ValueError("the self-imitation memory is empty")
         if self._cat is None:
-            self._cat = _Part(Observation.concat([p.obs for p in self.parts]),
-                              np.concatenate([p.actions for p in self.parts]),
-                              np.concatenate([p.valid for p in self.parts]))
-        idx = rng.integers(0, self.size, batch)
+            parts = ([] if self.base is None else [self.base]) + self.parts
+            k = max(p.actions.shape[-1] for p in parts)  # demo actions are env-width: pad to the policy's K
+            self._cat = _Part(Observation.concat([p.obs for p in parts]),
+                              np.concatenate([np.pad(p.actions, ((0, 0), (0, 0), (0, k - p.actions.shape[-1])))
+                                              for p in parts]).astype(np.float32),
+                              np.concatenate([p.valid for p in parts]))
+        idx = rng.integers(0, self.available, batch)
         return self._cat.obs.index(idx), self._cat.actions[idx], self._cat.valid[idx]

@@ -207,6 +207,14 @@ class AlgoConfig:
     sil_coef: float = 0.0
     sil_capacity: int = 8192
     sil_batch: int = 64
+    # > 0: after each update's PPO epochs, this many more steps of the self-imitation loss alone
+    # (sil_coef x flow matching on sil_batch chunks), not stopped by target_kl: the diagnostic took
+    # 500 fine-tuning steps per 500 rollouts, where the in-step loss gets one step per PPO minibatch.
+    sil_steps: int = 0
+    # True: the SFT demos (every frame with its next H actions) join the self-imitation batches as a
+    # fixed part of the memory, as the diagnostic fine-tunes on demos plus successes. The demos are
+    # sft.demos, else the folder the init checkpoint's meta names, else the run's own few-shot SFT's.
+    sil_demos: bool = False
 
     def __post_init__(self) -> None:
         check(0 < self.gamma <= 1, "gamma", "(0, 1]", self.gamma)
@@ -221,6 +229,9 @@ class AlgoConfig:
         check(self.ref_kl_coef >= 0, "ref_kl_coef", ">= 0 (0: off)", self.ref_kl_coef)
         check(self.backbone_lr >= 0, "backbone_lr", ">= 0 (0: actor_lr)", self.backbone_lr)
         check(self.sil_coef >= 0, "sil_coef", ">= 0 (0: off)", self.sil_coef)
+        check(self.sil_steps >= 0, "sil_steps", ">= 0 (0: off)", self.sil_steps)
+        check(self.sil_coef > 0 or not (self.sil_steps or self.sil_demos), "sil_coef",
+              "> 0 where sil_steps or sil_demos is set (they extend self-imitation)", self.sil_coef)
         check(self.sil_capacity >= 1, "sil_capacity", ">= 1 (chunks)", self.sil_capacity)
         check(self.sil_batch >= 1, "sil_batch", ">= 1", self.sil_batch)
 

@@ -47,6 +47,7 @@ LEARNER_GPU_MEMORY_GB = "learner/gpu_memory_gb"  # peak CUDA memory of the updat
 SIL_LOSS = "learner/sil_loss"  # flow-matching loss on the self-imitation memory (algo.sil_coef > 0)
 SIL_MEMORY_CHUNKS = "learner/sil_memory_chunks"  # chunks of successful episodes held for self-imitation
 SIL_EPISODES = "learner/sil_episodes"  # successful episodes that entered the memory so far
+SIL_STEPS_RUN = "learner/sil_steps_run"  # self-imitation-only steps after the PPO epochs (algo.sil_steps)
 BROADCAST_S = "time/broadcast_s"
 COLLECT_S = "time/collect_s"
 UPDATE_S = "time/update_s"
@@ -61,6 +62,7 @@ LEARNER_KEYS = {
     "samples": SAMPLES, "samples_per_s": SAMPLES_PER_S,
     "staleness_max": STALENESS_MAX, "stale_rejected": STALE_REJECTED, "gpu_memory_gb": LEARNER_GPU_MEMORY_GB,
     "sil_loss": SIL_LOSS, "sil_memory_chunks": SIL_MEMORY_CHUNKS, "sil_episodes": SIL_EPISODES,
+    "sil_steps_run": SIL_STEPS_RUN,
 }
 
 

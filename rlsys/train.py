@@ -150,6 +150,43 @@ def initial_policy_state(run: Run) -> dict[str, np.ndarray]:
     return state_to_numpy(policy)
 
 
+def sil_demo_dir(cfg: TrainConfig, run_dir: Path) -> Path:
+    """The demos of ``algo.sil_demos``: ``sft.demos``, else the folder the init checkpoint's meta
+    names, else the run's own few-shot SFT's."""
+    from rlsys.checkpoint import read_config
+
+    if cfg.sft.demos:
+        d, source = Path(cfg.sft.demos), "sft.demos"
+    elif cfg.init_checkpoint:
+        named = read_config(cfg.init_checkpoint)["meta"].get("demos")
+        if not named:
+            raise ValueError(f"algo.sil_demos=true: init_checkpoint {cfg.init_checkpoint} names no demo folder in "
+                             "its meta; set sft.demos=DIR (the demos it was trained on)")
+        d, source = Path(named), f"init_checkpoint {cfg.init_checkpoint}"
+    else:
+        d, source = run_dir / "sft_demos", "the run's own few-shot SFT"
+    if not (d / "meta" / "info.json").exists():
+        raise FileNotFoundError(f"algo.sil_demos=true: {d} (from {source}) is not a demo folder (no meta/info.json); "
+                                "set sft.demos=DIR or algo.sil_demos=false")
+    return d
+
+
+def sil_demo_frames(cfg: TrainConfig, run: Run) -> tuple[Any, np.ndarray, np.ndarray] | None:
+    """(obs, actions [F, H, A], valid [F, H]) of every demo frame for ``algo.sil_demos``, else None."""
+    if not (cfg.algo.sil_coef > 0 and cfg.algo.sil_demos):
+        return None
+    from rlsys.envs.demos import load_demos
+    from rlsys.prompt import ObservationBuilder
+    from rlsys.sft import SFTData, check_demos_match
+
+    d = sil_demo_dir(cfg, run.dir)
+    ds = load_demos(d)
+    check_demos_match(ds, cfg, d)
+    data = SFTData(ds, ObservationBuilder(cfg.policy, run.embodiment), cfg.policy.action_horizon)
+    print(f"train: self-imitation memory starts with {len(data)} demo frames from {d}", flush=True)
+    return data.obs, data.actions, data.valid
+
+
 def train(cfg: TrainConfig, resume: str | None = None) -> dict[str, Any]:
     from rlsys.actors.system import RaySystem, start_ray
 
@@ -164,7 +201,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict[str, Any]:
         init_state, training_state, start = initial_policy_state(run), None, 0
     cfg = run.cfg
     print(f"train: run directory {run.dir}", flush=True)
-    system = RaySystem(cfg, init_state, episodic=ALGORITHMS.get(cfg.algo.name).episodic)
+    system = RaySystem(cfg, init_state, episodic=ALGORITHMS.get(cfg.algo.name).episodic,
+                       sil_base=sil_demo_frames(cfg, run))
     try:
         if training_state is not None:
             import ray

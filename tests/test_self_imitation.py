@@ -4,11 +4,12 @@ learner's flow-matching step toward the policy's own successful chunks."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from test_distributed import _core_and_engine, small_cfg
+from test_distributed import _core_and_engine, init_ckpt, ray_local, read_metrics, small_cfg  # noqa: F401
 
 from rlsys import metrics as M
 from rlsys.actors.inference import load_numpy_state, state_to_numpy
@@ -114,6 +115,70 @@ def test_sil_step_imitates_the_successful_chunks(rollout):
 def test_sil_settings_are_checked():
     from rlsys.config import load_config
 
-    for bad in ("algo.sil_coef=-1", "algo.sil_capacity=0", "algo.sil_batch=0"):
+    for bad in ("algo.sil_coef=-1", "algo.sil_capacity=0", "algo.sil_batch=0", "algo.sil_steps=-1"):
         with pytest.raises(ConfigError, match=bad.split("=")[0].split(".")[1]):
             load_config("tabletop_ppo", [bad])
+    for orphan in ("algo.sil_steps=5", "algo.sil_demos=true"):  # extensions of self-imitation, which is off
+        with pytest.raises(ConfigError, match="sil_coef"):
+            load_config("tabletop_ppo", [orphan])
+
+
+def test_sil_steps_run_past_target_kl_on_the_demo_base(rollout):
+    """With no success in the batch, a demo base alone feeds self-imitation; the sil_steps run after
+    the PPO epochs even where target_kl ended those, and fit the demo chunks."""
+    cfg, (s1, _), state = rollout
+    seg = relabel(s1, [[1, 2], [1, 2], [1, 2]])  # no episode ends: nothing enters the FIFO
+    rows = np.array([0, 1, 2, 3])
+    base = (s1.obs.index(rows), np.array(s1.chunk.actions[rows]) + 0.3, np.ones((4, s1.exec_mask.shape[-1]), bool))
+    c = dataclasses.replace(cfg, algo=dataclasses.replace(cfg.algo, sil_coef=1.0, sil_steps=6, target_kl=1e-9))
+    policy = FlowPolicy(c.policy)
+    load_numpy_state(policy, state)
+    before = fm_loss(policy, *base)
+    m = Learner(c, policy, sil_base=base).update([seg])
+    assert m["epochs_run"] < c.algo.epochs  # target_kl stopped PPO's steps...
+    assert m["sil_steps_run"] == 6 and m["sil_memory_chunks"] == 0  # ...not these
+    assert fm_loss(policy, *base) < 0.9 * before
+
+
+def test_memory_draws_from_base_and_fifo_padding_narrow_demo_actions(rollout):
+    _, (s1, _), _ = rollout
+    k = s1.chunk.actions.shape[-1]
+    base = (s1.obs.index(np.array([1, 3])), np.full((2, s1.chunk.actions.shape[1], k - 2), 5.0, np.float32),
+            np.ones((2, s1.exec_mask.shape[-1]), bool))  # an embodiment narrower than the policy's K
+    mem = SuccessMemory(capacity=10, base=base)
+    assert mem.size == 0 and mem.available == 2
+    done = [[0, 0], [0, 0], [1, 0]]
+    mem.add(relabel(s1, [[1, 2], [1, 2], [1, 2]], terminated=done, success=done), iteration=0)
+    assert mem.size == 3 and mem.available == 5
+    _, actions, _ = mem.sample(400, np.random.default_rng(0))
+    demo = (actions[..., 0] == 5.0).all(-1)
+    assert actions.shape[-1] == k and (actions[demo][..., k - 2:] == 0).all()  # padded with zeros
+    assert 0.25 < demo.mean() < 0.55  # uniform over 2 demo + 3 FIFO chunks
+
+
+def test_sil_demo_folder_is_resolved_or_named(tmp_path, init_ckpt):  # noqa: F811
+    from rlsys.train import sil_demo_dir
+
+    cfg = small_cfg(tmp_path, "algo.sil_coef=1", "algo.sil_demos=true", f"init_checkpoint={init_ckpt}")
+    with pytest.raises(ValueError, match="names no demo folder"):  # its meta is {"stage": "test"}
+        sil_demo_dir(cfg, tmp_path)
+    cfg = small_cfg(tmp_path, "algo.sil_coef=1", "algo.sil_demos=true", f"sft.demos={tmp_path / 'nope'}")
+    with pytest.raises(FileNotFoundError, match="nope.*sft.demos"):
+        sil_demo_dir(cfg, tmp_path)
+    cfg = small_cfg(tmp_path, "algo.sil_coef=1", "algo.sil_demos=true")
+    with pytest.raises(FileNotFoundError, match="few-shot SFT"):
+        sil_demo_dir(cfg, tmp_path)
+
+
+def test_train_with_sil_steps_and_demos_on_a_local_ray(ray_local, init_ckpt, tmp_path):  # noqa: F811
+    """End to end: the demo frames travel to the learner actor and the self-imitation steps run."""
+    from rlsys.envs.demos import expert_demos
+    from rlsys.train import train
+
+    demos = tmp_path / "demos"
+    cfg = small_cfg(tmp_path, "placement.mode=collocated", f"init_checkpoint={init_ckpt}", "algo.sil_coef=1",
+                    "algo.sil_steps=3", "algo.sil_demos=true", f"sft.demos={demos}", "algo.critic_warmup_iters=0")
+    expert_demos(cfg.env, str(demos), 2)
+    rows = read_metrics(Path(train(cfg)["run_dir"]))
+    assert [r["learner/sil_steps_run"] for r in rows] == [3, 3]
+    assert all(r["learner/sil_loss"] > 0 for r in rows)
