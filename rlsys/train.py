@@ -196,6 +196,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict[str, Any]:
         start_ray(run.cfg)
         init_state, training_state, start = run.load_checkpoint()
     else:
+        if cfg.algo.sil_coef > 0 and cfg.algo.sil_demos and (cfg.sft.demos or cfg.init_checkpoint):
+            sil_demo_dir(cfg, Path(cfg.run_dir))  # a missing demo folder fails before any run directory
         start_ray(cfg)
         run = Run.create(cfg)
         init_state, training_state, start = initial_policy_state(run), None, 0

@@ -162,9 +162,14 @@ def test_sil_demo_folder_is_resolved_or_named(tmp_path, init_ckpt):  # noqa: F81
     cfg = small_cfg(tmp_path, "algo.sil_coef=1", "algo.sil_demos=true", f"init_checkpoint={init_ckpt}")
     with pytest.raises(ValueError, match="names no demo folder"):  # its meta is {"stage": "test"}
         sil_demo_dir(cfg, tmp_path)
-    cfg = small_cfg(tmp_path, "algo.sil_coef=1", "algo.sil_demos=true", f"sft.demos={tmp_path / 'nope'}")
+    cfg = small_cfg(tmp_path / "runs", "algo.sil_coef=1", "algo.sil_demos=true", f"sft.demos={tmp_path / 'nope'}")
     with pytest.raises(FileNotFoundError, match="nope.*sft.demos"):
         sil_demo_dir(cfg, tmp_path)
+    from rlsys.train import train
+
+    with pytest.raises(FileNotFoundError, match="nope"):  # train() says so before any run directory
+        train(cfg)
+    assert not (tmp_path / "runs").exists()
     cfg = small_cfg(tmp_path, "algo.sil_coef=1", "algo.sil_demos=true")
     with pytest.raises(FileNotFoundError, match="few-shot SFT"):
         sil_demo_dir(cfg, tmp_path)
