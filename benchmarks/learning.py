@@ -1,4 +1,4 @@
-"""Learning efficacy: few-shot SFT -> PPO (or GRPO) on the tabletop suite within a wall-clock
+"""Learning efficacy: few-shot SFT -> PPO (or GRPO, RFT) on the tabletop suite within a wall-clock
 budget; success (ODE evaluation) vs wall time and env steps. Writes
 benchmarks/results/learning_<algo>.json and .png.
 
@@ -21,7 +21,8 @@ OUT = Path(__file__).parent / "results"
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--algo", choices=("ppo", "grpo"), default="ppo")
+    ap.add_argument("--algo", choices=("ppo", "grpo", "rft"),
+                    help="default: the preset's algorithm (ppo without a preset)")
     ap.add_argument("--minutes", type=float, default=30.0)
     ap.add_argument("--init-checkpoint", default="")
     ap.add_argument("--run-dir", default="runs/bench")
@@ -30,10 +31,13 @@ def main() -> None:
     ap.add_argument("--from-run", help="no training: rebuild the result from an existing run directory "
                                        "(e.g. one that died after its last evaluation)")
     args = ap.parse_args()
+    if not args.preset:
+        args.algo = args.algo or "ppo"
     name = f"learning_{args.preset}" if args.preset else f"learning_{args.algo}"
     cfg = load_config(args.preset or f"tabletop_{args.algo}", [
-        f"algo.name={args.algo}", f"max_minutes={args.minutes}", "iterations=100000", f"run_dir={args.run_dir}",
+        *([f"algo.name={args.algo}"] if args.algo else []), f"max_minutes={args.minutes}", "iterations=100000", f"run_dir={args.run_dir}",
         f"init_checkpoint={args.init_checkpoint}", *args.overrides])
+    args.algo = cfg.algo.name
     t0 = time.time()
     run_dir = Path(args.from_run) if args.from_run else Path(train(cfg)["run_dir"])
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]

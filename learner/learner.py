@@ -101,6 +101,8 @@ class Learner:
         if self.memory is not None:  # every finished episode counts, stale segments' too (SIL is off-policy)
             for seg in segments:
                 self.memory.add(seg, self.iteration)
+        if not self.algo.policy_gradient:
+            return self._fine_tune(segments, t0)
         batch, stats = self.make_batch(segments)
         dev = self.policy.device  # the batch arrives as numpy; the losses run where the weights are
         if dev.type == "cuda":
@@ -215,6 +217,34 @@ class Learner:
             metrics["gpu_memory_gb"] = torch.cuda.max_memory_allocated(dev) / 2**30
         metrics["update_seconds"] = time.perf_counter() - t0
         metrics["samples_per_s"] = n_valid * max(steps, 1) / a.minibatches / metrics["update_seconds"]
+        return metrics
+
+    def _fine_tune(self, segments: list[Segment], t0: float) -> dict[str, float]:
+        """``rft``: ``sil_steps`` flow-matching steps on the success memory, nothing else (every segment
+        only feeds the memory: stale ones too, since imitation is off-policy)."""
+        a = self.cfg.algo
+        staleness = [self.version - s.versions[s.valid] for s in segments]
+        metrics: dict[str, float] = {"staleness_max": float(max((int(x.max(initial=0)) for x in staleness), default=0)),
+                                     "stale_rejected": 0.0}
+        losses: list[float] = []
+        if self.memory.available:
+            for _ in range(a.sil_steps):
+                sil = self._sil_loss()
+                self.optimizer.zero_grad(set_to_none=True)
+                (a.sil_coef * sil).backward()
+                gn = torch.nn.utils.clip_grad_norm_(self.actor_params, a.grad_clip)
+                self.optimizer.step()
+                losses.append(sil.item())
+            metrics.update(sil_loss=float(np.mean(losses)), grad_norm=float(gn))
+        else:  # no success yet (and no demos): nothing to imitate; weights and version stay (as PPO's skip)
+            metrics["skipped"] = 1.0
+        if losses:
+            self.version += 1
+            self.iteration += 1
+        metrics.update(sil_memory_chunks=float(self.memory.size), sil_episodes=float(self.memory.episodes_added),
+                       sil_steps_run=float(len(losses)), samples=float(len(losses) * a.sil_batch))
+        metrics["update_seconds"] = time.perf_counter() - t0
+        metrics["samples_per_s"] = metrics["samples"] / metrics["update_seconds"]
         return metrics
 
     def _sil_loss(self) -> torch.Tensor:

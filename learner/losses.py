@@ -113,6 +113,7 @@ class PPOAlgorithm:
 
     uses_critic = True
     episodic = False
+    policy_gradient = True
 
 
 class GRPOAlgorithm:
@@ -120,3 +121,14 @@ class GRPOAlgorithm:
 
     uses_critic = False
     episodic = True
+    policy_gradient = True
+
+
+class RFTAlgorithm:
+    """Rejection-sampling fine-tuning (filtered behaviour cloning, expert iteration): no likelihood
+    ratio and no critic. The policy's successful episodes enter the self-imitation memory and each
+    update is ``algo.sil_steps`` flow-matching steps on it (plus the demos with ``algo.sil_demos``)."""
+
+    uses_critic = False
+    episodic = False
+    policy_gradient = False

@@ -111,6 +111,9 @@ class PolicyConfig:
     noise_head: bool = False  # learned exploration std (Flow-Noise)
 
     def __post_init__(self) -> None:
+        from rlsys.registry import BACKBONES
+
+        check(self.backbone in BACKBONES, "backbone", f"one of {', '.join(BACKBONES.names())}", self.backbone)
         check(self.width % self.heads == 0, "width", f"a multiple of heads={self.heads}", self.width)
         check(self.action_horizon >= 1, "action_horizon", ">= 1", self.action_horizon)
         check(self.action_channels >= 1, "action_channels", ">= 1", self.action_channels)
@@ -134,6 +137,9 @@ class SamplerConfig:
     logprob: Literal["chunk_level", "token_level"] = "chunk_level"
 
     def __post_init__(self) -> None:
+        from rlsys.registry import SAMPLERS
+
+        check(self.name in SAMPLERS, "name", f"one of {', '.join(SAMPLERS.names())}", self.name)
         check(self.noise_level >= 0, "noise_level", ">= 0", self.noise_level)
         check(0 < self.sigma_min <= self.sigma_max, "sigma_min", "0 < sigma_min <= sigma_max", self.sigma_min)
 
@@ -161,7 +167,9 @@ class SFTConfig:
 
 @dataclass(frozen=True)
 class AlgoConfig:
-    name: str = "ppo"  # ppo | grpo
+    # ppo | grpo | rft (rejection-sampling fine-tuning: flow matching on the policy's own successes,
+    # algo.sil_steps steps per iteration; no likelihood ratio, no critic)
+    name: str = "ppo"
     gamma: float = 0.99
     lam: float = 0.95
     # Bootstrap V(final obs) where the time limit cut an episode (the textbook choice). False treats
@@ -217,6 +225,9 @@ class AlgoConfig:
     sil_demos: bool = False
 
     def __post_init__(self) -> None:
+        from rlsys.registry import ALGORITHMS
+
+        check(self.name in ALGORITHMS, "name", f"one of {', '.join(ALGORITHMS.names())}", self.name)
         check(0 < self.gamma <= 1, "gamma", "(0, 1]", self.gamma)
         check(0 <= self.lam <= 1, "lam", "[0, 1]", self.lam)
         check(0 < self.clip_low < 1, "clip_low", "(0, 1)", self.clip_low)
@@ -232,6 +243,10 @@ class AlgoConfig:
         check(self.sil_steps >= 0, "sil_steps", ">= 0 (0: off)", self.sil_steps)
         check(self.sil_coef > 0 or not (self.sil_steps or self.sil_demos), "sil_coef",
               "> 0 where sil_steps or sil_demos is set (they extend self-imitation)", self.sil_coef)
+        if self.name == "rft":  # its update is the self-imitation steps, nothing else
+            check(self.sil_coef > 0, "sil_coef", "> 0 with name=rft (the flow-matching loss's weight)", self.sil_coef)
+            check(self.sil_steps >= 1, "sil_steps", ">= 1 with name=rft (flow-matching steps per iteration)",
+                  self.sil_steps)
         check(self.sil_capacity >= 1, "sil_capacity", ">= 1 (chunks)", self.sil_capacity)
         check(self.sil_batch >= 1, "sil_batch", ">= 1", self.sil_batch)
 

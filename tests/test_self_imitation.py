@@ -1,5 +1,6 @@
-"""Self-imitation (``algo.sil_coef``): the success memory's bookkeeping across segments, and the
-learner's flow-matching step toward the policy's own successful chunks."""
+"""Self-imitation (``algo.sil_coef``): the success memory's bookkeeping across segments, the
+learner's flow-matching step toward the policy's own successful chunks, and ``algo.name=rft``
+(rejection-sampling fine-tuning: those steps alone)."""
 
 from __future__ import annotations
 
@@ -121,6 +122,22 @@ def test_sil_settings_are_checked():
     for orphan in ("algo.sil_steps=5", "algo.sil_demos=true"):  # extensions of self-imitation, which is off
         with pytest.raises(ConfigError, match="sil_coef"):
             load_config("tabletop_ppo", [orphan])
+    with pytest.raises(ConfigError, match="sil_coef.*name=rft"):
+        load_config("tabletop_ppo", ["algo.name=rft"])
+    with pytest.raises(ConfigError, match="sil_steps.*name=rft"):  # rft's update is its sil_steps
+        load_config("tabletop_ppo", ["algo.name=rft", "algo.sil_coef=1"])
+    load_config("tabletop_ppo", ["algo.name=rft", "algo.sil_coef=1", "algo.sil_steps=4"])
+
+
+def test_component_names_are_checked_when_the_config_is_read():
+    """An unknown algorithm, sampler or backbone fails in load_config, naming the known ones, not
+    after Ray, the run directory and the few-shot SFT have started."""
+    from rlsys.config import load_config
+
+    for key, bad, known in (("algo.name", "pppo", "grpo, ppo, rft"), ("sampler.name", "sde", "flow_noise, flow_sde, ode"),
+                            ("policy.backbone", "big", "tiny")):
+        with pytest.raises(ConfigError, match=f"{key}: got '{bad}'; allowed: one of {known}"):
+            load_config("tabletop_ppo", [f"{key}={bad}"])
 
 
 def test_sil_steps_run_past_target_kl_on_the_demo_base(rollout):
@@ -138,6 +155,30 @@ def test_sil_steps_run_past_target_kl_on_the_demo_base(rollout):
     assert m["epochs_run"] < c.algo.epochs  # target_kl stopped PPO's steps...
     assert m["sil_steps_run"] == 6 and m["sil_memory_chunks"] == 0  # ...not these
     assert fm_loss(policy, *base) < 0.9 * before
+
+
+def test_rft_update_fits_successes_and_nothing_else(rollout):
+    """``algo.name=rft``: with no success (and no demos) the update leaves the weights and the version;
+    once an episode succeeds, its sil_steps fit that episode's chunks with no PPO loss and no critic."""
+    cfg, (s1, _), state = rollout
+    c = dataclasses.replace(cfg, algo=dataclasses.replace(cfg.algo, name="rft", sil_coef=1.0, sil_steps=40))
+    policy = FlowPolicy(c.policy)
+    load_numpy_state(policy, state)
+    learner = Learner(c, policy)
+    m = learner.update([relabel(s1, [[1, 2], [1, 2], [1, 2]], terminated=[[0, 0], [0, 0], [0, 1]])])  # 2 fails
+    assert m["skipped"] == 1 and learner.version == 0 and m["sil_steps_run"] == 0
+    assert all(np.array_equal(v, state[k]) for k, v in state_to_numpy(policy).items())
+    ok = [[0, 0], [0, 0], [1, 0]]
+    seg = relabel(s1, [[3, 4], [3, 4], [3, 4]], terminated=ok, success=ok)
+    rows = np.array([0, 2, 4])
+    target = (seg.obs.index(rows), seg.chunk.actions[rows], np.ones((3, seg.exec_mask.shape[-1]), bool))
+    before = fm_loss(policy, *target)
+    m = learner.update([seg])
+    assert learner.version == 1 and m["sil_steps_run"] == 40 and m["sil_memory_chunks"] == 3
+    assert not {"policy_loss", "value_loss", "approx_kl", "skipped"} & set(m)
+    assert fm_loss(policy, *target) < 0.9 * before
+    after = state_to_numpy(policy)
+    assert all(np.array_equal(after[k], state[k]) for k in state if k.startswith("value_head."))  # no critic
 
 
 def test_memory_draws_from_base_and_fifo_padding_narrow_demo_actions(rollout):
@@ -187,3 +228,20 @@ def test_train_with_sil_steps_and_demos_on_a_local_ray(ray_local, init_ckpt, tmp
     rows = read_metrics(Path(train(cfg)["run_dir"]))
     assert [r["learner/sil_steps_run"] for r in rows] == [3, 3]
     assert all(r["learner/sil_loss"] > 0 for r in rows)
+
+
+def test_train_rft_on_a_local_ray(ray_local, init_ckpt, tmp_path):  # noqa: F811
+    """``rlsys train`` with algo.name=rft end to end: the demos seed the memory, every iteration is
+    flow-matching steps alone, and the new weights reach the inference workers."""
+    from rlsys.envs.demos import expert_demos
+    from rlsys.train import train
+
+    demos = tmp_path / "demos"
+    cfg = small_cfg(tmp_path, "placement.mode=collocated", f"init_checkpoint={init_ckpt}", "algo.name=rft",
+                    "algo.sil_coef=1", "algo.sil_steps=2", "algo.sil_demos=true", f"sft.demos={demos}")
+    expert_demos(cfg.env, str(demos), 2)
+    run_dir = Path(train(cfg)["run_dir"])
+    rows = read_metrics(run_dir)
+    assert [r["learner/sil_steps_run"] for r in rows] == [2, 2]
+    assert all(r["learner/sil_loss"] > 0 and M.POLICY_LOSS not in r for r in rows)
+    assert "rft" in run_dir.name
