@@ -6,6 +6,7 @@ Plain class (tests construct it in-process); the Ray layer wraps it in ``PolicyA
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from typing import Any
 
@@ -18,6 +19,7 @@ from rlsys.learner.losses import chunk_gae, grpo_advantages, masked_mean, normal
 from rlsys.learner.self_imitation import SuccessMemory
 from rlsys.policy.flow_policy import FlowPolicy
 from rlsys.registry import ALGORITHMS
+from rlsys.sft import random_shift
 from rlsys.types import ActionChunk, Batch, Observation, Segment
 
 
@@ -249,7 +251,10 @@ class Learner:
 
     def _sil_loss(self) -> torch.Tensor:
         """The flow-matching loss on one batch of ``sil_batch`` chunks from the self-imitation memory."""
-        obs, actions, valid = self.memory.sample(self.cfg.algo.sil_batch, self.rng)
+        a = self.cfg.algo
+        obs, actions, valid = self.memory.sample(a.sil_batch, self.rng)
+        if a.sil_shift:
+            obs = dataclasses.replace(obs, images=random_shift(obs.images, a.sil_shift, self.rng))
         return self.policy.sft_loss(obs, actions, valid, self.cfg.sft.timestep_sampling, self.sil_generator)
 
     def _critic_step(self, obs: Observation, prefix: Any, old_value: torch.Tensor, returns: torch.Tensor) -> float:

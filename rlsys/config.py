@@ -223,6 +223,9 @@ class AlgoConfig:
     # fixed part of the memory, as the diagnostic fine-tunes on demos plus successes. The demos are
     # sft.demos, else the folder the init checkpoint's meta names, else the run's own few-shot SFT's.
     sil_demos: bool = False
+    # > 0: the self-imitation batches get SFT's image augmentation (pad by this many pixels, crop back
+    # at a random offset per sample and camera); SFT itself always shifts by 4
+    sil_shift: int = 0
 
     def __post_init__(self) -> None:
         from rlsys.registry import ALGORITHMS
@@ -249,6 +252,7 @@ class AlgoConfig:
                   self.sil_steps)
         check(self.sil_capacity >= 1, "sil_capacity", ">= 1 (chunks)", self.sil_capacity)
         check(self.sil_batch >= 1, "sil_batch", ">= 1", self.sil_batch)
+        check(self.sil_shift >= 0, "sil_shift", ">= 0 pixels (0: off)", self.sil_shift)
 
 
 @dataclass(frozen=True)

@@ -116,7 +116,7 @@ def test_sil_step_imitates_the_successful_chunks(rollout):
 def test_sil_settings_are_checked():
     from rlsys.config import load_config
 
-    for bad in ("algo.sil_coef=-1", "algo.sil_capacity=0", "algo.sil_batch=0", "algo.sil_steps=-1"):
+    for bad in ("algo.sil_coef=-1", "algo.sil_capacity=0", "algo.sil_batch=0", "algo.sil_steps=-1", "algo.sil_shift=-1"):
         with pytest.raises(ConfigError, match=bad.split("=")[0].split(".")[1]):
             load_config("tabletop_ppo", [bad])
     for orphan in ("algo.sil_steps=5", "algo.sil_demos=true"):  # extensions of self-imitation, which is off
@@ -179,6 +179,26 @@ def test_rft_update_fits_successes_and_nothing_else(rollout):
     assert fm_loss(policy, *target) < 0.9 * before
     after = state_to_numpy(policy)
     assert all(np.array_equal(after[k], state[k]) for k in state if k.startswith("value_head."))  # no critic
+
+
+def test_sil_shift_augments_the_memory_images(rollout):
+    """algo.sil_shift: the self-imitation batch sees SFT's random-shift augmentation of the stored
+    images (off: the stored images exactly)."""
+    cfg, (s1, _), state = rollout
+    ok = [[0, 0], [0, 0], [1, 0]]
+    seg = relabel(s1, [[1, 2], [1, 2], [1, 2]], terminated=ok, success=ok)
+    stored = [seg.obs.images[i] for i in (0, 2, 4)]
+    for shift in (0, 4):
+        c = dataclasses.replace(cfg, algo=dataclasses.replace(cfg.algo, sil_coef=1.0, sil_shift=shift))
+        policy = FlowPolicy(c.policy)
+        learner = Learner(c, policy)
+        learner.memory.add(seg, 0)
+        seen = []
+        fit = policy.sft_loss
+        policy.sft_loss = lambda obs, *args, **kw: (seen.append(obs.images), fit(obs, *args, **kw))[1]
+        assert float(learner._sil_loss()) > 0
+        same = [any(np.array_equal(x, m) for m in stored) for x in seen[0]]
+        assert all(same) if shift == 0 else sum(same) < len(same) / 2, shift
 
 
 def test_memory_draws_from_base_and_fifo_padding_narrow_demo_actions(rollout):
