@@ -35,8 +35,8 @@ def main() -> None:
         args.algo = args.algo or "ppo"
     name = f"learning_{args.preset}" if args.preset else f"learning_{args.algo}"
     cfg = load_config(args.preset or f"tabletop_{args.algo}", [
-        *([f"algo.name={args.algo}"] if args.algo else []), f"max_minutes={args.minutes}", "iterations=100000", f"run_dir={args.run_dir}",
-        f"init_checkpoint={args.init_checkpoint}", *args.overrides])
+        *([f"algo.name={args.algo}"] if args.algo else []), f"max_minutes={args.minutes}", "iterations=100000",
+        f"run_dir={args.run_dir}", f"init_checkpoint={args.init_checkpoint}", *args.overrides])
     args.algo = cfg.algo.name
     t0 = time.time()
     run_dir = Path(args.from_run) if args.from_run else Path(train(cfg)["run_dir"])

@@ -116,7 +116,8 @@ def test_sil_step_imitates_the_successful_chunks(rollout):
 def test_sil_settings_are_checked():
     from rlsys.config import load_config
 
-    for bad in ("algo.sil_coef=-1", "algo.sil_capacity=0", "algo.sil_batch=0", "algo.sil_steps=-1", "algo.sil_shift=-1"):
+    for bad in ("algo.sil_coef=-1", "algo.sil_capacity=0", "algo.sil_batch=0", "algo.sil_steps=-1",
+                "algo.sil_shift=-1"):
         with pytest.raises(ConfigError, match=bad.split("=")[0].split(".")[1]):
             load_config("tabletop_ppo", [bad])
     for orphan in ("algo.sil_steps=5", "algo.sil_demos=true"):  # extensions of self-imitation, which is off
@@ -134,8 +135,8 @@ def test_component_names_are_checked_when_the_config_is_read():
     after Ray, the run directory and the few-shot SFT have started."""
     from rlsys.config import load_config
 
-    for key, bad, known in (("algo.name", "pppo", "grpo, ppo, rft"), ("sampler.name", "sde", "flow_noise, flow_sde, ode"),
-                            ("policy.backbone", "big", "tiny")):
+    for key, bad, known in (("algo.name", "pppo", "grpo, ppo, rft"),
+                            ("sampler.name", "sde", "flow_noise, flow_sde, ode"), ("policy.backbone", "big", "tiny")):
         with pytest.raises(ConfigError, match=f"{key}: got '{bad}'; allowed: one of {known}"):
             load_config("tabletop_ppo", [f"{key}={bad}"])
 
@@ -193,9 +194,13 @@ def test_sil_shift_augments_the_memory_images(rollout):
         policy = FlowPolicy(c.policy)
         learner = Learner(c, policy)
         learner.memory.add(seg, 0)
-        seen = []
-        fit = policy.sft_loss
-        policy.sft_loss = lambda obs, *args, **kw: (seen.append(obs.images), fit(obs, *args, **kw))[1]
+        seen: list[np.ndarray] = []
+
+        def spy(obs, *args, fit=policy.sft_loss, seen=seen, **kw):  # records what the loss is given
+            seen.append(obs.images)
+            return fit(obs, *args, **kw)
+
+        policy.sft_loss = spy
         assert float(learner._sil_loss()) > 0
         same = [any(np.array_equal(x, m) for m in stored) for x in seen[0]]
         assert all(same) if shift == 0 else sum(same) < len(same) / 2, shift
