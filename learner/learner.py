@@ -103,7 +103,7 @@ class Learner:
         if self.memory is not None:  # every finished episode counts, stale segments' too (SIL is off-policy)
             for seg in segments:
                 self.memory.add(seg, self.iteration)
-        if not self.algo.policy_gradient:
+        if not getattr(self.algo, "policy_gradient", True):  # rft (a plug-in algorithm may not say)
             return self._fine_tune(segments, t0)
         batch, stats = self.make_batch(segments)
         dev = self.policy.device  # the batch arrives as numpy; the losses run where the weights are
@@ -194,12 +194,7 @@ class Learner:
         sil_steps = 0
         if actor_on and a.sil_steps and self.memory is not None and self.memory.available:
             for _ in range(a.sil_steps):  # self-imitation alone; target_kl bounds PPO's steps, not these
-                sil = self._sil_loss()
-                self.optimizer.zero_grad(set_to_none=True)
-                (a.sil_coef * sil).backward()
-                torch.nn.utils.clip_grad_norm_(self.actor_params, a.grad_clip)
-                self.optimizer.step()
-                logs.setdefault("sil_loss", []).append(sil.item())
+                logs.setdefault("sil_loss", []).append(self._sil_step()[0])
                 sil_steps += 1
         self.version += 1
         self.iteration += 1
@@ -230,24 +225,27 @@ class Learner:
                                      "stale_rejected": 0.0}
         losses: list[float] = []
         if self.memory.available:
-            for _ in range(a.sil_steps):
-                sil = self._sil_loss()
-                self.optimizer.zero_grad(set_to_none=True)
-                (a.sil_coef * sil).backward()
-                gn = torch.nn.utils.clip_grad_norm_(self.actor_params, a.grad_clip)
-                self.optimizer.step()
-                losses.append(sil.item())
-            metrics.update(sil_loss=float(np.mean(losses)), grad_norm=float(gn))
-        else:  # no success yet (and no demos): nothing to imitate; weights and version stay (as PPO's skip)
-            metrics["skipped"] = 1.0
-        if losses:
+            steps = [self._sil_step() for _ in range(a.sil_steps)]
+            losses = [loss for loss, _ in steps]
+            metrics.update(sil_loss=float(np.mean(losses)), grad_norm=float(np.mean([g for _, g in steps])))
             self.version += 1
             self.iteration += 1
+        else:  # no success yet (and no demos): nothing to imitate; weights and version stay (as PPO's skip)
+            metrics["skipped"] = 1.0
         metrics.update(sil_memory_chunks=float(self.memory.size), sil_episodes=float(self.memory.episodes_added),
                        sil_steps_run=float(len(losses)), samples=float(len(losses) * a.sil_batch))
         metrics["update_seconds"] = time.perf_counter() - t0
         metrics["samples_per_s"] = metrics["samples"] / metrics["update_seconds"]
         return metrics
+
+    def _sil_step(self) -> tuple[float, float]:
+        """One optimizer step on the self-imitation loss alone -> (loss, policy gradient norm)."""
+        sil = self._sil_loss()
+        self.optimizer.zero_grad(set_to_none=True)
+        (self.cfg.algo.sil_coef * sil).backward()
+        gn = torch.nn.utils.clip_grad_norm_(self.actor_params, self.cfg.algo.grad_clip)
+        self.optimizer.step()
+        return sil.item(), float(gn)
 
     def _sil_loss(self) -> torch.Tensor:
         """The flow-matching loss on one batch of ``sil_batch`` chunks from the self-imitation memory."""
