@@ -223,17 +223,16 @@ class Learner:
         staleness = [self.version - s.versions[s.valid] for s in segments]
         metrics: dict[str, float] = {"staleness_max": float(max((int(x.max(initial=0)) for x in staleness), default=0)),
                                      "stale_rejected": 0.0}
-        losses: list[float] = []
-        if self.memory.available:
-            steps = [self._sil_step() for _ in range(a.sil_steps)]
-            losses = [loss for loss, _ in steps]
-            metrics.update(sil_loss=float(np.mean(losses)), grad_norm=float(np.mean([g for _, g in steps])))
+        steps = [self._sil_step() for _ in range(a.sil_steps)] if self.memory.available else []
+        if steps:
+            loss, grad_norm = np.mean(steps, axis=0)
+            metrics.update(sil_loss=float(loss), grad_norm=float(grad_norm))
             self.version += 1
             self.iteration += 1
         else:  # no success yet (and no demos): nothing to imitate; weights and version stay (as PPO's skip)
             metrics["skipped"] = 1.0
         metrics.update(sil_memory_chunks=float(self.memory.size), sil_episodes=float(self.memory.episodes_added),
-                       sil_steps_run=float(len(losses)), samples=float(len(losses) * a.sil_batch))
+                       sil_steps_run=float(len(steps)), samples=float(len(steps) * a.sil_batch))
         metrics["update_seconds"] = time.perf_counter() - t0
         metrics["samples_per_s"] = metrics["samples"] / metrics["update_seconds"]
         return metrics

@@ -113,7 +113,7 @@ class PolicyConfig:
     def __post_init__(self) -> None:
         from rlsys.registry import BACKBONES
 
-        check(self.backbone in BACKBONES, "backbone", f"one of {', '.join(BACKBONES.names())}", self.backbone)
+        BACKBONES.check_name(self.backbone, "backbone")
         check(self.width % self.heads == 0, "width", f"a multiple of heads={self.heads}", self.width)
         check(self.action_horizon >= 1, "action_horizon", ">= 1", self.action_horizon)
         check(self.action_channels >= 1, "action_channels", ">= 1", self.action_channels)
@@ -139,7 +139,7 @@ class SamplerConfig:
     def __post_init__(self) -> None:
         from rlsys.registry import SAMPLERS
 
-        check(self.name in SAMPLERS, "name", f"one of {', '.join(SAMPLERS.names())}", self.name)
+        SAMPLERS.check_name(self.name, "name")
         check(self.noise_level >= 0, "noise_level", ">= 0", self.noise_level)
         check(0 < self.sigma_min <= self.sigma_max, "sigma_min", "0 < sigma_min <= sigma_max", self.sigma_min)
 
@@ -230,7 +230,7 @@ class AlgoConfig:
     def __post_init__(self) -> None:
         from rlsys.registry import ALGORITHMS
 
-        check(self.name in ALGORITHMS, "name", f"one of {', '.join(ALGORITHMS.names())}", self.name)
+        ALGORITHMS.check_name(self.name, "name")
         check(0 < self.gamma <= 1, "gamma", "(0, 1]", self.gamma)
         check(0 <= self.lam <= 1, "lam", "[0, 1]", self.lam)
         check(0 < self.clip_low < 1, "clip_low", "(0, 1)", self.clip_low)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
 
-from rlsys.configtools import ConfigError, suggest
+from rlsys.configtools import ConfigError, check, suggest
 
 
 class Registry:
@@ -52,6 +52,11 @@ class Registry:
 
     def __contains__(self, name: str) -> bool:
         return name in self.names()
+
+    def check_name(self, name: str, field: str) -> None:
+        """Config check (``__post_init__``): ``name`` is registered, else ``field: got ...; allowed: one of ...``
+        without importing the entry."""
+        check(name in self, field, f"one of {', '.join(self.names())}", name)
 
     def get(self, name: str) -> Any:
         self._load_entry_points()
