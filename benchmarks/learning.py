@@ -21,7 +21,7 @@ OUT = Path(__file__).parent / "results"
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--algo", choices=("ppo", "grpo", "rft"),
+    ap.add_argument("--algo", choices=("ppo", "grpo", "fpo", "rft"),
                     help="default: the preset's algorithm (ppo without a preset)")
     ap.add_argument("--minutes", type=float, default=30.0)
     ap.add_argument("--init-checkpoint", default="")

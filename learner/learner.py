@@ -1,4 +1,5 @@
-"""``Learner``: segments -> advantages -> PPO / GRPO epochs on recomputed flow log-probs.
+"""``Learner``: segments -> advantages -> PPO / GRPO / FPO epochs on recomputed flow log-probs (or
+flow-matching errors), or RFT's flow-matching steps.
 
 Plain class (tests construct it in-process); the Ray layer wraps it in ``PolicyActor``.
 """
@@ -17,7 +18,7 @@ from rlsys.config import TrainConfig
 from rlsys.flow import build_sampler, reduce_log_prob
 from rlsys.learner.losses import chunk_gae, grpo_advantages, masked_mean, normalize, ppo_policy_loss, value_loss
 from rlsys.learner.self_imitation import SuccessMemory
-from rlsys.policy.flow_policy import FlowPolicy
+from rlsys.policy.flow_policy import FlowPolicy, Recompute, sample_timesteps
 from rlsys.registry import ALGORITHMS
 from rlsys.sft import random_shift
 from rlsys.types import ActionChunk, Batch, Observation, Segment
@@ -52,6 +53,7 @@ class Learner:
         # (sil_base: the demo frames of algo.sil_demos, a fixed part of the memory)
         self.memory = SuccessMemory(a.sil_capacity, base=sil_base) if a.sil_coef > 0 else None
         self.sil_generator = torch.Generator().manual_seed(seed)
+        self.cfm_generator = torch.Generator().manual_seed(seed + 1)  # fpo's (t, eps) draws
 
     # ------------------------------------------------------------------ batch assembly
     def _old_logp(self, seg: Segment) -> np.ndarray:
@@ -129,6 +131,8 @@ class Learner:
         cache = None if a.update_backbone else self.policy.encode_batch(batch.obs.index(idx))
         row = np.zeros(len(batch.loss_mask), np.int64)  # batch index -> row of the cache
         row[idx] = np.arange(len(idx))
+        # fpo: the (t, eps) draws of each sample and their flow-matching errors under the rollout weights
+        cfm = self._cfm_draws(batch, idx, cache, row) if getattr(self.algo, "surrogate", "gaussian") == "cfm" else None
         steps, critic_steps, actor_stopped = 0, 0, False
         for _ in range(a.epochs):
             if actor_stopped and not self.algo.uses_critic:
@@ -148,11 +152,20 @@ class Learner:
                     with torch.no_grad():  # a frozen backbone is the reference's too: same prefix
                         ref = self.reference.transitions(m.obs, m.chunk.chain, m.chunk.step_mask, self.sampler,
                                                          None if a.update_backbone else prefix)
-                rc = self.policy.log_prob_and_value(m.obs, m.chunk.chain, m.chunk.step_mask, m.exec_mask,
-                                                    self.sampler, self.cfg.sampler.logprob, prefix, ref)
-                pl = ppo_policy_loss(rc.logp, old_logp[mb], adv_all[mb], mask, a.clip_low, a.clip_high)
+                if cfm is None:
+                    rc = self.policy.log_prob_and_value(m.obs, m.chunk.chain, m.chunk.step_mask, m.exec_mask,
+                                                        self.sampler, self.cfg.sampler.logprob, prefix, ref)
+                    logp, logp_old, adv_mb, mask_mb = rc.logp, old_logp[mb], adv_all[mb], mask
+                else:  # fpo: one ratio exp(l_old - l_new) per (t, eps) draw
+                    err, value = self.policy.cfm_errors(m.obs, m.chunk.chain[:, -1], m.exec_mask, cfm.t[mb],
+                                                        cfm.eps[mb], prefix)
+                    rc = Recompute(logp=-err.mean(1), value=value, entropy=torch.zeros(len(mb), device=dev))
+                    d = err.shape[1]
+                    logp, logp_old = -err.reshape(-1), -cfm.old_err[mb].reshape(-1)
+                    adv_mb, mask_mb = adv_all[mb].repeat_interleave(d), mask.repeat_interleave(d)
+                pl = ppo_policy_loss(logp, logp_old, adv_mb, mask_mb, a.clip_low, a.clip_high)
                 if first_dev is None:
-                    first_dev = float((rc.logp.detach() - old_logp[mb]).exp().sub(1).abs().max())
+                    first_dev = float((logp.detach() - logp_old).exp().sub(1).abs().max())
                 if actor_on and a.target_kl > 0 and pl.approx_kl > 1.5 * a.target_kl:
                     logs.setdefault("approx_kl", []).append(pl.approx_kl)  # the KL that stopped it
                     actor_stopped = True
@@ -188,7 +201,10 @@ class Learner:
                 for k, v in (("policy_loss", pl.loss.item()), ("value_loss", vl.item()), ("entropy", ent.item()),
                              ("approx_kl", pl.approx_kl), ("clip_fraction", pl.clip_fraction),
                              ("ratio_mean", pl.ratio_mean), ("ratio_max", pl.ratio_max), ("grad_norm", float(gn))):
-                    logs.setdefault(k, []).append(v)
+                    if k != "entropy" or cfm is None:  # fpo has no closed-form entropy
+                        logs.setdefault(k, []).append(v)
+                if cfm is not None:
+                    logs.setdefault("cfm_error", []).append(float(err.detach().mean()))
                 if rc.kl_ref is not None:
                     logs.setdefault("kl_ref", []).append(kl_ref.item())
         sil_steps = 0
@@ -215,6 +231,25 @@ class Learner:
         metrics["update_seconds"] = time.perf_counter() - t0
         metrics["samples_per_s"] = n_valid * max(steps, 1) / a.minibatches / metrics["update_seconds"]
         return metrics
+
+    def _cfm_draws(self, batch: Batch, idx: np.ndarray, cache: Any, row: np.ndarray) -> CFMDraws:
+        """fpo: ``fpo_draws`` (t, eps) pairs per valid sample, fixed for the whole update, and the
+        flow-matching errors under the weights as they are now (the rollout's at staleness 0), so the
+        first minibatch's ratios are exactly 1."""
+        d, (h, k) = self.cfg.algo.fpo_draws, batch.chunk.chain.shape[2:]
+        n = len(batch.loss_mask)
+        t = torch.ones(n, d)
+        eps = torch.zeros(n, d, h, k)
+        t[idx] = sample_timesteps(len(idx) * d, self.cfg.sft.timestep_sampling, self.cfm_generator).view(-1, d)
+        eps[idx] = torch.randn(len(idx), d, h, k, generator=self.cfm_generator)
+        old = torch.zeros(n, d, device=self.policy.device)
+        with torch.no_grad():
+            for block in np.array_split(idx, max(1, -(-len(idx) // 256))):
+                m = batch.index(block)
+                prefix = None if cache is None else cache.index(torch.from_numpy(row[block]).to(self.policy.device))
+                old[torch.from_numpy(block)] = self.policy.cfm_errors(m.obs, m.chunk.chain[:, -1], m.exec_mask,
+                                                                      t[block], eps[block], prefix)[0]
+        return CFMDraws(t=t, eps=eps, old_err=old)
 
     def _fine_tune(self, segments: list[Segment], t0: float) -> dict[str, float]:
         """``rft``: ``sil_steps`` flow-matching steps on the success memory, nothing else (every segment
@@ -288,6 +323,16 @@ class Learner:
         for pid, step in scalars["steps"].items():
             state.setdefault(int(pid), {})["step"] = torch.tensor(step)
         self.optimizer.load_state_dict({"state": state, "param_groups": scalars["param_groups"]})
+
+
+@dataclasses.dataclass
+class CFMDraws:
+    """fpo's fixed draws for one update, indexed by batch row: t [B, N], eps [B, N, H, K] (CPU),
+    old_err [B, N] (the policy's device)."""
+
+    t: torch.Tensor
+    eps: torch.Tensor
+    old_err: torch.Tensor
 
 
 def concat_batches(parts: list[Batch]) -> Batch:

@@ -1,4 +1,5 @@
-"""Pure RL math (FLOW_PPO.md section 6): chunk-level GAE, GRPO advantages, PPO and value losses."""
+"""Pure RL math (FLOW_PPO.md section 6): chunk-level GAE, GRPO advantages, PPO and value losses;
+the algorithm descriptors the registry names (ppo, grpo, fpo, rft)."""
 
 from __future__ import annotations
 
@@ -114,6 +115,7 @@ class PPOAlgorithm:
     uses_critic = True
     episodic = False
     policy_gradient = True
+    surrogate = "gaussian"  # the ratio of the stored stochastic denoising transitions' log-probs
 
 
 class GRPOAlgorithm:
@@ -122,6 +124,22 @@ class GRPOAlgorithm:
     uses_critic = False
     episodic = True
     policy_gradient = True
+    surrogate = "gaussian"
+
+
+class FPOAlgorithm:
+    """Flow Policy Optimization (McAllister et al. 2025, "Flow Matching Policy Gradients"): PPO's
+    clipped objective and critic (chunk-level GAE), with the likelihood ratio of the stored denoising
+    transition replaced by ``exp(l_old - l_new)``, where ``l`` is the conditional flow-matching error
+    of the sampled action chunk (its executed steps) under ``algo.fpo_draws`` fixed (t, eps) draws.
+    One ratio per draw, each clipped on its own (FPO++, Yi et al. 2026). It needs no likelihood and
+    no particular sampler: its gradient is flow matching on the sampled actions, weighted by the
+    advantage and bounded by the clip."""
+
+    uses_critic = True
+    episodic = False
+    policy_gradient = True
+    surrogate = "cfm"
 
 
 class RFTAlgorithm:
@@ -132,3 +150,4 @@ class RFTAlgorithm:
     uses_critic = False
     episodic = False
     policy_gradient = False
+    surrogate = "none"

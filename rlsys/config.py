@@ -167,8 +167,9 @@ class SFTConfig:
 
 @dataclass(frozen=True)
 class AlgoConfig:
-    # ppo | grpo | rft (rejection-sampling fine-tuning: flow matching on the policy's own successes,
-    # algo.sil_steps steps per iteration; no likelihood ratio, no critic)
+    # ppo | grpo | fpo (PPO with the flow-matching ratio of the sampled chunk instead of the stored
+    # transition's Gaussian log-prob) | rft (rejection-sampling fine-tuning: flow matching on the
+    # policy's own successes, algo.sil_steps steps per iteration; no likelihood ratio, no critic)
     name: str = "ppo"
     gamma: float = 0.99
     lam: float = 0.95
@@ -226,6 +227,8 @@ class AlgoConfig:
     # > 0: the self-imitation batches get SFT's image augmentation (pad by this many pixels, crop back
     # at a random offset per sample and camera); SFT itself always shifts by 4
     sil_shift: int = 0
+    # fpo: (t, eps) draws per chunk for the flow-matching ratio; each draw has its own clipped ratio
+    fpo_draws: int = 8
 
     def __post_init__(self) -> None:
         from rlsys.registry import ALGORITHMS
@@ -250,6 +253,12 @@ class AlgoConfig:
             check(self.sil_coef > 0, "sil_coef", "> 0 with name=rft (the flow-matching loss's weight)", self.sil_coef)
             check(self.sil_steps >= 1, "sil_steps", ">= 1 with name=rft (flow-matching steps per iteration)",
                   self.sil_steps)
+        if self.name == "fpo":  # no Gaussian transition in its ratio: no exact KL or entropy to add
+            check(self.ref_kl_coef == 0, "ref_kl_coef", "0 with name=fpo (the KL anchor needs the Gaussian "
+                  "transitions of ppo/grpo)", self.ref_kl_coef)
+            check(self.entropy_coef == 0, "entropy_coef", "0 with name=fpo (a flow policy's entropy has no "
+                  "closed form)", self.entropy_coef)
+        check(self.fpo_draws >= 1, "fpo_draws", ">= 1", self.fpo_draws)
         check(self.sil_capacity >= 1, "sil_capacity", ">= 1 (chunks)", self.sil_capacity)
         check(self.sil_batch >= 1, "sil_batch", ">= 1", self.sil_batch)
         check(self.sil_shift >= 0, "sil_shift", ">= 0 pixels (0: off)", self.sil_shift)

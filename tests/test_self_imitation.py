@@ -135,7 +135,7 @@ def test_component_names_are_checked_when_the_config_is_read():
     after Ray, the run directory and the few-shot SFT have started."""
     from rlsys.config import load_config
 
-    for key, bad, known in (("algo.name", "pppo", "grpo, ppo, rft"),
+    for key, bad, known in (("algo.name", "pppo", "fpo, grpo, ppo, rft"),
                             ("sampler.name", "sde", "flow_noise, flow_sde, ode"), ("policy.backbone", "big", "tiny")):
         with pytest.raises(ConfigError, match=f"{key}: got '{bad}'; allowed: one of {known}"):
             load_config("tabletop_ppo", [f"{key}={bad}"])

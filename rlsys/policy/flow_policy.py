@@ -298,6 +298,33 @@ class FlowPolicy(nn.Module):
             kl_ref=kl,
         )
 
+    def cfm_errors(self, obs: Observation, actions: np.ndarray, valid: np.ndarray, t: torch.Tensor,
+                   eps: torch.Tensor, prefix: Prefix | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conditional flow-matching errors of given action chunks under fixed draws (FPO's ratio).
+
+        actions [B, H, K]: normalised chunks (the stored ``chain[:, S]``); valid [B, H] bool (the
+        executed steps); t [B, N] flow times in (0, 1]; eps [B, N, H, K] noise. With
+        ``x_t = t eps + (1 - t) a`` the error of draw i is ``||v(x_t, t) - (eps - a)||^2`` summed over
+        valid steps and real channels. Returns (errors [B, N], value [B]).
+        """
+        dev = self.device
+        if prefix is None:
+            tin = self._tensors(obs)
+            prefix, action_dim = self.encode(tin), tin["action_dim"]
+        else:  # the images were converted and checked when the prefix was encoded
+            action_dim = torch.as_tensor(np.array(obs.action_dim), device=dev)
+        cmask = self.channel_mask(action_dim)
+        b, n = t.shape
+        a = torch.as_tensor(np.array(actions), device=dev).float() * cmask[:, None]
+        e = eps.to(dev).float() * cmask[:, None, None]
+        tt = t.to(dev).float()[..., None, None]
+        x_t = tt * e + (1 - tt) * a[:, None]
+        rows = torch.arange(b, device=dev).repeat_interleave(n)
+        v, _ = self.expert(x_t.reshape(b * n, *a.shape[1:]), t.to(dev).float().reshape(-1), prefix.index(rows))
+        err = (v.reshape(e.shape) - (e - a[:, None])) ** 2
+        m = torch.as_tensor(np.array(valid), device=dev)[:, :, None] & cmask[:, None, :]
+        return (err * m[:, None]).sum((-1, -2)), self.value_of(prefix)
+
     @torch.no_grad()
     def encode_batch(self, obs: Observation, block: int = 256) -> Prefix:
         """Backbone output for ``obs`` (no gradients), computed ``block`` rows at a time."""
