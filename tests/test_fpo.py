@@ -12,15 +12,15 @@ import pytest
 import torch
 from test_distributed import _core_and_engine, init_ckpt, ray_local, read_metrics, small_cfg  # noqa: F401
 from test_flow_math import make_obs, make_policy
+from test_learner_math import bandit
 
 from rlsys import metrics as M
 from rlsys.actors.inference import load_numpy_state, state_to_numpy
-from rlsys.config import ConfigError, PolicyConfig, load_config
-from rlsys.flow import FlowSDE
+from rlsys.config import ConfigError, load_config
+from rlsys.flow import ODE, FlowSDE
 from rlsys.learner.learner import Learner
 from rlsys.learner.losses import normalize, ppo_policy_loss
 from rlsys.policy.flow_policy import FlowPolicy
-from rlsys.types import Observation
 
 
 def test_cfm_errors_match_a_direct_computation_and_ignore_masked_elements():
@@ -56,23 +56,14 @@ def test_cfm_errors_match_a_direct_computation_and_ignore_masked_elements():
 
 def test_fpo_on_a_1d_bandit_moves_the_flow_policy_toward_the_optimum():
     """The FPO surrogate alone (no Gaussian transition in it) moves a flow policy to the reward."""
-    torch.manual_seed(0)
-    cfg = PolicyConfig(width=32, heads=2, backbone_layers=1, expert_layers=1, action_horizon=1,
-                       action_channels=1, proprio_dim=1, num_cameras=1, image_size=16, max_tokens=8,
-                       vocab_size=16, denoise_steps=4)
-    pol = FlowPolicy(cfg)
     b, d = 64, 8
-    obs = Observation(images=np.zeros((b, 1, 16, 16, 3), np.uint8), proprio=np.zeros((b, 1), np.float32),
-                      tokens=np.ones((b, 8), np.int64), token_mask=np.ones((b, 8), bool),
-                      action_dim=np.ones(b, np.int64))
+    pol, obs = bandit(b)
     target = 1.5
     opt = torch.optim.Adam(pol.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)
     valid = np.ones((b, 1), bool)
 
     def mean_action():
-        from rlsys.flow import ODE
-
         return float(pol.sample(obs, ODE(), torch.Generator().manual_seed(1)).actions.mean())
 
     start = mean_action()

@@ -97,16 +97,21 @@ def test_value_loss_clipping_and_normalize():
 
 
 # 11 ------------------------------------------------------------------------------------------
-def test_ppo_on_a_1d_bandit_moves_the_flow_policy_toward_the_optimum():
+def bandit(b: int = 64) -> tuple[FlowPolicy, Observation]:
+    """A tiny 1-D flow policy and b copies of one observation (seeded)."""
     torch.manual_seed(0)
     cfg = PolicyConfig(width=32, heads=2, backbone_layers=1, expert_layers=1, action_horizon=1,
                        action_channels=1, proprio_dim=1, num_cameras=1, image_size=16, max_tokens=8,
                        vocab_size=16, denoise_steps=4)
-    pol = FlowPolicy(cfg)
-    b = 64
     obs = Observation(images=np.zeros((b, 1, 16, 16, 3), np.uint8), proprio=np.zeros((b, 1), np.float32),
                       tokens=np.ones((b, 8), np.int64), token_mask=np.ones((b, 8), bool),
                       action_dim=np.ones(b, np.int64))
+    return FlowPolicy(cfg), obs
+
+
+def test_ppo_on_a_1d_bandit_moves_the_flow_policy_toward_the_optimum():
+    b = 64
+    pol, obs = bandit(b)
     sampler, target = FlowSDE(0.7), 1.5
     opt = torch.optim.Adam(pol.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)

@@ -235,6 +235,14 @@ class FlowPolicy(nn.Module):
         )
 
     # ------------------------------------------------------------------ learner
+    def _prefix_and_action_dim(self, obs: Observation, prefix: Prefix | None) -> tuple[Prefix, torch.Tensor]:
+        """The backbone's output for ``obs`` (encoded here unless given) and its action dims."""
+        if prefix is None:
+            t = self._tensors(obs)
+            return self.encode(t), t["action_dim"]
+        # the images were converted and checked when the prefix was encoded
+        return prefix, torch.as_tensor(np.array(obs.action_dim), device=self.device)
+
     def transitions(self, obs: Observation, chain: np.ndarray, step_mask: np.ndarray, sampler: Sampler,
                     prefix: Prefix | None = None) -> Transitions:
         """(mean, std) of every stored stochastic transition under the current weights.
@@ -243,11 +251,7 @@ class FlowPolicy(nn.Module):
         transitions ``step_mask.nonzero()``, in that order for any policy given the same mask.
         """
         dev = self.device
-        if prefix is None:
-            t = self._tensors(obs)
-            prefix, action_dim = self.encode(t), t["action_dim"]
-        else:  # the images were converted and checked when the prefix was encoded
-            action_dim = torch.as_tensor(np.array(obs.action_dim), device=dev)
+        prefix, action_dim = self._prefix_and_action_dim(obs, prefix)
         chain_t = torch.as_tensor(chain, device=dev).float().detach()
         smask = torch.as_tensor(step_mask, device=dev)
         s = smask.shape[1]
@@ -308,11 +312,7 @@ class FlowPolicy(nn.Module):
         valid steps and real channels. Returns (errors [B, N], value [B]).
         """
         dev = self.device
-        if prefix is None:
-            tin = self._tensors(obs)
-            prefix, action_dim = self.encode(tin), tin["action_dim"]
-        else:  # the images were converted and checked when the prefix was encoded
-            action_dim = torch.as_tensor(np.array(obs.action_dim), device=dev)
+        prefix, action_dim = self._prefix_and_action_dim(obs, prefix)
         cmask = self.channel_mask(action_dim)
         b, n = t.shape
         a = torch.as_tensor(np.array(actions), device=dev).float() * cmask[:, None]
