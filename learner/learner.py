@@ -159,7 +159,7 @@ class Learner:
                 else:  # fpo: one ratio exp(l_old - l_new) per (t, eps) draw
                     err, value = self.policy.cfm_errors(m.obs, m.chunk.chain[:, -1], m.exec_mask, cfm.t[mb],
                                                         cfm.eps[mb], prefix)
-                    rc = Recompute(logp=-err.mean(1), value=value, entropy=torch.zeros(len(mb), device=dev))
+                    rc = Recompute(logp=-err.mean(1), value=value, entropy=None)  # no closed-form entropy
                     d = err.shape[1]
                     logp, logp_old = -err.reshape(-1), -cfm.old_err[mb].reshape(-1)
                     adv_mb, mask_mb = adv_all[mb].repeat_interleave(d), mask.repeat_interleave(d)
@@ -182,8 +182,8 @@ class Learner:
                 if self.algo.uses_critic:
                     vl = value_loss(rc.value, old_v[mb], ret[mb], mask, a.value_clip, a.value_loss, a.huber_delta)
                     loss = loss + a.value_coef * vl
-                ent = masked_mean(rc.entropy, mask)
-                if a.entropy_coef:
+                ent = None if rc.entropy is None else masked_mean(rc.entropy, mask)
+                if a.entropy_coef:  # the config allows it only where there is an entropy
                     loss = loss - a.entropy_coef * ent
                 if actor_on and self.memory is not None and self.memory.available:
                     sil = self._sil_loss()
@@ -198,11 +198,12 @@ class Learner:
                 self.optimizer.step()
                 steps += 1
                 critic_steps += int(self.algo.uses_critic)
-                for k, v in (("policy_loss", pl.loss.item()), ("value_loss", vl.item()), ("entropy", ent.item()),
+                for k, v in (("policy_loss", pl.loss.item()), ("value_loss", vl.item()),
                              ("approx_kl", pl.approx_kl), ("clip_fraction", pl.clip_fraction),
                              ("ratio_mean", pl.ratio_mean), ("ratio_max", pl.ratio_max), ("grad_norm", float(gn))):
-                    if k != "entropy" or cfm is None:  # fpo has no closed-form entropy
-                        logs.setdefault(k, []).append(v)
+                    logs.setdefault(k, []).append(v)
+                if ent is not None:
+                    logs.setdefault("entropy", []).append(ent.item())
                 if cfm is not None:
                     logs.setdefault("cfm_error", []).append(float(err.detach().mean()))
                 if rc.kl_ref is not None:

@@ -30,7 +30,7 @@ class Recompute:
 
     logp: torch.Tensor
     value: torch.Tensor
-    entropy: torch.Tensor
+    entropy: torch.Tensor | None  # None where the surrogate has none in closed form (fpo)
     kl_ref: torch.Tensor | None = None  # per-element KL to a reference policy, when one was given
 
 
@@ -302,6 +302,13 @@ class FlowPolicy(nn.Module):
             kl_ref=kl,
         )
 
+    def _fm_sq_error(self, a: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, prefix: Prefix) -> torch.Tensor:
+        """Element-wise flow-matching error ``(v(x_t, t) - (eps - a))^2`` at ``x_t = t eps + (1 - t) a``;
+        a, eps [M, H, K] (padded channels zeroed), t [M], prefix of M rows."""
+        tt = t.view(-1, 1, 1)
+        v, _ = self.expert(tt * eps + (1 - tt) * a, t, prefix)
+        return (v - (eps - a)) ** 2
+
     def cfm_errors(self, obs: Observation, actions: np.ndarray, valid: np.ndarray, t: torch.Tensor,
                    eps: torch.Tensor, prefix: Prefix | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Conditional flow-matching errors of given action chunks under fixed draws (FPO's ratio).
@@ -317,11 +324,9 @@ class FlowPolicy(nn.Module):
         b, n = t.shape
         a = torch.as_tensor(np.array(actions), device=dev).float() * cmask[:, None]
         e = eps.to(dev).float() * cmask[:, None, None]
-        tt = t.to(dev).float()[..., None, None]
-        x_t = tt * e + (1 - tt) * a[:, None]
-        rows = torch.arange(b, device=dev).repeat_interleave(n)
-        v, _ = self.expert(x_t.reshape(b * n, *a.shape[1:]), t.to(dev).float().reshape(-1), prefix.index(rows))
-        err = (v.reshape(e.shape) - (e - a[:, None])) ** 2
+        rows = torch.arange(b, device=dev).repeat_interleave(n)  # draw j of sample i is row i * n + j
+        err = self._fm_sq_error(a[rows], e.reshape(b * n, *a.shape[1:]), t.to(dev).float().reshape(-1),
+                                prefix.index(rows)).reshape(e.shape)
         m = torch.as_tensor(np.array(valid), device=dev)[:, :, None] & cmask[:, None, :]
         return (err * m[:, None]).sum((-1, -2)), self.value_of(prefix)
 
@@ -352,10 +357,7 @@ class FlowPolicy(nn.Module):
         a = a * cmask[:, None]
         t = sample_timesteps(b, timestep_sampling, generator).to(dev)
         eps = torch.randn(a.shape, generator=generator).to(dev) * cmask[:, None]
-        tt = t.view(-1, 1, 1)
-        x_t = tt * eps + (1 - tt) * a
-        v, _ = self.expert(x_t, t, prefix)
-        err = (v - (eps - a)) ** 2
+        err = self._fm_sq_error(a, eps, t, prefix)
         m = torch.as_tensor(valid, device=dev)[:, :, None] & cmask[:, None, :]
         per_channel = (err * m).sum(1) / m.sum(1).clamp_min(1)
         per_sample = (per_channel * cmask).sum(1) / cmask.sum(1).clamp_min(1)
