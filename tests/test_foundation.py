@@ -1,7 +1,6 @@
 """Config, registry, contracts, demo format, checkpoints and the CLI."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +12,6 @@ import torch
 from rlsys.config import ConfigError, EnvConfig, PolicyConfig, TrainConfig, list_presets, load_config
 from rlsys.registry import ENVS, SAMPLERS, Registry
 from rlsys.types import ActionChunk, Batch, ContractError, Observation
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------- config
@@ -28,11 +25,11 @@ def test_presets_load_and_inherit():
 def test_every_shipped_preset_validates(name, monkeypatch):
     """A preset users can name must build a valid config (the checks run in the dataclasses)."""
     if name.startswith("robotwin"):  # its interpreter and assets are checked at load
-        python = Path(os.environ.get("RLSYS_ROBOTWIN_PYTHON", REPO / ".venv-robotwin" / "bin" / "python"))
-        assets = Path(os.environ.get("RLSYS_ROBOTWIN_ASSETS", REPO.parent / "shared" / "assets" / "robotwin"))
-        if not python.is_file() or not (assets / "assets").is_dir():
-            pytest.skip(f"{name}: no RoboTwin interpreter ({python}) or assets ({assets}) here")
-        monkeypatch.setenv("ROBOTWIN_ASSETS_ROOT", str(assets))
+        from test_robotwin import PYTHON, SHARED
+
+        if not Path(PYTHON).is_file() or not (SHARED / "assets").is_dir():
+            pytest.skip(f"{name}: no RoboTwin interpreter ({PYTHON}) or assets ({SHARED}) here")
+        monkeypatch.setenv("ROBOTWIN_ASSETS_ROOT", str(SHARED))
     cfg = load_config(name)
     assert cfg.env.name and cfg.algo.name
 

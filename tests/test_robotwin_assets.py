@@ -1,15 +1,12 @@
 """RoboTwin asset check (no simulator needed): upstream fingerprints, runnable vs blocked tasks."""
 
-import os
 import shutil
-from pathlib import Path
 
 import pytest
+from test_robotwin import SHARED
 
 from rlsys.envs import robotwin_assets as ra
 
-SHARED = Path(os.environ.get("RLSYS_ROBOTWIN_ASSETS",
-                             Path(__file__).resolve().parents[2] / "shared" / "assets" / "robotwin"))
 pytestmark = pytest.mark.skipif(not (SHARED / "assets").is_dir(), reason=f"no RoboTwin assets at {SHARED}")
 
 
