@@ -70,7 +70,8 @@ def run(lr: float, iters: int, batch: int, seed: int = 0) -> dict:
             break
         adv = normalize(-dist, torch.ones(batch, dtype=torch.bool))
         old = reduce_log_prob(torch.from_numpy(chunk.logp_steps), torch.from_numpy(exec_mask),
-                              torch.from_numpy(obs.action_dim), torch.from_numpy(chunk.step_mask.sum(1)), "chunk_level")
+                              torch.from_numpy(obs.action_dim),
+                              torch.from_numpy(sampler.num_stochastic(chunk.step_mask)), "chunk_level")
         kls, clips = [], []
         for _ in range(4):
             for mb in np.array_split(np.random.default_rng(it).permutation(batch), 4):

@@ -63,8 +63,8 @@ class Learner:
             return torch.from_numpy(np.array(a))
 
         exec_mask = t(seg.exec_mask.reshape(-1, c.logp_steps.shape[1]))
-        lp = reduce_log_prob(t(c.logp_steps), exec_mask, t(seg.obs.action_dim), t(c.step_mask.sum(1)),
-                             self.cfg.sampler.logprob)
+        lp = reduce_log_prob(t(c.logp_steps), exec_mask, t(seg.obs.action_dim),
+                             t(self.sampler.num_stochastic(c.step_mask)), self.cfg.sampler.logprob)
         return lp.numpy().astype(np.float32)
 
     def make_batch(self, segments: list[Segment]) -> tuple[Batch, dict[str, float]]:

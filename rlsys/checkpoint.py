@@ -81,7 +81,7 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_policy(path: str | os.PathLike, expect: PolicyConfig | None = None, device: str = "cpu",
-                critic: str | None = None, noise_head: bool = False
+                critic: str | None = None, noise_head: bool = False, noise_prior: bool = False
                 ) -> tuple[Any, EnvConfig, Embodiment, dict[str, Any]]:
     """-> (policy, env config, embodiment, meta). ``expect`` (optional) must match the stored config.
 
@@ -89,6 +89,8 @@ def load_policy(path: str | os.PathLike, expect: PolicyConfig | None = None, dev
     with another kind loads every weight but the value head, which starts fresh: the RL start from
     an SFT checkpoint, whose value head SFT never trains. ``noise_head``: add a fresh (zero, so
     mid-range std) Flow-Noise head when the checkpoint has none: Flow-Noise RL from an SFT checkpoint.
+    ``noise_prior``: likewise a fresh initial-noise prior head (exactly N(0, I) until trained): latent-noise
+    RL from an SFT checkpoint.
     """
     from rlsys.policy.flow_policy import FlowPolicy
 
@@ -105,13 +107,17 @@ def load_policy(path: str | os.PathLike, expect: PolicyConfig | None = None, dev
     fresh_noise = noise_head and not pcfg.noise_head
     if fresh_noise:
         pcfg = replace(pcfg, noise_head=True)
+    fresh_prior = noise_prior and not pcfg.noise_prior
+    if fresh_prior:
+        pcfg = replace(pcfg, noise_prior=True)
     if expect is not None and expect != pcfg:
         diffs = [f"policy.{k}: checkpoint {v!r} vs requested {getattr(expect, k)!r}"
                  for k, v in to_dict(pcfg).items() if to_dict(expect)[k] != v]
         raise CheckpointError(f"{path}: incompatible policy config: " + "; ".join(diffs))
     policy = FlowPolicy(pcfg)
     state = load_file(str(Path(path) / "model.safetensors"), device=device)
-    fresh = tuple(head for head, new in (("value_head.", fresh_critic), ("noise_head.", fresh_noise)) if new)
+    fresh = tuple(head for head, new in (("value_head.", fresh_critic), ("noise_head.", fresh_noise),
+                                         ("prior_head.", fresh_prior)) if new)
     if fresh:
         state = {k: v for k, v in state.items() if not k.startswith(fresh)}
         state.update({k: v for k, v in policy.state_dict().items() if k.startswith(fresh)})

@@ -109,6 +109,9 @@ class PolicyConfig:
     # query attends over the prefix tokens (image patches, keypoints, proprio), then the MLP.
     critic: Literal["pooled", "attention"] = "pooled"
     noise_head: bool = False  # learned exploration std (Flow-Noise)
+    # learned initial-noise distribution N(mean(obs), std(obs)^2) in place of N(0, I): a prior head on
+    # the pooled prefix, zero-initialised so a fresh one is exactly N(0, I) (sampler.name: latent)
+    noise_prior: bool = False
 
     def __post_init__(self) -> None:
         from rlsys.registry import BACKBONES
@@ -129,7 +132,7 @@ class PolicyConfig:
 class SamplerConfig:
     """Rollout sampler (strategy object built from the registry by ``name``)."""
 
-    name: str = "flow_sde"  # ode | flow_sde | flow_noise
+    name: str = "flow_sde"  # ode | flow_sde | flow_noise | latent
     noise_level: float = 0.5  # Flow-SDE a
     exclude_last_step: bool = False  # Flow-SDE: never pick the last transition as stochastic
     sigma_min: float = 0.08  # Flow-Noise std range
@@ -355,6 +358,13 @@ class TrainConfig:
             ">= 2 with placement.mode=pipelined (the groups take turns: one steps while one is inferred)",
             self.rollout.env_groups,
         )
+        from rlsys.registry import SAMPLERS
+
+        smp = SAMPLERS.get(self.sampler.name)
+        for needs, flag, what in ((smp.needs_noise_head, "noise_head", "a Flow-Noise std head"),
+                                  (smp.needs_noise_prior, "noise_prior", "a learned initial-noise prior")):
+            check(not needs or getattr(self.policy, flag), f"policy.{flag}",
+                  f"true with sampler.name={self.sampler.name} (it needs {what})", getattr(self.policy, flag))
         check(
             self.policy.image_size == self.env.image_size,
             "policy.image_size",

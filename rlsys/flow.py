@@ -7,7 +7,8 @@ sampling integrates from ``t = 1`` (noise) to ``t = 0`` (action) on the grid ``t
 :func:`transition` is the one place that owns the time grid, the noise schedule, which steps are
 stochastic, the channel mask and the dtype; ``FlowPolicy.sample`` and
 ``FlowPolicy.log_prob_and_value`` both call it, so sampling and recompute cannot disagree.
-Samplers are strategy objects: ``ODE()``, ``FlowSDE(noise_level)``, ``FlowNoise(sigma_min, sigma_max)``.
+Samplers are strategy objects: ``ODE()``, ``FlowSDE(noise_level)``, ``FlowNoise(sigma_min, sigma_max)``,
+``LatentNoise()`` (the initial noise, drawn from the policy's learned prior, is the stochastic action).
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ class Sampler:
 
     noise_level: float = 0.0
     needs_noise_head = False
+    # True: the initial noise ``chain[:, 0]``, drawn from the policy's learned N(mean(obs), std(obs)^2)
+    # (policy.noise_prior), is the stochastic transition whose log-prob PPO takes
+    needs_noise_prior = False
 
     @classmethod
     def from_config(cls, cfg) -> Sampler:  # cfg: rlsys.config.SamplerConfig
@@ -72,6 +76,11 @@ class Sampler:
     def step_mask(self, batch: int, num_steps: int, generator: torch.Generator | None) -> torch.Tensor:
         """[B, S] bool: which transitions are stochastic for each sample."""
         return torch.zeros(batch, num_steps, dtype=torch.bool)
+
+    def num_stochastic(self, step_mask):
+        """[B, S] step mask (numpy or torch) -> [B]: stochastic transitions per sample, the prior's
+        draw of the initial noise counted as one (``needs_noise_prior``)."""
+        return step_mask.sum(1) + int(self.needs_noise_prior)
 
     def stochastic(
         self, x: torch.Tensor, v: torch.Tensor, t: torch.Tensor, dt: float, num_steps: int,
@@ -130,6 +139,20 @@ class FlowNoise(Sampler):
         if noise_h is None:
             raise ValueError("FlowNoise needs the policy's noise head (policy.noise_head: true)")
         return x - dt * v, torch.exp(self.log_var(noise_h.float()) / 2.0)
+
+
+@dataclass(frozen=True)
+class LatentNoise(Sampler):
+    """Latent-noise policy (noise-space RL, as DSRL steers a diffusion policy): the initial noise
+    ``x_0 ~ N(mean(obs), std(obs)^2)`` from the policy's prior head is the one stochastic draw and
+    every denoising step is the deterministic Euler step, so the action is a function of ``x_0``.
+
+    The Gaussian transitions of Flow-SDE / Flow-Noise credit only the noise injected inside the
+    chain; the outcome also varies with ``x_0``, which they treat as part of the environment. Here
+    the log-prob is ``log N(x_0; mean, std^2)`` and PPO moves the distribution of ``x_0``.
+    """
+
+    needs_noise_prior = True
 
 
 def transition(

@@ -146,7 +146,8 @@ def initial_policy_state(run: Run) -> dict[str, np.ndarray]:
         ckpt = str(run.dir / "sft")
         run_sft(cfg, ckpt)
     policy, _, run.embodiment, _ = load_policy(ckpt, expect=cfg.policy, critic=cfg.policy.critic,
-                                               noise_head=cfg.policy.noise_head)
+                                               noise_head=cfg.policy.noise_head,
+                                               noise_prior=cfg.policy.noise_prior)
     return state_to_numpy(policy)
 
 

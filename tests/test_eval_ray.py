@@ -110,6 +110,8 @@ def test_eval_with_the_rollout_sampler(tmp_path):
                            sampler="rollout")
     assert res["sampler"].startswith("FlowSDE(noise_level=0.4") and res["tasks"]["lift"]["episodes"] == 2
     assert json.loads((tmp_path / "ev" / "eval.json").read_text())["sampler"] == res["sampler"]
-    with pytest.raises(ValueError, match="needs a noise head"):
-        run_eval_command(load_config("tabletop_sft", [*small, "sampler.name=flow_noise"]), str(ck), None, 2,
-                         ["lift"], sampler="rollout")
+    for sampler, flag, error in (("flow_noise", "noise_head", "needs a noise head"),
+                                 ("latent", "noise_prior", "needs an initial-noise prior head")):
+        with pytest.raises(ValueError, match=error):  # the checkpoint has no such head
+            run_eval_command(load_config("tabletop_sft", [*small, f"sampler.name={sampler}", f"policy.{flag}=true"]),
+                             str(ck), None, 2, ["lift"], sampler="rollout")

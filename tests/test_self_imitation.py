@@ -136,7 +136,8 @@ def test_component_names_are_checked_when_the_config_is_read():
     from rlsys.config import load_config
 
     for key, bad, known in (("algo.name", "pppo", "fpo, grpo, ppo, rft"),
-                            ("sampler.name", "sde", "flow_noise, flow_sde, ode"), ("policy.backbone", "big", "tiny")):
+                            ("sampler.name", "sde", "flow_noise, flow_sde, latent, ode"),
+                            ("policy.backbone", "big", "tiny")):
         with pytest.raises(ConfigError, match=f"{key}: got '{bad}'; allowed: one of {known}"):
             load_config("tabletop_ppo", [f"{key}={bad}"])
 

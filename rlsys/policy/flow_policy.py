@@ -1,4 +1,5 @@
-"""``FlowPolicy`` = backbone + DiT action expert + value head (+ noise head for Flow-Noise).
+"""``FlowPolicy`` = backbone + DiT action expert + value head (+ noise head for Flow-Noise, + initial-noise
+prior head for the latent-noise policy).
 
 The plug-in surface is three methods: ``sample(obs, sampler) -> ActionChunk`` (rollout, keeps
 every denoising state), ``log_prob_and_value(...)`` (learner recompute from stored chains) and
@@ -22,6 +23,8 @@ from rlsys.policy.backbone import Prefix
 from rlsys.policy.dit import ActionExpert
 from rlsys.registry import BACKBONES
 from rlsys.types import ActionChunk, ContractError, Observation
+
+PRIOR_LOG_STD = 2.0  # bound on |log std| of the learned initial-noise prior
 
 
 @dataclass
@@ -84,6 +87,13 @@ class FlowPolicy(nn.Module):
         if self.noise_head is not None:
             nn.init.zeros_(self.noise_head.weight)
             nn.init.zeros_(self.noise_head.bias)
+        # prior head: [mean | std pre-activation] of the initial noise per (horizon step, channel);
+        # the last layer starts at zero, so a fresh head is exactly N(0, I), the SFT policy's prior
+        self.prior_head = (nn.Sequential(nn.Linear(w, w), nn.GELU(), nn.Linear(w, 2 * cfg.action_horizon * k))
+                           if cfg.noise_prior else None)
+        if self.prior_head is not None:
+            nn.init.zeros_(self.prior_head[-1].weight)
+            nn.init.zeros_(self.prior_head[-1].bias)
         self.register_buffer("action_mean", torch.zeros(k))
         self.register_buffer("action_std", torch.ones(k))
         self.register_buffer("proprio_mean", torch.zeros(cfg.proprio_dim))
@@ -164,6 +174,24 @@ class FlowPolicy(nn.Module):
             h = self.noise_head(feat)
         return v, h
 
+    def noise_prior(self, prefix: Prefix) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) [B, H, K] of the initial noise, float32: N(0, I) without a prior head.
+
+        ``std = exp(PRIOR_LOG_STD * tanh(h / PRIOR_LOG_STD))``: log-std kept smoothly inside
+        +-PRIOR_LOG_STD (std 0.135 .. 7.4), exactly 1 at a fresh head's h = 0."""
+        b, h, k = prefix.pooled.shape[0], self.cfg.action_horizon, self.cfg.action_channels
+        if self.prior_head is None:
+            zeros = torch.zeros(b, h, k, device=prefix.pooled.device)
+            return zeros, torch.ones_like(zeros)
+        out = self.prior_head(prefix.pooled).float()
+        mean, pre = out[:, : h * k].view(b, h, k), out[:, h * k:].view(b, h, k)
+        return mean, torch.exp(PRIOR_LOG_STD * torch.tanh(pre / PRIOR_LOG_STD))
+
+    def _check_prior(self, sampler: Sampler) -> None:
+        if sampler.needs_noise_prior and self.prior_head is None:
+            raise ContractError(f"sampler {type(sampler).__name__} needs the initial-noise prior head: "
+                                "set policy.noise_prior: true")
+
     def value_of(self, prefix: Prefix) -> torch.Tensor:
         detach = self.cfg.detach_critic_input
         if self.cfg.critic == "attention":
@@ -190,9 +218,16 @@ class FlowPolicy(nn.Module):
         cmask = self.channel_mask(inputs["action_dim"])
         grid, step_mask, noise = inputs["grid"], inputs["step_mask"], inputs["noise"]
         b, s = step_mask.shape
-        x = inputs["x0"] * cmask[:, None]
-        chain = [x]
+        self._check_prior(sampler)
+        x = inputs["x0"]
         logp_steps = torch.zeros(b, self.cfg.action_horizon, device=x.device)
+        if self.prior_head is not None:  # x0 ~ N(mean(obs), std(obs)^2) instead of N(0, I)
+            mean0, std0 = self.noise_prior(prefix)
+            x = mean0 + std0 * x
+            if sampler.needs_noise_prior:  # the initial noise is the stochastic action (LatentNoise)
+                logp_steps = (gaussian_log_prob(x, mean0, std0) * cmask[:, None]).sum(-1)
+        x = x * cmask[:, None]
+        chain = [x]
         for i in range(s):
             kk = torch.full((b,), i, dtype=torch.long, device=x.device)
             v, nh = self.velocity(x, grid[kk], prefix, cmask, sampler)
@@ -248,7 +283,8 @@ class FlowPolicy(nn.Module):
         """(mean, std) of every stored stochastic transition under the current weights.
 
         chain [B, S+1, H, K], step_mask [B, S] (numpy, as stored by rollout). Rows are the
-        transitions ``step_mask.nonzero()``, in that order for any policy given the same mask.
+        transitions ``step_mask.nonzero()``, in that order for any policy given the same mask; with a
+        latent-noise sampler, one row per sample: the draw of ``chain[:, 0]`` from the prior head.
         """
         dev = self.device
         prefix, action_dim = self._prefix_and_action_dim(obs, prefix)
@@ -256,6 +292,13 @@ class FlowPolicy(nn.Module):
         smask = torch.as_tensor(step_mask, device=dev)
         s = smask.shape[1]
         cmask = self.channel_mask(action_dim)
+        if sampler.needs_noise_prior:
+            self._check_prior(sampler)
+            mean, std = self.noise_prior(prefix)
+            on = cmask[:, None, :].expand_as(mean)
+            return Transitions(rows=torch.arange(mean.shape[0], device=dev), x_next=chain_t[:, 0], mean=mean,
+                               std=torch.where(on, std, torch.ones_like(std)), on=on, prefix=prefix,
+                               action_dim=action_dim, num_stochastic=sampler.num_stochastic(smask))
         bi, ki = smask.nonzero(as_tuple=True)  # one row per stochastic transition
         x_k, x_next = chain_t[bi, ki], chain_t[bi, ki + 1]
         if bi.numel():
@@ -266,7 +309,7 @@ class FlowPolicy(nn.Module):
             mean, std = x_next, torch.zeros_like(x_next)
         on = cmask[bi][:, None, :].expand_as(mean)
         return Transitions(rows=bi, x_next=x_next, mean=mean, std=torch.where(on, std, torch.ones_like(std)),
-                           on=on, prefix=prefix, action_dim=action_dim, num_stochastic=smask.sum(1))
+                           on=on, prefix=prefix, action_dim=action_dim, num_stochastic=sampler.num_stochastic(smask))
 
     def log_prob_and_value(self, obs: Observation, chain: np.ndarray, step_mask: np.ndarray,
                            exec_mask: np.ndarray, sampler: Sampler, mode: str,
