@@ -133,12 +133,12 @@ def _randomized(policy: FlowPolicy, seed: int) -> FlowPolicy:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
-@pytest.mark.parametrize("sampler", ["flow_sde", "flow_noise", "ode"])
+@pytest.mark.parametrize("sampler", ["flow_sde", "flow_noise", "ode", "latent"])
 def test_cuda_graph_replay_matches_eager_and_follows_weight_updates(tmp_path, sampler):
     from rlsys.policy.cuda_graph import CudaGraphDenoiser
 
-    noise_head = "true" if sampler == "flow_noise" else "false"
-    cfg = small_cfg(tmp_path, f"sampler.name={sampler}", f"policy.noise_head={noise_head}")
+    cfg = small_cfg(tmp_path, f"sampler.name={sampler}", f"policy.noise_head={sampler == 'flow_noise'}",
+                    f"policy.noise_prior={sampler == 'latent'}")
     seg = _rollout(cfg, InferenceEngine(cfg, FlowPolicy(cfg.policy)))
     policy = _randomized(FlowPolicy(cfg.policy), 0).cuda().eval()
     smp = build_sampler(cfg.sampler)
