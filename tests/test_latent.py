@@ -13,12 +13,11 @@ import pytest
 import torch
 from test_distributed import init_ckpt, ray_local, read_metrics, small_cfg  # noqa: F401
 from test_flow_math import make_obs, make_policy
-from test_learner_math import bandit
+from test_learner_math import bandit, ppo_on_bandit
 
 from rlsys import metrics as M
 from rlsys.config import ConfigError, PolicyConfig, load_config
 from rlsys.flow import ODE, FlowSDE, LatentNoise, gaussian_log_prob, reduce_log_prob
-from rlsys.learner.losses import normalize, ppo_policy_loss
 from rlsys.policy.flow_policy import FlowPolicy
 from rlsys.types import ContractError
 
@@ -84,30 +83,12 @@ def test_latent_recompute_matches_rollout_and_trains_the_prior_only(mode):
 def test_ppo_on_the_latent_noise_moves_a_frozen_flow_policy_toward_the_optimum():
     """PPO's clipped objective on the initial noise alone (the flow itself never updated) moves the
     ODE policy's action (x0 from the prior) toward the reward."""
-    b, target = 64, 1.5
-    pol, obs = bandit(b)
+    pol, obs = bandit(64)
     pol = _with_prior(pol)
-    smp = LatentNoise()
-    opt = torch.optim.Adam(pol.prior_head.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    exec_mask = np.ones((b, 1), bool)
     expert = {k: v.clone() for k, v in pol.expert.state_dict().items()}
-
-    def mean_action():
-        return float(pol.sample(obs, ODE(), torch.Generator().manual_seed(1)).actions.mean())
-
-    start = mean_action()
-    for _ in range(40):
-        chunk = pol.sample(obs, smp, gen)
-        adv = normalize(torch.from_numpy(-((chunk.actions[:, 0, 0] - target) ** 2)), torch.ones(b, dtype=torch.bool))
-        old = torch.from_numpy(chunk.logp_steps[:, 0])
-        for _ in range(4):
-            rc = pol.log_prob_and_value(obs, chunk.chain, chunk.step_mask, exec_mask, smp, "chunk_level")
-            loss = ppo_policy_loss(rc.logp, old, adv, torch.ones(b, dtype=torch.bool), 0.2, 0.2).loss
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    end = mean_action()
+    target = 1.5
+    start, end = ppo_on_bandit(pol, obs, LatentNoise(), torch.optim.Adam(pol.prior_head.parameters(), lr=3e-3),
+                               target)
     assert abs(end - target) < 0.5 * abs(start - target), (start, end)
     assert all(torch.equal(v, pol.expert.state_dict()[k]) for k, v in expert.items())
 
