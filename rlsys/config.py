@@ -360,10 +360,8 @@ class TrainConfig:
         )
         from rlsys.registry import SAMPLERS
 
-        smp = SAMPLERS.get(self.sampler.name)
-        for needs, flag, what in ((smp.needs_noise_head, "noise_head", "a Flow-Noise std head"),
-                                  (smp.needs_noise_prior, "noise_prior", "a learned initial-noise prior")):
-            check(not needs or getattr(self.policy, flag), f"policy.{flag}",
+        for flag, what in SAMPLERS.get(self.sampler.name).required_heads().items():
+            check(getattr(self.policy, flag), f"policy.{flag}",
                   f"true with sampler.name={self.sampler.name} (it needs {what})", getattr(self.policy, flag))
         check(
             self.policy.image_size == self.env.image_size,

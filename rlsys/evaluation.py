@@ -249,12 +249,10 @@ def run_eval_command(cfg: Any, ckpt: str, out_dir: str | None, episodes: int, ta
     smp = ODE() if sampler == "ode" else build_sampler(cfg.sampler)
 
     policy, env_cfg, embodiment, _ = load_policy(ckpt)
-    if smp.needs_noise_head and policy.noise_head is None:
-        raise ValueError(f"--sampler rollout with sampler.name={cfg.sampler.name} needs a noise head; "
-                         f"{ckpt} has none (use sampler.name=flow_sde, or a Flow-Noise RL checkpoint)")
-    if smp.needs_noise_prior and policy.prior_head is None:
-        raise ValueError(f"--sampler rollout with sampler.name={cfg.sampler.name} needs an initial-noise prior "
-                         f"head; {ckpt} has none (use sampler.name=flow_sde, or a latent-noise RL checkpoint)")
+    for flag, what in smp.required_heads().items():
+        if not getattr(policy.cfg, flag):
+            raise ValueError(f"--sampler rollout with sampler.name={cfg.sampler.name} needs {what}; {ckpt} has "
+                             f"none (use sampler.name=flow_sde, or an RL checkpoint trained with policy.{flag})")
     e = cfg.env
     python = e.python or env_cfg.python  # a simulator in its own interpreter (RoboTwin) stays there
     env_cfg = dataclasses.replace(env_cfg, name=env or env_cfg.name, render=e.render,

@@ -77,6 +77,13 @@ class Sampler:
         """[B, S] bool: which transitions are stochastic for each sample."""
         return torch.zeros(batch, num_steps, dtype=torch.bool)
 
+    @classmethod
+    def required_heads(cls) -> dict[str, str]:
+        """The ``PolicyConfig`` flags this sampler needs set -> what each adds to the policy."""
+        return {flag: what for flag, what, need in (
+            ("noise_head", "a noise head (the Flow-Noise std)", cls.needs_noise_head),
+            ("noise_prior", "an initial-noise prior head", cls.needs_noise_prior)) if need}
+
     def num_stochastic(self, step_mask):
         """[B, S] step mask (numpy or torch) -> [B]: stochastic transitions per sample, the prior's
         draw of the initial noise counted as one (``needs_noise_prior``)."""

@@ -175,14 +175,11 @@ class FlowPolicy(nn.Module):
         return v, h
 
     def noise_prior(self, prefix: Prefix) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, std) [B, H, K] of the initial noise, float32: N(0, I) without a prior head.
+        """(mean, std) [B, H, K] of the initial noise from the prior head, float32.
 
         ``std = exp(PRIOR_LOG_STD * tanh(h / PRIOR_LOG_STD))``: log-std kept smoothly inside
         +-PRIOR_LOG_STD (std 0.135 .. 7.4), exactly 1 at a fresh head's h = 0."""
         b, h, k = prefix.pooled.shape[0], self.cfg.action_horizon, self.cfg.action_channels
-        if self.prior_head is None:
-            zeros = torch.zeros(b, h, k, device=prefix.pooled.device)
-            return zeros, torch.ones_like(zeros)
         out = self.prior_head(prefix.pooled).float()
         mean, pre = out[:, : h * k].view(b, h, k), out[:, h * k:].view(b, h, k)
         return mean, torch.exp(PRIOR_LOG_STD * torch.tanh(pre / PRIOR_LOG_STD))
@@ -292,8 +289,8 @@ class FlowPolicy(nn.Module):
         smask = torch.as_tensor(step_mask, device=dev)
         s = smask.shape[1]
         cmask = self.channel_mask(action_dim)
+        self._check_prior(sampler)
         if sampler.needs_noise_prior:
-            self._check_prior(sampler)
             mean, std = self.noise_prior(prefix)
             on = cmask[:, None, :].expand_as(mean)
             return Transitions(rows=torch.arange(mean.shape[0], device=dev), x_next=chain_t[:, 0], mean=mean,
