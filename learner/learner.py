@@ -71,6 +71,7 @@ class Learner:
         a = self.cfg.algo
         parts: list[Batch] = []
         staleness_max, rejected = 0, 0
+        groups, informative = 0, 0
         for seg in segments:
             t, n = seg.shape
             valid = seg.valid.copy()
@@ -86,7 +87,11 @@ class Learner:
                                      boot, seg.last_value, a.gamma, a.lam)
             else:  # GRPO: one episode per env, group = env id // group size
                 returns = (seg.rewards.sum(-1) * seg.valid).sum(0)
-                ep_adv, keep = grpo_advantages(returns, seg.env_ids // a.group_size, filter_degenerate=a.filter_groups)
+                group_ids = seg.env_ids // a.group_size
+                ep_adv, keep = grpo_advantages(returns, group_ids, filter_degenerate=a.filter_groups)
+                for g in np.unique(group_ids):
+                    groups += 1
+                    informative += int(np.ptp(returns[group_ids == g]) > 0)
                 adv = np.broadcast_to(ep_adv, (t, n)).astype(np.float32)
                 ret = adv
                 valid &= keep[None, :]
@@ -96,7 +101,10 @@ class Learner:
                                returns=ret.reshape(-1).astype(np.float32),
                                loss_mask=valid.reshape(-1), versions=seg.versions.reshape(-1)))
         self.stale_rejected += rejected
-        return concat_batches(parts), {"staleness_max": float(staleness_max), "stale_rejected": float(rejected)}
+        stats = {"staleness_max": float(staleness_max), "stale_rejected": float(rejected)}
+        if groups:
+            stats["groups_informative"] = informative / groups
+        return concat_batches(parts), stats
 
     # ------------------------------------------------------------------ update
     def update(self, segments: list[Segment]) -> dict[str, float]:

@@ -68,7 +68,9 @@ class EnvConfig:
     init_states: tuple[int, ...] = ()
     # "sparse": 1 on success (every benchmark's reward). "shaped" (tabletop lift): plus the change of a
     # progress potential (reach, hold, raise) each step; success and evaluation are unchanged.
-    reward: Literal["sparse", "shaped"] = "sparse"
+    # "probe" (tabletop, any task): 10 x the hand height gained this step and nothing for success: a
+    # reward any policy earns at once, the RL pipeline's positive control (benchmarks/probe_reward.py).
+    reward: Literal["sparse", "shaped", "probe"] = "sparse"
 
     def __post_init__(self) -> None:
         check(16 <= self.image_size <= 512, "image_size", "16..512 pixels", self.image_size)

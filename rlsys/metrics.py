@@ -49,6 +49,9 @@ SIL_MEMORY_CHUNKS = "learner/sil_memory_chunks"  # chunks of successful episodes
 SIL_EPISODES = "learner/sil_episodes"  # successful episodes that entered the memory so far
 SIL_STEPS_RUN = "learner/sil_steps_run"  # self-imitation-only steps after the PPO epochs (algo.sil_steps)
 CFM_ERROR = "learner/cfm_error"  # fpo: flow-matching error of the sampled chunks per (t, eps) draw
+# grpo: fraction of groups whose rollouts disagree (not all failed, not all succeeded): the groups
+# that carry a learning signal; the rest are dropped by algo.filter_groups or have zero advantage
+GROUPS_INFORMATIVE = "learner/groups_informative"
 BROADCAST_S = "time/broadcast_s"
 COLLECT_S = "time/collect_s"
 UPDATE_S = "time/update_s"
@@ -63,7 +66,7 @@ LEARNER_KEYS = {
     "samples": SAMPLES, "samples_per_s": SAMPLES_PER_S,
     "staleness_max": STALENESS_MAX, "stale_rejected": STALE_REJECTED, "gpu_memory_gb": LEARNER_GPU_MEMORY_GB,
     "sil_loss": SIL_LOSS, "sil_memory_chunks": SIL_MEMORY_CHUNKS, "sil_episodes": SIL_EPISODES,
-    "sil_steps_run": SIL_STEPS_RUN, "cfm_error": CFM_ERROR,
+    "sil_steps_run": SIL_STEPS_RUN, "cfm_error": CFM_ERROR, "groups_informative": GROUPS_INFORMATIVE,
 }
 
 

@@ -127,6 +127,32 @@ def test_version_propagation_and_staleness(tmp_path):
     assert (core.rollout(engine.infer, lambda c: c, engine.values).versions == 5).all()
 
 
+def test_grpo_counts_the_groups_that_carry_a_signal(tmp_path):
+    """learner/groups_informative: the fraction of GRPO groups whose returns differ (the others have
+    zero advantage or are filtered); a real episodic segment with its outcomes set by hand."""
+    import dataclasses
+
+    cfg = small_cfg(tmp_path, "algo.group_size=2", "env.num_envs=4", "rollout.num_env_workers=1",
+                    preset="tabletop_grpo")
+    torch.manual_seed(0)
+    engine = InferenceEngine(cfg, FlowPolicy(cfg.policy))
+    engine.version = 0
+    core = EnvWorkerCore(cfg, 0, episodic=True)
+    seg = core.rollout(engine.infer, lambda c: c, engine.values)
+    core.close()
+    assert list(seg.env_ids // 2) == [0, 0, 1, 1]
+    for outcomes, expect in (((1, 0, 0, 0), 0.5), ((1, 0, 0, 1), 1.0), ((0, 0, 1, 1), 0.0)):
+        rewards = np.zeros_like(seg.rewards)
+        rewards[0, :, 0] = outcomes  # a success reward in each chosen episode's first chunk
+        m = Learner(cfg, engine.policy).make_batch([dataclasses.replace(seg, rewards=rewards)])[1]
+        assert m["groups_informative"] == expect, outcomes
+    ppo = small_cfg(tmp_path)  # PPO has no groups: no such metric
+    core, engine = _core_and_engine(ppo)
+    assert "groups_informative" not in Learner(ppo, engine.policy).make_batch(
+        [core.rollout(engine.infer, lambda c: c, engine.values)])[1]
+    core.close()
+
+
 def _overshooting_segment(tmp_path, epochs: int):
     """A config whose actor lr overshoots, one rollout segment of it and the rollout policy's weights."""
     cfg = small_cfg(tmp_path, f"algo.epochs={epochs}", "algo.minibatches=2", "algo.actor_lr=3e-3",

@@ -35,6 +35,7 @@ CAMERAS = ("agentview", "wrist", "frontview")
 SUBSTEPS = 20
 DEFAULT_MAX_STEPS = 100
 YAW_STEP = 0.15
+PROBE_SCALE = 10.0  # env.reward=probe: reward per metre of hand height gained (an action of 1 moves 2 cm)
 WORKSPACE_LO = np.array([-0.28, -0.33, 0.02])
 WORKSPACE_HI = np.array([0.28, 0.33, 0.3])
 EMBODIMENT = Embodiment(
@@ -64,8 +65,8 @@ class TabletopEnv(RobotEnv):
         for t in tasks:
             if t not in TASKS:
                 raise ConfigError(f"env.tasks: unknown tabletop task {t!r}. {suggest(t, TASKS)}")
-        if reward not in ("sparse", "shaped"):
-            raise ConfigError(f"env.reward: {reward!r}; allowed: sparse, shaped")
+        if reward not in ("sparse", "shaped", "probe"):
+            raise ConfigError(f"env.reward: {reward!r}; allowed: sparse, shaped, probe")
         if reward == "shaped" and not set(tasks) <= set(PROGRESS):
             raise ConfigError(f"env.reward: shaped rewards are defined for {', '.join(PROGRESS)} only, "
                               f"not {', '.join(sorted(set(tasks) - set(PROGRESS)))}")
@@ -171,6 +172,8 @@ class TabletopEnv(RobotEnv):
     def _potential(self, state: dict[str, Any]) -> float:
         if self.reward_mode == "sparse":
             return 0.0
+        if self.reward_mode == "probe":
+            return PROBE_SCALE * float(state["hand"][2])
         return PROGRESS[self._task](state, self._roles)
 
     def _place_objects(self, rng: np.random.Generator) -> None:
@@ -206,8 +209,8 @@ class TabletopEnv(RobotEnv):
         self._steps += 1
         state = self.privileged_state()
         success = TASKS[self._task].success(state, self._roles)
-        reward = 1.0 if success and not self._succeeded else 0.0
-        if self.reward_mode == "shaped":  # progress made this step (potential difference)
+        reward = 1.0 if success and not self._succeeded and self.reward_mode != "probe" else 0.0
+        if self.reward_mode != "sparse":  # progress made this step (potential difference)
             progress = self._potential(state)
             reward += progress - self._progress
             self._progress = progress
