@@ -99,12 +99,12 @@ def plot(res: dict, name: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for (name, rows), color in zip(res["arms"].items(), ("C0", "C1")):
+    for (arm, rows), color in zip(res["arms"].items(), ("C0", "C1")):
         it = [r["iteration"] for r in rows]
         y = np.array([r["reward_per_step"] for r in rows])
         ax.plot(it, y, c=color, lw=0.7, alpha=0.5)
         run = [y[max(0, i - 4): i + 1].mean() for i in range(len(y))]  # one segment is a noisy slice of episodes
-        ax.plot(it, run, c=color, lw=2, label=f"{name} (5-iteration mean)")
+        ax.plot(it, run, c=color, lw=2, label=f"{arm} (5-iteration mean)")
     ax.axhline(res["ceiling"], ls="--", c="k", lw=1, label="ceiling over whole episodes")
     ax.set_xlabel("iteration")
     ax.set_ylabel("reward per env step (hand height gained)")
