@@ -87,6 +87,18 @@ def test_no_episode_starts_solved():
     env.close()
 
 
+def _expert_rewards(env: TabletopEnv) -> list[float]:
+    """The per-step rewards of the scripted expert's episode from the env's current state; it must succeed."""
+    expert, rewards = env.expert(), []
+    for _ in range(env.max_episode_steps):
+        _, r, terminated, truncated, info = env.step(expert.act(env.privileged_state()))
+        rewards.append(r)
+        if terminated or truncated:
+            break
+    assert terminated and info["success"]
+    return rewards
+
+
 def test_shaped_lift_reward_is_progress_plus_the_success_reward():
     """env.reward=shaped: each step adds the change of the lift-progress potential, so an expert
     episode's return is 1 (success) + final - initial potential; sparse and shaped agree on success."""
@@ -95,13 +107,7 @@ def test_shaped_lift_reward_is_progress_plus_the_success_reward():
     env = TabletopEnv(tasks=("lift",), cameras=(), reward="shaped")
     env.reset(seed=3)
     start = lift_progress(env.privileged_state(), env._roles)
-    expert, rewards = env.expert(), []
-    for _ in range(env.max_episode_steps):
-        _, r, terminated, truncated, info = env.step(expert.act(env.privileged_state()))
-        rewards.append(r)
-        if terminated or truncated:
-            break
-    assert terminated and info["success"]
+    rewards = _expert_rewards(env)
     end = lift_progress(env.privileged_state(), env._roles)
     assert sum(rewards) == pytest.approx(1.0 + end - start, abs=1e-6)
     assert 0.0 <= start < 0.3 < end <= 1.0  # the expert reached, held and raised the cube
@@ -128,14 +134,7 @@ def test_probe_reward_is_hand_height_gained_and_nothing_for_success():
             assert np.sign(r) == np.sign(action_z) and abs(r) > 0.01  # ~2 cm per step, 10 per metre
             z = z_now
     env.reset(seed=3, options={"task": "lift"})
-    expert, rewards = env.expert(), []
-    for _ in range(env.max_episode_steps):
-        _, r, terminated, truncated, info = env.step(expert.act(env.privileged_state()))
-        rewards.append(r)
-        if terminated or truncated:
-            break
-    assert terminated and info["success"]
-    assert max(rewards) < 0.5  # no success reward of 1
+    assert max(_expert_rewards(env)) < 0.5  # no success reward of 1
     with pytest.raises(ConfigError, match="allowed: sparse, shaped, probe"):
         TabletopEnv(tasks=("lift",), cameras=(), reward="dense")
     env.close()
