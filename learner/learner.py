@@ -88,10 +88,10 @@ class Learner:
             else:  # GRPO: one episode per env, group = env id // group size
                 returns = (seg.rewards.sum(-1) * seg.valid).sum(0)
                 group_ids = seg.env_ids // a.group_size
-                ep_adv, keep = grpo_advantages(returns, group_ids, filter_degenerate=a.filter_groups)
-                for g in np.unique(group_ids):
-                    groups += 1
-                    informative += int(np.ptp(returns[group_ids == g]) > 0)
+                ep_adv, signal = grpo_advantages(returns, group_ids)  # signal: episodes of non-degenerate groups
+                keep = signal if a.filter_groups else np.ones_like(signal)
+                groups += len(np.unique(group_ids))
+                informative += len(np.unique(group_ids[signal]))
                 adv = np.broadcast_to(ep_adv, (t, n)).astype(np.float32)
                 ret = adv
                 valid &= keep[None, :]
