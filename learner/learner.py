@@ -282,12 +282,23 @@ class Learner:
         return metrics
 
     def _sil_step(self) -> tuple[float, float]:
-        """One optimizer step on the self-imitation loss alone -> (loss, policy gradient norm)."""
+        """One optimizer step on the self-imitation loss alone -> (loss, policy gradient norm), with
+        the policy's groups at ``algo.sil_lr`` where it is set (the critic's group has no gradient)."""
+        a = self.cfg.algo
         sil = self._sil_loss()
         self.optimizer.zero_grad(set_to_none=True)
-        (self.cfg.algo.sil_coef * sil).backward()
-        gn = torch.nn.utils.clip_grad_norm_(self.actor_params, self.cfg.algo.grad_clip)
-        self.optimizer.step()
+        (a.sil_coef * sil).backward()
+        gn = torch.nn.utils.clip_grad_norm_(self.actor_params, a.grad_clip)
+        policy_groups = [g for i, g in enumerate(self.optimizer.param_groups) if i != 1]  # group 1: critic
+        lrs = [g["lr"] for g in policy_groups]
+        if a.sil_lr:
+            for g in policy_groups:
+                g["lr"] = a.sil_lr
+        try:
+            self.optimizer.step()
+        finally:
+            for g, lr in zip(policy_groups, lrs):
+                g["lr"] = lr
         return sil.item(), float(gn)
 
     def _sil_loss(self) -> torch.Tensor:

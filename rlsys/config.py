@@ -232,6 +232,11 @@ class AlgoConfig:
     # > 0: the self-imitation batches get SFT's image augmentation (pad by this many pixels, crop back
     # at a random offset per sample and camera); SFT itself always shifts by 4
     sil_shift: int = 0
+    # > 0: the self-imitation steps of sil_steps (and rft's update) move the policy's parameter groups
+    # (action expert, and the backbone with update_backbone) at this lr; 0: at actor_lr / backbone_lr.
+    # PPO's own steps keep theirs: at actor_lr 1e-4 they already overshoot (target_kl), where the
+    # imitation steps needed 3e-4 (tabletop_fewshot_rft at 1e-4: 78% in 30 min; at 3e-4: 93%).
+    sil_lr: float = 0.0
     # fpo: (t, eps) draws per chunk for the flow-matching ratio; each draw has its own clipped ratio.
     # Each draw is one more action-expert pass per sample (measured on 2 cores, whole network:
     # 8 draws x 4 epochs ~50 s per update, 4 draws x 2 epochs ~13 s)
@@ -269,6 +274,9 @@ class AlgoConfig:
         check(self.sil_capacity >= 1, "sil_capacity", ">= 1 (chunks)", self.sil_capacity)
         check(self.sil_batch >= 1, "sil_batch", ">= 1", self.sil_batch)
         check(self.sil_shift >= 0, "sil_shift", ">= 0 pixels (0: off)", self.sil_shift)
+        check(self.sil_lr >= 0, "sil_lr", ">= 0 (0: actor_lr / backbone_lr)", self.sil_lr)
+        check(self.sil_coef > 0 or not self.sil_lr, "sil_coef", "> 0 where sil_lr is set (it extends "
+              "self-imitation)", self.sil_coef)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from test_distributed import _core_and_engine, init_ckpt, ray_local, read_metric
 
 from rlsys import metrics as M
 from rlsys.actors.inference import load_numpy_state, state_to_numpy
-from rlsys.config import ConfigError
+from rlsys.config import ConfigError, load_config
 from rlsys.learner.learner import Learner
 from rlsys.learner.self_imitation import SuccessMemory
 from rlsys.policy.flow_policy import FlowPolicy
@@ -114,7 +114,6 @@ def test_sil_step_imitates_the_successful_chunks(rollout):
 
 
 def test_sil_settings_are_checked():
-    from rlsys.config import load_config
 
     for bad in ("algo.sil_coef=-1", "algo.sil_capacity=0", "algo.sil_batch=0", "algo.sil_steps=-1",
                 "algo.sil_shift=-1"):
@@ -133,7 +132,6 @@ def test_sil_settings_are_checked():
 def test_component_names_are_checked_when_the_config_is_read():
     """An unknown algorithm, sampler or backbone fails in load_config, naming the known ones, not
     after Ray, the run directory and the few-shot SFT have started."""
-    from rlsys.config import load_config
 
     for key, bad, known in (("algo.name", "pppo", "fpo, grpo, ppo, rft"),
                             ("sampler.name", "sde", "flow_noise, flow_sde, latent, ode"),
@@ -157,6 +155,34 @@ def test_sil_steps_run_past_target_kl_on_the_demo_base(rollout):
     assert m["epochs_run"] < c.algo.epochs  # target_kl stopped PPO's steps...
     assert m["sil_steps_run"] == 6 and m["sil_memory_chunks"] == 0  # ...not these
     assert fm_loss(policy, *base) < 0.9 * before
+
+
+def test_sil_lr_moves_the_policy_as_that_actor_lr_would_and_only_in_its_steps(rollout):
+    """algo.sil_lr: a self-imitation step at actor_lr 1e-5 with sil_lr 3e-4 changes the weights exactly
+    as the same step at actor_lr 3e-4 does (same memory, same draws); the optimizer's lrs are back at
+    their own values afterwards, so PPO's steps keep actor_lr."""
+    cfg, (s1, _), state = rollout
+    rows = np.array([0, 1, 2, 3])
+    base = (s1.obs.index(rows), np.array(s1.chunk.actions[rows]) + 0.3, np.ones((4, s1.exec_mask.shape[-1]), bool))
+    moved, learners = {}, {}
+    for name, actor_lr, sil_lr in (("sil_lr", 1e-5, 3e-4), ("actor_lr", 3e-4, 0.0), ("neither", 1e-5, 0.0)):
+        c = dataclasses.replace(cfg, algo=dataclasses.replace(cfg.algo, name="rft", sil_coef=1.0, sil_steps=1,
+                                                              actor_lr=actor_lr, sil_lr=sil_lr))
+        policy = FlowPolicy(c.policy)
+        load_numpy_state(policy, state)
+        learners[name] = Learner(c, policy, sil_base=base)
+        learners[name].update([relabel(s1, [[1, 2], [1, 2], [1, 2]])])
+        after = state_to_numpy(policy)
+        moved[name] = {k: after[k] - state[k] for k in state}
+    for k in state:
+        np.testing.assert_allclose(moved["sil_lr"][k], moved["actor_lr"][k], rtol=1e-5, atol=1e-9)
+    step = {n: sum(float(np.abs(d).sum()) for d in m.values()) for n, m in moved.items()}
+    assert step["sil_lr"] > 10 * step["neither"] > 0, step  # the setting changed the step...
+    assert [g["lr"] for g in learners["sil_lr"].optimizer.param_groups] == [1e-5, cfg.algo.critic_lr]  # ...only
+    with pytest.raises(ConfigError, match="sil_lr"):
+        load_config("tabletop_ppo", ["algo.sil_lr=-1e-4", "algo.sil_coef=1"])
+    with pytest.raises(ConfigError, match="sil_coef.*sil_lr"):
+        load_config("tabletop_ppo", ["algo.sil_lr=3e-4"])
 
 
 def test_rft_update_fits_successes_and_nothing_else(rollout):
