@@ -114,7 +114,6 @@ def test_sil_step_imitates_the_successful_chunks(rollout):
 
 
 def test_sil_settings_are_checked():
-
     for bad in ("algo.sil_coef=-1", "algo.sil_capacity=0", "algo.sil_batch=0", "algo.sil_steps=-1",
                 "algo.sil_shift=-1"):
         with pytest.raises(ConfigError, match=bad.split("=")[0].split(".")[1]):
@@ -132,7 +131,6 @@ def test_sil_settings_are_checked():
 def test_component_names_are_checked_when_the_config_is_read():
     """An unknown algorithm, sampler or backbone fails in load_config, naming the known ones, not
     after Ray, the run directory and the few-shot SFT have started."""
-
     for key, bad, known in (("algo.name", "pppo", "fpo, grpo, ppo, rft"),
                             ("sampler.name", "sde", "flow_noise, flow_sde, latent, ode"),
                             ("policy.backbone", "big", "tiny")):
