@@ -31,14 +31,16 @@ class Learner:
         self.sampler = build_sampler(cfg.sampler)
         self.algo = ALGORITHMS.get(cfg.algo.name)
         a = cfg.algo
+        # the backbone trains in every step (update_backbone), in the self-imitation-only steps
+        # (sil_backbone: frozen in PPO's steps) or never
+        self.backbone_trains = a.update_backbone or a.sil_backbone
         if not a.update_backbone:  # frozen: no gradients, no backward through the CNN/transformer
-            for p in policy.backbone.parameters():
-                p.requires_grad_(False)
+            policy.backbone.requires_grad_(False)
         critic = [p for n, p in policy.named_parameters() if n.startswith("value_head.")]
         actor = [p for n, p in policy.named_parameters()
                  if not n.startswith(("value_head.", "backbone.")) and p.requires_grad]
         groups = [{"params": actor, "lr": a.actor_lr}, {"params": critic, "lr": a.critic_lr}]
-        backbone = list(policy.backbone.parameters()) if a.update_backbone else []
+        backbone = list(policy.backbone.parameters()) if self.backbone_trains else []
         if backbone:  # group 2: its own lr where backbone_lr is set
             groups.append({"params": backbone, "lr": a.backbone_lr or a.actor_lr})
         self.actor_params = actor + backbone  # the policy's gradients are clipped together
@@ -157,9 +159,9 @@ class Learner:
                     continue
                 ref = None
                 if self.reference is not None:
-                    with torch.no_grad():  # a frozen backbone is the reference's too: same prefix
+                    with torch.no_grad():  # a never-trained backbone is the reference's too: same prefix
                         ref = self.reference.transitions(m.obs, m.chunk.chain, m.chunk.step_mask, self.sampler,
-                                                         None if a.update_backbone else prefix)
+                                                         None if self.backbone_trains else prefix)
                 if cfm is None:
                     rc = self.policy.log_prob_and_value(m.obs, m.chunk.chain, m.chunk.step_mask, m.exec_mask,
                                                         self.sampler, self.cfg.sampler.logprob, prefix, ref)
@@ -283,11 +285,16 @@ class Learner:
 
     def _sil_step(self) -> tuple[float, float]:
         """One optimizer step on the self-imitation loss alone -> (loss, policy gradient norm), with
-        the policy's groups at ``algo.sil_lr`` where it is set (the critic's group has no gradient)."""
+        the policy's groups at ``algo.sil_lr`` where it is set (the critic's group has no gradient) and
+        the backbone trained where ``algo.sil_backbone`` is set."""
         a = self.cfg.algo
-        sil = self._sil_loss()
-        self.optimizer.zero_grad(set_to_none=True)
-        (a.sil_coef * sil).backward()
+        self.policy.backbone.requires_grad_(self.backbone_trains)
+        try:
+            sil = self._sil_loss()
+            self.optimizer.zero_grad(set_to_none=True)
+            (a.sil_coef * sil).backward()
+        finally:  # PPO's steps see the backbone frozen again (AdamW skips parameters without gradients)
+            self.policy.backbone.requires_grad_(a.update_backbone)
         gn = torch.nn.utils.clip_grad_norm_(self.actor_params, a.grad_clip)
         policy_groups = [g for i, g in enumerate(self.optimizer.param_groups) if i != 1]  # group 1: critic
         lrs = [g["lr"] for g in policy_groups]

@@ -209,7 +209,7 @@ class AlgoConfig:
     # denoising transition (two Gaussians), averaged per action element; the learner keeps a frozen
     # copy of the starting (SFT) weights, saved in checkpoints so a resumed run anchors to the same.
     ref_kl_coef: float = 0.0
-    update_backbone: bool = False  # False: RL updates the action expert (+ heads) only; backbone frozen
+    update_backbone: bool = False  # False: RL updates the action expert (+ heads) only (but see sil_backbone)
     backbone_lr: float = 0.0  # with update_backbone: the backbone's own lr (0: actor_lr)
     group_size: int = 8  # GRPO: rollouts per initial state
     filter_groups: bool = True  # GRPO: drop groups whose success rate is 0 or 1
@@ -237,6 +237,11 @@ class AlgoConfig:
     # PPO's own steps keep theirs: at actor_lr 1e-4 they already overshoot (target_kl), where the
     # imitation steps needed 3e-4 (tabletop_fewshot_rft at 1e-4: 78% in 30 min; at 3e-4: 93%).
     sil_lr: float = 0.0
+    # True (with update_backbone false): the self-imitation-only steps (sil_steps, rft's update) train
+    # the backbone too, while PPO's steps (and the self-imitation loss inside them) keep it frozen and
+    # encode each sample once per update. On 2 cores a PPO step of 256 chunks of the tiny policy took
+    # 1.4 s through the whole network and 0.28 s through the action expert on a cached prefix.
+    sil_backbone: bool = False
     # fpo: (t, eps) draws per chunk for the flow-matching ratio; each draw has its own clipped ratio.
     # Each draw is one more action-expert pass per sample (measured on 2 cores, whole network:
     # 8 draws x 4 epochs ~50 s per update, 4 draws x 2 epochs ~13 s)
@@ -277,6 +282,10 @@ class AlgoConfig:
         check(self.sil_lr >= 0, "sil_lr", ">= 0 (0: actor_lr / backbone_lr)", self.sil_lr)
         check(self.sil_coef > 0 or not self.sil_lr, "sil_coef", "> 0 where sil_lr is set (it extends "
               "self-imitation)", self.sil_coef)
+        check(self.sil_coef > 0 or not self.sil_backbone, "sil_coef", "> 0 where sil_backbone is set (it "
+              "extends self-imitation)", self.sil_coef)
+        check(not (self.sil_backbone and self.update_backbone), "sil_backbone", "false where update_backbone is "
+              "true (update_backbone already trains the backbone in every step)", self.sil_backbone)
 
 
 @dataclass(frozen=True)

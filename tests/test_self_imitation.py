@@ -183,6 +183,45 @@ def test_sil_lr_moves_the_policy_as_that_actor_lr_would_and_only_in_its_steps(ro
         load_config("tabletop_ppo", ["algo.sil_lr=3e-4"])
 
 
+def test_sil_backbone_trains_the_backbone_in_the_imitation_steps_only(rollout):
+    """algo.sil_backbone: PPO's steps (and the self-imitation loss inside them) leave the backbone as it
+    was, on the prefix cached once per update (first minibatch at ratio 1); the self-imitation-only
+    steps move it, exactly as they do with update_backbone (same lr, same draws)."""
+    cfg, (s1, _), state = rollout
+    rows = np.array([0, 1, 2, 3])
+    base = (s1.obs.index(rows), np.array(s1.chunk.actions[rows]) + 0.3, np.ones((4, s1.exec_mask.shape[-1]), bool))
+    seg = relabel(s1, [[1, 2], [1, 2], [1, 2]])  # no episode ends: the demo base feeds self-imitation
+    backbone = [k for k in state if k.startswith("backbone.")]
+    expert = [k for k in state if k.startswith("expert.")]
+    assert backbone and expert
+
+    def run(**algo):
+        c = dataclasses.replace(cfg, algo=dataclasses.replace(cfg.algo, sil_coef=1.0, **algo))
+        policy = FlowPolicy(c.policy)
+        load_numpy_state(policy, state)
+        m = Learner(c, policy, sil_base=base).update([seg])
+        trainable = {p.requires_grad for p in policy.backbone.parameters()}
+        assert trainable == {c.algo.update_backbone}  # with sil_backbone: frozen again for PPO's steps
+        after = state_to_numpy(policy)
+        return m, {k: after[k] - state[k] for k in state}
+
+    m, moved = run(sil_backbone=True, sil_steps=0)
+    assert m["epochs_run"] > 0 and m["first_minibatch_ratio_dev"] < 1e-5
+    assert not any(moved[k].any() for k in backbone) and any(moved[k].any() for k in expert)
+    m, moved = run(sil_backbone=True, sil_steps=2)
+    assert m["sil_steps_run"] == 2 and any(moved[k].any() for k in backbone)
+    _, rft_sil_backbone = run(name="rft", sil_backbone=True, sil_steps=2)
+    _, rft_update_backbone = run(name="rft", update_backbone=True, sil_steps=2)
+    _, rft_frozen = run(name="rft", sil_steps=2)
+    assert any(rft_sil_backbone[k].any() for k in backbone) and not any(rft_frozen[k].any() for k in backbone)
+    for k in state:
+        np.testing.assert_allclose(rft_sil_backbone[k], rft_update_backbone[k], rtol=1e-5, atol=1e-9)
+    with pytest.raises(ConfigError, match="sil_backbone.*update_backbone"):
+        load_config("tabletop_ppo", ["algo.sil_backbone=true", "algo.update_backbone=true", "algo.sil_coef=1"])
+    with pytest.raises(ConfigError, match="sil_coef.*sil_backbone"):
+        load_config("tabletop_ppo", ["algo.sil_backbone=true"])
+
+
 def test_rft_update_fits_successes_and_nothing_else(rollout):
     """``algo.name=rft``: with no success (and no demos) the update leaves the weights and the version;
     once an episode succeeds, its sil_steps fit that episode's chunks with no PPO loss and no critic."""
