@@ -218,7 +218,7 @@ class Learner:
                     logs.setdefault("cfm_error", []).append(float(err.detach().mean()))
                 if rc.kl_ref is not None:
                     logs.setdefault("kl_ref", []).append(kl_ref.item())
-        sil_steps = 0
+        sil_steps, t_sil = 0, time.perf_counter()
         if actor_on and a.sil_steps and self.memory is not None and self.memory.available:
             for _ in range(a.sil_steps):  # self-imitation alone; target_kl bounds PPO's steps, not these
                 logs.setdefault("sil_loss", []).append(self._sil_step()[0])
@@ -234,6 +234,7 @@ class Learner:
             metrics["sil_memory_chunks"] = float(self.memory.size)
             metrics["sil_episodes"] = float(self.memory.episodes_added)
             metrics["sil_steps_run"] = float(sil_steps)
+            metrics["sil_seconds"] = time.perf_counter() - t_sil
         v = batch.old_value[batch.loss_mask]
         r = batch.returns[batch.loss_mask]
         metrics["explained_variance"] = float(1 - np.var(r - v) / np.var(r)) if np.var(r) > 0 else 0.0
@@ -279,7 +280,7 @@ class Learner:
             metrics["skipped"] = 1.0
         metrics.update(sil_memory_chunks=float(self.memory.size), sil_episodes=float(self.memory.episodes_added),
                        sil_steps_run=float(len(steps)), samples=float(len(steps) * a.sil_batch))
-        metrics["update_seconds"] = time.perf_counter() - t0
+        metrics["update_seconds"] = metrics["sil_seconds"] = time.perf_counter() - t0
         metrics["samples_per_s"] = metrics["samples"] / metrics["update_seconds"]
         return metrics
 

@@ -55,6 +55,7 @@ GROUPS_INFORMATIVE = "learner/groups_informative"
 BROADCAST_S = "time/broadcast_s"
 COLLECT_S = "time/collect_s"
 UPDATE_S = "time/update_s"
+SIL_S = "time/sil_s"  # the part of time/update_s spent in the self-imitation-only steps (algo.sil_steps)
 ITERATION_S = "time/iteration_s"
 EVAL_SUCCESS = "eval/success_rate"
 
@@ -66,7 +67,8 @@ LEARNER_KEYS = {
     "samples": SAMPLES, "samples_per_s": SAMPLES_PER_S,
     "staleness_max": STALENESS_MAX, "stale_rejected": STALE_REJECTED, "gpu_memory_gb": LEARNER_GPU_MEMORY_GB,
     "sil_loss": SIL_LOSS, "sil_memory_chunks": SIL_MEMORY_CHUNKS, "sil_episodes": SIL_EPISODES,
-    "sil_steps_run": SIL_STEPS_RUN, "cfm_error": CFM_ERROR, "groups_informative": GROUPS_INFORMATIVE,
+    "sil_steps_run": SIL_STEPS_RUN, "sil_seconds": SIL_S, "cfm_error": CFM_ERROR,
+    "groups_informative": GROUPS_INFORMATIVE,
 }
 
 

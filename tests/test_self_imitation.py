@@ -152,6 +152,7 @@ def test_sil_steps_run_past_target_kl_on_the_demo_base(rollout):
     m = Learner(c, policy, sil_base=base).update([seg])
     assert m["epochs_run"] < c.algo.epochs  # target_kl stopped PPO's steps...
     assert m["sil_steps_run"] == 6 and m["sil_memory_chunks"] == 0  # ...not these
+    assert 0 < m["sil_seconds"] < m["update_seconds"]
     assert fm_loss(policy, *base) < 0.9 * before
 
 
@@ -316,7 +317,7 @@ def test_train_with_sil_steps_and_demos_on_a_local_ray(ray_local, init_ckpt, tmp
     expert_demos(cfg.env, str(demos), 2)
     rows = read_metrics(Path(train(cfg)["run_dir"]))
     assert [r["learner/sil_steps_run"] for r in rows] == [3, 3]
-    assert all(r["learner/sil_loss"] > 0 for r in rows)
+    assert all(r["learner/sil_loss"] > 0 and 0 < r[M.SIL_S] < r[M.UPDATE_S] for r in rows)
 
 
 def test_train_rft_on_a_local_ray(ray_local, init_ckpt, tmp_path):  # noqa: F811
