@@ -220,6 +220,7 @@ class PolicyActor:
         self.latencies: list[float] = []
         self.queue_peak = 0
         self._published: tuple[int, list[Any]] | None = None
+        self._published_eval: tuple[int, list[Any]] | None = None
         self._zmq: ZmqServer | None = None
 
     # ---------------------------------------------------------------- inference
@@ -296,6 +297,16 @@ class PolicyActor:
             self._published = (self.learner.version, [ray.put(state_to_numpy(self.learner.policy))])
         return self._published
 
+    async def publish_eval(self) -> tuple[int, list[Any]]:
+        """Like ``publish``, for the weights evaluations use: the average of ``algo.ema_decay``
+        where it is set, else the same ObjectRef as ``publish``."""
+        assert self.learner is not None
+        if self.learner.ema is None:
+            return await self.publish()
+        if self._published_eval is None or self._published_eval[0] != self.learner.version:
+            self._published_eval = (self.learner.version, [ray.put(self.learner.eval_state())])
+        return self._published_eval
+
     async def update(self, segments: list[Segment]) -> dict[str, float]:
         assert self.learner is not None
         async with self._lock:
@@ -312,7 +323,9 @@ class PolicyActor:
                 "optimizer": {k: v.numpy() for k, v in tensors.items()}, "optimizer_scalars": scalars,
                 "version": self.learner.version, "iteration": self.learner.iteration,
                 "rng": self.learner.rng.bit_generator.state,
-                "reference": None if self.learner.reference is None else state_to_numpy(self.learner.reference)}
+                "reference": None if self.learner.reference is None else state_to_numpy(self.learner.reference),
+                "ema": None if self.learner.ema is None else self.learner.eval_state(),
+                "ema_updates": 0 if self.learner.ema is None else self.learner.ema.updates}
 
     async def load_training_state(self, state: dict[str, Any]) -> None:
         from rlsys.actors.inference import load_numpy_state
@@ -328,6 +341,11 @@ class PolicyActor:
                 raise ValueError("algo.ref_kl_coef > 0 but the checkpoint has no reference weights "
                                  "(reference.safetensors) to anchor the resumed run to")
             load_numpy_state(self.learner.reference, state["reference"])
+        if self.learner.ema is not None:  # a checkpoint written without the average starts it afresh
+            if state.get("ema") is not None:
+                self.learner.ema.load_numpy_state(state["ema"], state.get("ema_updates", 0))
+            else:
+                self.learner.ema.load_numpy_state(state["policy"], 0)
         self.engine.version = self.learner.version
 
     async def pid(self) -> int:

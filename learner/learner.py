@@ -16,6 +16,7 @@ import torch
 
 from rlsys.config import TrainConfig
 from rlsys.flow import build_sampler, reduce_log_prob
+from rlsys.learner.ema import WeightEMA
 from rlsys.learner.losses import chunk_gae, grpo_advantages, masked_mean, normalize, ppo_policy_loss, value_loss
 from rlsys.learner.self_imitation import SuccessMemory
 from rlsys.policy.flow_policy import FlowPolicy, Recompute, sample_timesteps
@@ -47,6 +48,8 @@ class Learner:
         self.optimizer = torch.optim.AdamW(groups, betas=(a.betas[0], a.betas[1]), weight_decay=a.weight_decay)
         # frozen copy of the starting weights for the KL anchor (ref_kl_coef > 0)
         self.reference = copy.deepcopy(policy).requires_grad_(False).eval() if a.ref_kl_coef > 0 else None
+        # the averaged weights of algo.ema_decay (evaluations, checkpoints); rollouts use self.policy
+        self.ema = WeightEMA(policy, a.ema_decay) if a.ema_decay > 0 else None
         self.version = 0  # weights version; bumped by every update
         self.iteration = 0
         self.rng = np.random.default_rng(seed)
@@ -223,8 +226,7 @@ class Learner:
             for _ in range(a.sil_steps):  # self-imitation alone; target_kl bounds PPO's steps, not these
                 logs.setdefault("sil_loss", []).append(self._sil_step()[0])
                 sil_steps += 1
-        self.version += 1
-        self.iteration += 1
+        self._updated()
         metrics.update({k: float(np.mean(v)) for k, v in logs.items()})
         metrics["ratio_max"] = float(np.max(logs.get("ratio_max", [1.0])))
         metrics["epochs_run"] = steps / a.minibatches  # < epochs where target_kl stopped the update
@@ -243,6 +245,19 @@ class Learner:
         metrics["update_seconds"] = time.perf_counter() - t0
         metrics["samples_per_s"] = n_valid * max(steps, 1) / a.minibatches / metrics["update_seconds"]
         return metrics
+
+    def _updated(self) -> None:
+        """One update done: new weights version, and one step of the weight average."""
+        self.version += 1
+        self.iteration += 1
+        if self.ema is not None:
+            self.ema.update(self.policy)
+
+    def eval_state(self) -> dict[str, np.ndarray]:
+        """The weights evaluations and checkpoints use: the average where algo.ema_decay is set."""
+        from rlsys.actors.inference import state_to_numpy
+
+        return state_to_numpy(self.policy) if self.ema is None else self.ema.numpy_state(self.policy)
 
     def _cfm_draws(self, batch: Batch, idx: np.ndarray, cache: Any, row: np.ndarray) -> CFMDraws:
         """fpo: ``fpo_draws`` (t, eps) pairs per valid sample, fixed for the whole update, and the
@@ -274,8 +289,7 @@ class Learner:
         if steps:
             loss, grad_norm = np.mean(steps, axis=0)
             metrics.update(sil_loss=float(loss), grad_norm=float(grad_norm))
-            self.version += 1
-            self.iteration += 1
+            self._updated()
         else:  # no success yet (and no demos): nothing to imitate; weights and version stay (as PPO's skip)
             metrics["skipped"] = 1.0
         metrics.update(sil_memory_chunks=float(self.memory.size), sil_episodes=float(self.memory.episodes_added),

@@ -246,6 +246,10 @@ class AlgoConfig:
     # Each draw is one more action-expert pass per sample (measured on 2 cores, whole network:
     # 8 draws x 4 epochs ~50 s per update, 4 draws x 2 epochs ~13 s)
     fpo_draws: int = 4
+    # > 0: the evaluations and the checkpoint's model.safetensors use an exponential moving average of
+    # the weights, one step per learner update (the mean of all updates until there are 1 / (1 - d));
+    # rollouts keep the trained weights. 0.8 averages about the last 5 updates (rlsys.learner.ema).
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         from rlsys.registry import ALGORITHMS
@@ -258,6 +262,7 @@ class AlgoConfig:
         check(self.epochs >= 1 and self.minibatches >= 1, "epochs", "epochs, minibatches >= 1", self.epochs)
         check(self.actor_lr > 0 and self.critic_lr > 0, "actor_lr", "actor_lr, critic_lr > 0", self.actor_lr)
         check(len(self.betas) == 2, "betas", "two numbers", self.betas)
+        check(0 <= self.ema_decay < 1, "ema_decay", "[0, 1) (0: off)", self.ema_decay)
         check(self.group_size >= 2, "group_size", ">= 2", self.group_size)
         check(self.target_kl >= 0, "target_kl", ">= 0 (0: off)", self.target_kl)
         check(self.ref_kl_coef >= 0, "ref_kl_coef", ">= 0 (0: off)", self.ref_kl_coef)

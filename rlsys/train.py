@@ -83,7 +83,7 @@ class Run:
         from rlsys.actors.inference import load_numpy_state
         from rlsys.policy.flow_policy import FlowPolicy
 
-        version, (ref,) = ray.get(system.learner.publish.remote())
+        version, (ref,) = ray.get(system.learner.publish_eval.remote())  # the weight average, if any
         policy = FlowPolicy(self.cfg.policy)
         load_numpy_state(policy, ray.get(ref))
         return policy, version
@@ -108,16 +108,22 @@ class Run:
         from rlsys.policy.flow_policy import FlowPolicy
 
         st = ray.get(system.learner.training_state.remote())
+        ema = st.get("ema") is not None
+        # model.safetensors holds the weights to use (the average where algo.ema_decay is set: what
+        # eval / serve load); the trained weights go beside it for --resume
         policy = FlowPolicy(self.cfg.policy)
-        load_numpy_state(policy, st["policy"])
+        load_numpy_state(policy, st["ema"] if ema else st["policy"])
         trainer = {"iteration": iteration, "version": st["version"], "learner_iteration": st["iteration"],
-                   "optimizer": st["optimizer_scalars"], "rng": st["rng"]}
+                   "optimizer": st["optimizer_scalars"], "rng": st["rng"], "ema_updates": st.get("ema_updates", 0)}
         extra = {"optimizer.safetensors": save_np(st["optimizer"]) if st["optimizer"] else save_np({}),
                  "trainer.json": json.dumps(trainer).encode()}
         if st.get("reference") is not None:  # the KL anchor's weights (algo.ref_kl_coef > 0)
             extra["reference.safetensors"] = save_np(st["reference"])
-        return save_policy(self.dir / "checkpoint", policy, self.cfg.env, self.embodiment,
-                           meta={"stage": "rl", "iteration": iteration, "version": st["version"]}, extra=extra)
+        if ema:
+            extra["online.safetensors"] = save_np(st["policy"])
+        meta = {"stage": "rl", "iteration": iteration, "version": st["version"],
+                "weights": f"ema {self.cfg.algo.ema_decay}" if ema else "online"}
+        return save_policy(self.dir / "checkpoint", policy, self.cfg.env, self.embodiment, meta=meta, extra=extra)
 
     def load_checkpoint(self) -> tuple[dict[str, np.ndarray], dict[str, Any], int]:
         from rlsys.actors.inference import state_to_numpy
@@ -128,6 +134,9 @@ class Run:
         state = {"policy": state_to_numpy(policy), "optimizer": load_np(str(ck / "optimizer.safetensors")),
                  "optimizer_scalars": trainer["optimizer"], "version": trainer["version"],
                  "iteration": trainer["learner_iteration"], "rng": trainer["rng"]}
+        if (ck / "online.safetensors").exists():  # model.safetensors is the weight average (algo.ema_decay)
+            state["ema"], state["ema_updates"] = state["policy"], int(trainer.get("ema_updates", 0))
+            state["policy"] = load_np(str(ck / "online.safetensors"))
         if (ck / "reference.safetensors").exists():
             state["reference"] = load_np(str(ck / "reference.safetensors"))
         return state["policy"], state, int(trainer["iteration"])

@@ -342,7 +342,7 @@ def test_resume_after_kill_continues_at_the_same_iteration(init_ckpt, tmp_path):
     env.pop("RAY_ADDRESS", None)
     args = [sys.executable, "-m", "rlsys.train", "--preset", "tabletop_ppo"]
     for s in (*SMALL, f"run_dir={tmp_path}", f"init_checkpoint={init_ckpt}", "iterations=4", "eval_every=100",
-              "algo.ref_kl_coef=0.1"):
+              "algo.ref_kl_coef=0.1", "algo.ema_decay=0.5"):
         args += ["--set", s]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -380,3 +380,10 @@ def test_resume_after_kill_continues_at_the_same_iteration(init_ckpt, tmp_path):
     assert expert and all(np.array_equal(ref[k], start[k]) for k in expert)
     assert any(not np.array_equal(now[k], start[k]) for k in expert)
     assert all("learner/kl_ref" in r for r in rows)
+    # algo.ema_decay: model.safetensors is the weight average, the trained weights sit beside it, and
+    # the average carried over the kill (one step per learner update, 4 in all)
+    ck = run_dir / "checkpoint"
+    online = load_file(str(ck / "online.safetensors"))
+    assert any(not np.array_equal(now[k], online[k]) for k in expert)
+    assert json.loads((ck / "trainer.json").read_text())["ema_updates"] == 4
+    assert json.loads((ck / "config.json").read_text())["meta"]["weights"] == "ema 0.5"
