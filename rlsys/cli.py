@@ -65,7 +65,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     cfg = _load(args)
     run_eval_command(cfg, ckpt=args.ckpt, out_dir=args.out, episodes=args.episodes, tasks=args.tasks,
                      env=args.env, init_state_offset=args.init_state_offset, workers=args.workers,
-                     sampler=args.sampler)
+                     sampler=args.sampler, weights=args.weights)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -157,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     ps["eval"].add_argument("--sampler", choices=("ode", "rollout"), default="ode",
                             help="ode: deterministic (the protocol); rollout: the config's stochastic sampler "
                                  "(sampler.name / sampler.noise_level), the policy RL trains")
+    ps["eval"].add_argument("--weights", choices=("model", "online"), default="model",
+                            help="model: the checkpoint's weights (the average where the run set algo.ema_decay); "
+                                 "online: such a run's trained weights (online.safetensors)")
     ps["eval"].add_argument("--out", help="folder for the result table (JSON + markdown) and videos")
     ps["eval"].add_argument("--workers", type=int, default=0,
                             help="shard episodes over this many Ray tasks (each an env pool + policy copy); "

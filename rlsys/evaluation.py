@@ -232,7 +232,7 @@ def task_names(env_cfg: EnvConfig) -> tuple[str, ...]:
 
 def run_eval_command(cfg: Any, ckpt: str, out_dir: str | None, episodes: int, tasks: list[str] | None,
                      env: str | None = None, init_state_offset: int = 0, workers: int = 0,
-                     sampler: str = "ode") -> dict[str, Any]:
+                     sampler: str = "ode", weights: str = "model") -> dict[str, Any]:
     """``rlsys eval``: load a checkpoint, evaluate on its env (or ``env``), write eval.json/eval.md/videos.
 
     ``cfg.env`` supplies how to run (render quality, ``num_envs`` at a time, ``subprocess``: one
@@ -248,7 +248,7 @@ def run_eval_command(cfg: Any, ckpt: str, out_dir: str | None, episodes: int, ta
         raise ValueError(f"--sampler {sampler!r}: allowed: ode, rollout")
     smp = ODE() if sampler == "ode" else build_sampler(cfg.sampler)
 
-    policy, env_cfg, embodiment, _ = load_policy(ckpt)
+    policy, env_cfg, embodiment, _ = load_policy(ckpt, weights=weights)
     for flag, what in smp.required_heads().items():
         if not getattr(policy.cfg, flag):
             raise ValueError(f"--sampler rollout with sampler.name={cfg.sampler.name} needs {what}; {ckpt} has "

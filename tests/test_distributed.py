@@ -19,7 +19,7 @@ import torch
 
 from rlsys.actors.env_worker import EnvWorkerCore
 from rlsys.actors.inference import InferenceEngine, load_numpy_state, state_to_numpy
-from rlsys.checkpoint import save_policy
+from rlsys.checkpoint import CheckpointError, load_policy, save_policy
 from rlsys.config import load_config
 from rlsys.envs.tabletop.env import EMBODIMENT
 from rlsys.learner.learner import Learner
@@ -387,3 +387,7 @@ def test_resume_after_kill_continues_at_the_same_iteration(init_ckpt, tmp_path):
     assert any(not np.array_equal(now[k], online[k]) for k in expert)
     assert json.loads((ck / "trainer.json").read_text())["ema_updates"] == 4
     assert json.loads((ck / "config.json").read_text())["meta"]["weights"] == "ema 0.5"
+    trained = state_to_numpy(load_policy(ck, weights="online")[0])
+    assert all(np.array_equal(trained[k], online[k]) for k in online)
+    with pytest.raises(CheckpointError, match="online.safetensors.*ema_decay"):
+        load_policy(init_ckpt, weights="online")

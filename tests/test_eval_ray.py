@@ -115,3 +115,36 @@ def test_eval_with_the_rollout_sampler(tmp_path):
         with pytest.raises(ValueError, match=error):  # the checkpoint has no such head
             run_eval_command(load_config("tabletop_sft", [*small, f"sampler.name={sampler}", f"policy.{flag}=true"]),
                              str(ck), None, 2, ["lift"], sampler="rollout")
+
+
+def test_eval_weights_online_runs_the_trained_weights_beside_the_average(tmp_path, monkeypatch):
+    """`rlsys eval --weights online` (and compare_checkpoints' DIR@online) evaluates online.safetensors,
+    which a run with algo.ema_decay writes beside the average in model.safetensors."""
+    import numpy as np
+    import pytest
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    import rlsys.evaluation as ev
+    from rlsys.checkpoint import CheckpointError
+    from rlsys.config import load_config
+
+    ck = tmp_path / "ck"
+    run(MAKE_CKPT, str(ck))
+    small = load_config("tabletop_sft", ["env.max_episode_steps=5", "env.num_envs=2"])
+    with pytest.raises(CheckpointError, match="no online.safetensors.*ema_decay"):
+        ev.run_eval_command(small, str(ck), None, 2, ["lift"], weights="online")
+    model = load_file(str(ck / "model.safetensors"))
+    trained = {k: v + 1 if v.is_floating_point() else v for k, v in model.items()}
+    save_file(trained, str(ck / "online.safetensors"))
+    seen = []
+
+    def spy(policy, pool, builder, task, seeds, sampler, generator, frames=None, init_states=None, infos=None):
+        seen.append({k: v.detach().clone() for k, v in policy.state_dict().items()})
+        return np.zeros(len(seeds), bool)
+
+    monkeypatch.setattr(ev, "run_episodes", spy)
+    for weights, want in (("online", trained), ("model", model)):
+        seen.clear()
+        ev.run_eval_command(small, str(ck), None, 2, ["lift"], weights=weights)
+        assert seen and all(torch.equal(seen[0][k], want[k]) for k in want)
