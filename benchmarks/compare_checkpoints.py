@@ -25,6 +25,12 @@ from rlsys.evaluation import run_eval_command
 OUT = Path(__file__).parent / "results"
 
 
+def weights_of(spec: str) -> tuple[str, str]:
+    """``DIR@online`` -> (DIR, "online"); without a known suffix the whole spec is the folder."""
+    path, sep, weights = spec.rpartition("@")
+    return (path, weights) if sep and weights in WEIGHTS else (spec, "model")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--ckpt", action="append", required=True, metavar="NAME=DIR[@online]")
@@ -39,16 +45,13 @@ def main() -> None:
     bad = [c for c in args.ckpt if "=" not in c]
     if bad:
         ap.error(f"--ckpt {bad[0]!r}: expected NAME=DIR or NAME=DIR@online")
-    ckpts = dict(c.split("=", 1) for c in args.ckpt)
+    ckpts = {name: weights_of(spec) for name, spec in (c.split("=", 1) for c in args.ckpt)}  # name -> (dir, weights)
     samplers = args.samplers.split(",")
     cfg = load_config(args.preset, args.overrides)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for sampler in samplers:  # one sampler at a time: every checkpoint on the same episodes
-            for name, spec in ckpts.items():
-                path, sep, weights = spec.rpartition("@")
-                if not sep or weights not in WEIGHTS:  # no (known) suffix: the whole spec is the folder
-                    path, weights = spec, "model"
+            for name, (path, weights) in ckpts.items():
                 t0 = time.time()
                 r = run_eval_command(cfg, path, str(Path(tmp) / f"{name}_{sampler}"), args.episodes, args.tasks,
                                      workers=args.workers, sampler=sampler, weights=weights)

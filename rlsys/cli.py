@@ -157,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     ps["eval"].add_argument("--sampler", choices=("ode", "rollout"), default="ode",
                             help="ode: deterministic (the protocol); rollout: the config's stochastic sampler "
                                  "(sampler.name / sampler.noise_level), the policy RL trains")
+    # rlsys.checkpoint.WEIGHTS, spelled out: importing it would load torch for every command's --help
     ps["eval"].add_argument("--weights", choices=("model", "online"), default="model",
                             help="model: the checkpoint's weights (the average where the run set algo.ema_decay); "
                                  "online: such a run's trained weights (online.safetensors)")

@@ -8,8 +8,8 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from test_distributed import init_ckpt, ray_local  # noqa: F401
-from test_self_imitation import relabel, rollout  # noqa: F401
+from test_distributed import ray_local  # noqa: F401
+from test_self_imitation import rollout  # noqa: F401
 
 from rlsys.actors.inference import load_numpy_state, state_to_numpy
 from rlsys.config import ConfigError, load_config
