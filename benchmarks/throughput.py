@@ -158,8 +158,9 @@ def main() -> None:
     ap.add_argument("--gpu", action="store_true", help="learner and inference workers on one CUDA card")
     args = ap.parse_args()
     gpu = ["placement.use_gpu=true", "placement.learner_gpus=0.5", "placement.inference_gpus=0.25"] if args.gpu else []
-    base = [f"rollout.chunks_per_segment={args.chunks}", "algo.epochs=1", "rollout.max_staleness=1", *gpu,
-            *args.overrides]
+    # no critic warm-up: the timed update is a real PPO update of the policy, not the critic's alone
+    base = [f"rollout.chunks_per_segment={args.chunks}", "algo.epochs=1", "rollout.max_staleness=1",
+            "algo.critic_warmup_iters=0", *gpu, *args.overrides]
     cfg = load_config("tabletop_ppo", ["placement.mode=disaggregated", "rollout.env_groups=1", *base])
     ensure_ray(cfg, num_cpus=8)
     torch.manual_seed(0)

@@ -58,6 +58,9 @@ class Learner:
         # (sil_base: the demo frames of algo.sil_demos, a fixed part of the memory)
         self.memory = SuccessMemory(a.sil_capacity, base=sil_base) if a.sil_coef > 0 else None
         self.sil_generator = torch.Generator().manual_seed(seed)
+        # critic-only steps read one no-grad encoding of the batch where they cannot move the backbone
+        # (its input is detached); False: encode per step (the same numbers, tests compare the two)
+        self._critic_cache = policy.cfg.detach_critic_input or not a.update_backbone
         self.cfm_generator = torch.Generator().manual_seed(seed + 1)  # fpo's (t, eps) draws
 
     # ------------------------------------------------------------------ batch assembly
@@ -155,8 +158,15 @@ class Learner:
                     continue
                 m = batch.index(mb)
                 mask = torch.ones(len(mb), dtype=torch.bool, device=dev)
+                # the critic alone: target_kl ended the policy's steps, or the critic warms up (after the
+                # first minibatch, which still measures the ratio through the whole recompute)
+                critic_alone = actor_stopped or (not actor_on and first_dev is not None)
+                if critic_alone and cache is None and self._critic_cache:
+                    # nothing moves the backbone for the rest of this update (the critic's input is
+                    # detached): encode the batch once instead of once per critic step
+                    cache = self.policy.encode_batch(batch.obs.index(idx))
                 prefix = None if cache is None else cache.index(torch.from_numpy(row[mb]).to(dev))
-                if actor_stopped:  # target_kl ended the policy's steps; the critic finishes its epochs
+                if critic_alone:
                     logs.setdefault("value_loss", []).append(self._critic_step(m.obs, prefix, old_v[mb], ret[mb]))
                     critic_steps += 1
                     continue
@@ -209,7 +219,7 @@ class Learner:
                 gn = torch.nn.utils.clip_grad_norm_(self.actor_params, a.grad_clip)
                 torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[1]["params"], a.grad_clip)
                 self.optimizer.step()
-                steps += 1
+                steps += int(actor_on)  # the policy's steps (a warm-up step trains the critic alone)
                 critic_steps += int(self.algo.uses_critic)
                 for k, v in (("policy_loss", pl.loss.item()), ("value_loss", vl.item()),
                              ("approx_kl", pl.approx_kl), ("clip_fraction", pl.clip_fraction),
@@ -222,8 +232,10 @@ class Learner:
                 if rc.kl_ref is not None:
                     logs.setdefault("kl_ref", []).append(kl_ref.item())
         sil_steps, t_sil = 0, time.perf_counter()
-        if actor_on and a.sil_steps and self.memory is not None and self.memory.available:
-            for _ in range(a.sil_steps):  # self-imitation alone; target_kl bounds PPO's steps, not these
+        # self-imitation alone; target_kl bounds PPO's steps, not these, and they use no advantage, so
+        # they run from the first iteration, as rft's do, while the critic warms up
+        if a.sil_steps and self.memory is not None and self.memory.available:
+            for _ in range(a.sil_steps):
                 logs.setdefault("sil_loss", []).append(self._sil_step()[0])
                 sil_steps += 1
         self._updated()

@@ -196,7 +196,9 @@ class AlgoConfig:
     # tiny policy (measured); 1e-5 gives ~0.015 / ~0.1.
     actor_lr: float = 1e-5
     critic_lr: float = 1e-3
-    critic_warmup_iters: int = 3  # iterations that update only the critic (fresh value head)
+    # iterations whose PPO steps update only the critic (fresh value head); the imitation-only steps of
+    # sil_steps use no advantage and run from the first iteration
+    critic_warmup_iters: int = 3
     betas: tuple[float, ...] = (0.9, 0.95)
     weight_decay: float = 0.01
     grad_clip: float = 1.0

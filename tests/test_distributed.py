@@ -183,6 +183,40 @@ def test_target_kl_stops_the_update_early(tmp_path):
     assert runs[1e-3]["critic_epochs_run"] == runs[0.0]["critic_epochs_run"] == 6  # the critic is not stopped
 
 
+def test_critic_alone_reads_one_encoding_of_the_batch_with_the_same_result(tmp_path):
+    """Once target_kl ends the policy's steps of a whole-network update (or while the critic warms up),
+    nothing moves the backbone for the rest of the update (the critic's input is detached): the critic's
+    steps read one no-grad encoding of the batch instead of one backbone pass each, and end at the same
+    weights as the per-step path."""
+    cfg, seg, state = _overshooting_segment(tmp_path, epochs=4)
+    for algo in ({"target_kl": 1e-3}, {"critic_warmup_iters": 1}):
+        runs = {}
+        for cached in (True, False):
+            learner = _learner(cfg, state, update_backbone=True, **algo)
+            learner._critic_cache = cached
+            calls: list[int] = []
+            learner.policy.backbone.register_forward_hook(lambda mod, args, out, c=calls: c.append(len(args[0])))
+            m = learner.update([seg])
+            runs[cached] = (m, calls, state_to_numpy(learner.policy))
+        (m, calls, after), (m0, calls0, after0) = runs[True], runs[False]
+        n, total = int(seg.valid.sum()), 4 * cfg.algo.minibatches
+        actor_steps = int(m["epochs_run"] * cfg.algo.minibatches)
+        assert m["critic_epochs_run"] == m0["critic_epochs_run"] == 4 and m["epochs_run"] == m0["epochs_run"] < 4
+        # one backbone pass per step of the policy; the minibatch target_kl stops takes two (its recompute,
+        # then its critic step), the warm-up's first one (the ratio check and the critic step together)
+        # one; every later critic step reads the one encoding of the whole batch...
+        before = actor_steps + 2 if "target_kl" in algo else 1
+        assert len(calls) == before + 1 and calls[-1] == n, calls
+        assert len(calls0) == before + total - (actor_steps + 1), calls0  # ...or makes its own pass
+        assert m["value_loss"] == pytest.approx(m0["value_loss"], rel=1e-4)
+        for k in state:
+            np.testing.assert_allclose(after[k], after0[k], rtol=1e-4, atol=1e-6, err_msg=k)
+        if "critic_warmup_iters" in algo:  # the warm-up moved the critic and nothing else
+            assert m["epochs_run"] == 0 and m["first_minibatch_ratio_dev"] <= 1e-4
+            moved = [k for k in state if not np.array_equal(after[k], state[k])]
+            assert moved and all(k.startswith("value_head.") for k in moved), moved
+
+
 def test_backbone_frozen_by_default_and_its_own_lr_when_updated(tmp_path):
     """RL leaves the backbone as it is unless update_backbone; then backbone_lr sets its step size
     apart from the action expert's."""

@@ -156,6 +156,26 @@ def test_sil_steps_run_past_target_kl_on_the_demo_base(rollout):
     assert fm_loss(policy, *base) < 0.9 * before
 
 
+def test_sil_steps_run_while_the_critic_warms_up(rollout):
+    """The imitation-only steps use no advantage, so they run from the first update, as rft's do, while
+    PPO's steps still train the critic alone (critic_warmup_iters); then PPO's steps join them."""
+    cfg, (s1, _), state = rollout
+    seg = relabel(s1, [[1, 2], [1, 2], [1, 2]])  # no episode ends: the demo base feeds self-imitation
+    rows = np.array([0, 1, 2, 3])
+    base = (s1.obs.index(rows), np.array(s1.chunk.actions[rows]) + 0.3, np.ones((4, s1.exec_mask.shape[-1]), bool))
+    c = dataclasses.replace(cfg, algo=dataclasses.replace(cfg.algo, sil_coef=1.0, sil_steps=4, critic_warmup_iters=1))
+    policy = FlowPolicy(c.policy)
+    load_numpy_state(policy, state)
+    learner = Learner(c, policy, sil_base=base)
+    before = fm_loss(policy, *base)
+    m = learner.update([seg])
+    assert m["epochs_run"] == 0 and m["critic_epochs_run"] == c.algo.epochs  # warm-up: PPO's steps fit the critic
+    assert m["sil_steps_run"] == 4 and fm_loss(policy, *base) < before  # the imitation steps ran
+    seg = dataclasses.replace(seg, versions=np.full_like(seg.versions, learner.version))
+    m = learner.update([seg])
+    assert m["epochs_run"] > 0 and m["sil_steps_run"] == 4
+
+
 def test_sil_lr_moves_the_policy_as_that_actor_lr_would_and_only_in_its_steps(rollout):
     """algo.sil_lr: a self-imitation step at actor_lr 1e-5 with sil_lr 3e-4 changes the weights exactly
     as the same step at actor_lr 3e-4 does (same memory, same draws); the optimizer's lrs are back at
