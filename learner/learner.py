@@ -58,10 +58,11 @@ class Learner:
         # (sil_base: the demo frames of algo.sil_demos, a fixed part of the memory)
         self.memory = SuccessMemory(a.sil_capacity, base=sil_base) if a.sil_coef > 0 else None
         self.sil_generator = torch.Generator().manual_seed(seed)
-        # critic-only steps read one no-grad encoding of the batch where they cannot move the backbone
-        # (its input is detached); False: encode per step (the same numbers, tests compare the two)
-        self._critic_cache = policy.cfg.detach_critic_input or not a.update_backbone
         self.cfm_generator = torch.Generator().manual_seed(seed + 1)  # fpo's (t, eps) draws
+        # a whole-network update's critic-only steps read one no-grad encoding of the batch where they
+        # cannot move the backbone (its input is detached; a frozen backbone is encoded once anyway);
+        # False: a backbone pass per step (the same numbers, tests compare the two)
+        self._critic_cache = policy.cfg.detach_critic_input
 
     # ------------------------------------------------------------------ batch assembly
     def _old_logp(self, seg: Segment) -> np.ndarray:
