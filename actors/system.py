@@ -289,7 +289,9 @@ class PolicyActor:
 
     # ---------------------------------------------------------------- learner
     async def publish(self) -> tuple[int, list[Any]]:
-        """(version, [ObjectRef of the state]) -- ray.put once per version."""
+        """(version, [ObjectRef of the state]) -- ray.put once per version. The version moves only when
+        an update has finished its steps, so a call during an update (an inference worker restarted
+        while rollout.overlap collects) gets the weights the other workers hold, never a torn copy."""
         from rlsys.actors.inference import state_to_numpy
 
         assert self.learner is not None
@@ -397,7 +399,14 @@ class RaySystem:
         return segments
 
     def update(self, segments: list[Segment]) -> dict[str, float]:
-        return ray.get(self.learner.update.remote(segments))
+        return self.finish_update(self.start_update(segments))
+
+    def start_update(self, segments: list[Segment]) -> Any:
+        """The update runs in the learner's actor; the driver may collect meanwhile (rollout.overlap)."""
+        return self.learner.update.remote(segments)
+
+    def finish_update(self, pending: Any) -> dict[str, float]:
+        return ray.get(pending)
 
     def stats(self) -> dict[str, Any]:
         env = []

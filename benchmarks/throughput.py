@@ -55,7 +55,9 @@ def system_numbers(cfg, state, repeats: int) -> dict:
         broadcast = [system.sync_weights()[1] for _ in range(3)]
         system.update(segs)  # warm-up: the first update pays one-off costs (optimizer state, GPU libraries)
         t0 = time.perf_counter()
-        m = system.update(segs)  # the same segments again: rollout.max_staleness=1 keeps them
+        # the same segments again: rollout.max_staleness=1 keeps them, and algo.decoupled=false times the
+        # update a fresh batch gets (no recompute of the stale samples under the update's start weights)
+        m = system.update(segs)
         return {"full_env_steps_per_s": float(np.median(full)), "raw_env_steps_per_s": raw_rate,
                 "pipeline_efficiency": float(np.median(full)) / raw_rate,
                 "broadcast_s": float(np.median(broadcast)), "learner_samples_per_s": m["samples_per_s"],
@@ -160,7 +162,7 @@ def main() -> None:
     gpu = ["placement.use_gpu=true", "placement.learner_gpus=0.5", "placement.inference_gpus=0.25"] if args.gpu else []
     # no critic warm-up: the timed update is a real PPO update of the policy, not the critic's alone
     base = [f"rollout.chunks_per_segment={args.chunks}", "algo.epochs=1", "rollout.max_staleness=1",
-            "algo.critic_warmup_iters=0", *gpu, *args.overrides]
+            "algo.decoupled=false", "algo.critic_warmup_iters=0", *gpu, *args.overrides]
     cfg = load_config("tabletop_ppo", ["placement.mode=disaggregated", "rollout.env_groups=1", *base])
     ensure_ray(cfg, num_cpus=8)
     torch.manual_seed(0)

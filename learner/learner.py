@@ -150,6 +150,12 @@ class Learner:
         row[idx] = np.arange(len(idx))
         # fpo: the (t, eps) draws of each sample and their flow-matching errors under the rollout weights
         cfm = self._cfm_draws(batch, idx, cache, row) if getattr(self.algo, "surrogate", "gaussian") == "cfm" else None
+        # decoupled PPO on stale samples: the ratio to the weights as they are now, the advantage
+        # weighted by how likely the rollout's action is under them relative to the rollout policy
+        weight = None
+        if a.decoupled and cfm is None and bool((batch.versions[idx] != self.version).any()):
+            old_logp, weight, wstats = self._proximal(batch, idx, cache, row, old_logp)
+            metrics.update(wstats)
         steps, critic_steps, actor_stopped = 0, 0, False
         for _ in range(a.epochs):
             if actor_stopped and not self.algo.uses_critic:
@@ -180,6 +186,8 @@ class Learner:
                     rc = self.policy.log_prob_and_value(m.obs, m.chunk.chain, m.chunk.step_mask, m.exec_mask,
                                                         self.sampler, self.cfg.sampler.logprob, prefix, ref)
                     logp, logp_old, adv_mb, mask_mb = rc.logp, old_logp[mb], adv_all[mb], mask
+                    if weight is not None:
+                        adv_mb = adv_mb * weight[mb]
                 else:  # fpo: one ratio exp(l_old - l_new) per (t, eps) draw
                     err, value = self.policy.cfm_errors(m.obs, m.chunk.chain[:, -1], m.exec_mask, cfm.t[mb],
                                                         cfm.eps[mb], prefix)
@@ -258,6 +266,28 @@ class Learner:
         metrics["update_seconds"] = time.perf_counter() - t0
         metrics["samples_per_s"] = n_valid * max(steps, 1) / a.minibatches / metrics["update_seconds"]
         return metrics
+
+    def _proximal(self, batch: Batch, idx: np.ndarray, cache: Any, row: np.ndarray,
+                  behaviour: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """Decoupled PPO: (log-probs of the stored transitions under the weights at the start of the
+        update, min(pi_start / pi_rollout, cap) per sample, their stats), from one no-grad pass."""
+        a = self.cfg.algo
+        dev = self.policy.device
+        prox = behaviour.clone()
+        with torch.no_grad():
+            for mb in np.array_split(idx, a.minibatches):
+                if len(mb) == 0:
+                    continue
+                m = batch.index(mb)
+                prefix = None if cache is None else cache.index(torch.from_numpy(row[mb]).to(dev))
+                prox[mb] = self.policy.log_prob_and_value(m.obs, m.chunk.chain, m.chunk.step_mask, m.exec_mask,
+                                                          self.sampler, self.cfg.sampler.logprob, prefix).logp
+        raw = (prox - behaviour).exp()
+        weight = raw.clamp(max=a.behaviour_weight_cap)
+        valid = torch.from_numpy(idx).to(dev)
+        stats = {"behaviour_weight_mean": float(weight[valid].mean()),
+                 "behaviour_weight_capped": float((raw[valid] > a.behaviour_weight_cap).float().mean())}
+        return prox, weight, stats
 
     def _updated(self) -> None:
         """One update done: new weights version, and one step of the weight average."""

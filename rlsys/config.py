@@ -207,6 +207,14 @@ class AlgoConfig:
     # actor_lr 1e-4 without it, the first actor update reached approx-KL 1.1 (ratio max ~1000) and later
     # ones 2.6.
     target_kl: float = 0.0
+    # Samples from older weights than the learner's (rollout.max_staleness >= 1, rollout.overlap):
+    # decoupled PPO (Hilton et al. 2022, "Batch size-invariance for policy optimization"). The ratio,
+    # its clip and target_kl are taken to the weights at the start of the update (one no-grad
+    # recompute of the stale samples), and each sample's advantage is weighted by
+    # min(pi_start / pi_rollout, behaviour_weight_cap). False: the ratio to the policy that acted.
+    # No effect on fresh samples (no recompute: their first ratio is 1 either way).
+    decoupled: bool = True
+    behaviour_weight_cap: float = 1.0
     # > 0: add ref_kl_coef x KL(current || initial policy) to the actor loss. The KL is exact per stored
     # denoising transition (two Gaussians), averaged per action element; the learner keeps a frozen
     # copy of the starting (SFT) weights, saved in checkpoints so a resumed run anchors to the same.
@@ -282,6 +290,7 @@ class AlgoConfig:
                   "transitions of ppo/grpo)", self.ref_kl_coef)
             check(self.entropy_coef == 0, "entropy_coef", "0 with name=fpo (a flow policy's entropy has no "
                   "closed form)", self.entropy_coef)
+        check(self.behaviour_weight_cap > 0, "behaviour_weight_cap", "> 0", self.behaviour_weight_cap)
         check(self.fpo_draws >= 1, "fpo_draws", ">= 1", self.fpo_draws)
         check(self.sil_capacity >= 1, "sil_capacity", ">= 1 (chunks)", self.sil_capacity)
         check(self.sil_batch >= 1, "sil_batch", ">= 1", self.sil_batch)
@@ -303,6 +312,11 @@ class RolloutConfig:
     max_batch: int = 64  # inference worker batching
     max_wait_ms: float = 5.0
     max_staleness: int = 0  # 0: strictly on-policy
+    # collect the next iteration's segments while the learner updates on this one's (under the weights
+    # one version behind: needs max_staleness >= 1 and an inference worker apart from the learner, i.e.
+    # placement.mode disaggregated or pipelined); false: collect, then update, in turn. It pays where the
+    # learner has its own device; on 2 CPU cores both slow down by sharing them (benchmarks/overlap.py: 1.03x)
+    overlap: bool = False
     env_groups: int = 2  # pipelining: env groups per worker (1 disables)
     # obs/action hot path: "zmq" (pyzmq channel; per request 5% faster, full system within noise of "ray":
     # benchmarks/throughput.py) or "ray" (actor calls)
@@ -383,6 +397,19 @@ class TrainConfig:
             "rollout.env_groups",
             ">= 2 with placement.mode=pipelined (the groups take turns: one steps while one is inferred)",
             self.rollout.env_groups,
+        )
+        check(
+            not self.rollout.overlap or self.rollout.max_staleness >= 1,
+            "rollout.max_staleness",
+            ">= 1 with rollout.overlap=true (the overlapped segments come from the weights one update behind)",
+            self.rollout.max_staleness,
+        )
+        check(
+            not self.rollout.overlap or self.placement.mode != "collocated",
+            "placement.mode",
+            "disaggregated or pipelined with rollout.overlap=true (collocated serves inference from the "
+            "learner, which is busy updating while the next segments are collected)",
+            self.placement.mode,
         )
         from rlsys.registry import SAMPLERS
 

@@ -43,6 +43,10 @@ SAMPLES_PER_S = "learner/samples_per_s"
 STALENESS_MAX = "learner/staleness_max"
 STALE_REJECTED = "learner/stale_rejected"
 WEIGHT_VERSION = "learner/weight_version"
+# decoupled PPO on stale samples (algo.decoupled): the mean advantage weight min(pi_start / pi_rollout,
+# cap) and the fraction of samples at the cap
+BEHAVIOUR_WEIGHT = "learner/behaviour_weight_mean"
+BEHAVIOUR_CAPPED = "learner/behaviour_weight_capped"
 LEARNER_GPU_MEMORY_GB = "learner/gpu_memory_gb"  # peak CUDA memory of the update (0 on the CPU)
 SIL_LOSS = "learner/sil_loss"  # flow-matching loss on the self-imitation memory (algo.sil_coef > 0)
 SIL_MEMORY_CHUNKS = "learner/sil_memory_chunks"  # chunks of successful episodes held for self-imitation
@@ -53,9 +57,13 @@ CFM_ERROR = "learner/cfm_error"  # fpo: flow-matching error of the sampled chunk
 # that carry a learning signal; the rest are dropped by algo.filter_groups or have zero advantage
 GROUPS_INFORMATIVE = "learner/groups_informative"
 BROADCAST_S = "time/broadcast_s"
-COLLECT_S = "time/collect_s"
+COLLECT_S = "time/collect_s"  # collecting the segments this iteration trains on
+# the driver's wait for the update: with rollout.overlap it also covers collecting the next segments
 UPDATE_S = "time/update_s"
-SIL_S = "time/sil_s"  # the part of time/update_s spent in the self-imitation-only steps (algo.sil_steps)
+LEARNER_S = "time/learner_s"  # the update itself, in the learner (time/update_s less any waiting)
+SIL_S = "time/sil_s"  # the part of time/learner_s spent in the self-imitation-only steps (algo.sil_steps)
+# with rollout.overlap: the part of the iteration in which collection and the update ran at once
+OVERLAP_S = "time/overlap_s"
 ITERATION_S = "time/iteration_s"
 EVAL_SUCCESS = "eval/success_rate"
 
@@ -67,8 +75,9 @@ LEARNER_KEYS = {
     "samples": SAMPLES, "samples_per_s": SAMPLES_PER_S,
     "staleness_max": STALENESS_MAX, "stale_rejected": STALE_REJECTED, "gpu_memory_gb": LEARNER_GPU_MEMORY_GB,
     "sil_loss": SIL_LOSS, "sil_memory_chunks": SIL_MEMORY_CHUNKS, "sil_episodes": SIL_EPISODES,
-    "sil_steps_run": SIL_STEPS_RUN, "sil_seconds": SIL_S, "cfm_error": CFM_ERROR,
-    "groups_informative": GROUPS_INFORMATIVE,
+    "sil_steps_run": SIL_STEPS_RUN, "sil_seconds": SIL_S, "update_seconds": LEARNER_S, "cfm_error": CFM_ERROR,
+    "groups_informative": GROUPS_INFORMATIVE, "behaviour_weight_mean": BEHAVIOUR_WEIGHT,
+    "behaviour_weight_capped": BEHAVIOUR_CAPPED,
 }
 
 

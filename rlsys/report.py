@@ -25,7 +25,9 @@ PANELS: list[tuple[str, list[tuple[str, str]]]] = [
                     (M.EXPLAINED_VARIANCE, "explained variance")]),
     ("staleness + batches", [(M.STALENESS_MAX, "max staleness"), (M.STALE_REJECTED, "stale rejected"),
                              (M.INFER_BATCH_SIZE, "inference batch size")]),
-    ("time per iteration (s)", [(M.COLLECT_S, "collect"), (M.UPDATE_S, "update"), (M.BROADCAST_S, "broadcast")]),
+    ("time per iteration (s)", [(M.COLLECT_S, "collect"), (M.UPDATE_S, "wait for the update"),
+                                (M.LEARNER_S, "update (learner)"), (M.OVERLAP_S, "collect + update at once"),
+                                (M.BROADCAST_S, "broadcast")]),
 ]
 
 

@@ -99,6 +99,60 @@ def test_grpo_run(ray_local, init_ckpt, tmp_path):
         r["rollout/success_rate"] * r["rollout/episodes"])
 
 
+def test_overlap_collects_the_next_segments_while_the_learner_updates(ray_local, init_ckpt, tmp_path):
+    """rollout.overlap: iteration i's update runs while the driver collects iteration i+1's segments
+    under the weights the update started from; those arrive one version stale and are all kept."""
+    from rlsys import metrics as M
+    from rlsys.train import train
+
+    cfg = small_cfg(tmp_path, "placement.mode=disaggregated", f"init_checkpoint={init_ckpt}", "iterations=3",
+                    "eval_every=3", "rollout.overlap=true", "rollout.max_staleness=1", "algo.epochs=6",
+                    "algo.critic_warmup_iters=0")
+    rows = read_metrics(Path(train(cfg)["run_dir"]))
+    assert [r[M.WEIGHT_VERSION] for r in rows] == [0, 1, 2]
+    assert [r[M.STALENESS_MAX] for r in rows] == [0, 1, 1]  # the first segments are collected fresh
+    assert all(r[M.STALE_REJECTED] == 0 and r[M.ENV_STEPS] == 2 * 2 * 3 * 5 for r in rows)
+    # collected by version 0, trained on by version 1: decoupled PPO (the default) takes the ratio to
+    # the update's start and weights the stale samples; the fresh first segments need neither
+    assert M.BEHAVIOUR_WEIGHT not in rows[0] and all(0 < r[M.BEHAVIOUR_WEIGHT] <= 1 for r in rows[1:])
+    assert all(r[M.FIRST_RATIO_DEV] <= 1e-4 for r in rows)
+    # the last iteration collects nothing ahead; in the others both ran at once. The staleness above
+    # says iteration i+1's segments were collected within iteration i (after its broadcast, before
+    # the next), so one after the other would take at least the update plus that collection.
+    assert M.OVERLAP_S not in rows[2]
+    for i, (now, nxt) in enumerate(zip(rows[:2], rows[1:])):
+        assert now[M.OVERLAP_S] > 0
+        own = now[M.COLLECT_S] if i == 0 else 0.0  # the first iteration also collects its own segments
+        assert now[M.ITERATION_S] - now[M.BROADCAST_S] - own < now[M.LEARNER_S] + nxt[M.COLLECT_S]
+
+
+def test_publish_while_an_update_runs_hands_out_the_last_broadcast_weights(ray_local, init_ckpt, tmp_path):
+    """An inference worker restarted during an overlapped update pulls the weights the others hold,
+    never a copy torn mid-step: the version moves only once the update's steps are done."""
+    from rlsys.actors.system import RaySystem
+
+    cfg = small_cfg(tmp_path, "placement.mode=disaggregated", f"init_checkpoint={init_ckpt}",
+                    "rollout.max_staleness=1", "algo.epochs=40", "algo.critic_warmup_iters=0")
+    policy, *_ = load_policy(init_ckpt, expect=cfg.policy)
+    system = RaySystem(cfg, state_to_numpy(policy), episodic=False)
+    try:
+        version, _ = system.sync_weights()
+        before = ray.get(system.learner.publish.remote())
+        pending = system.start_update(system.collect())
+        time.sleep(0.2)
+        during = ray.get(system.learner.publish.remote())
+        ready, _ = ray.wait([pending], timeout=0)
+        assert not ready, "the update ended before publish was asked: make it longer"
+        assert during[0] == version == 0 and during[1][0] == before[1][0]  # the same ObjectRef
+        system.finish_update(pending)
+        after = ray.get(system.learner.publish.remote())
+        assert after[0] == 1
+        moved = [k for k, v in ray.get(after[1][0]).items() if not np.array_equal(v, ray.get(before[1][0])[k])]
+        assert moved
+    finally:
+        system.shutdown()
+
+
 def _core_and_engine(cfg):
     torch.manual_seed(0)
     engine = InferenceEngine(cfg, FlowPolicy(cfg.policy))
@@ -181,6 +235,49 @@ def test_target_kl_stops_the_update_early(tmp_path):
     assert runs[0.0]["epochs_run"] == 6 and runs[0.0]["approx_kl"] > 1.5e-3  # unchecked, it overshoots
     assert 0 < runs[1e-3]["epochs_run"] < 6
     assert runs[1e-3]["critic_epochs_run"] == runs[0.0]["critic_epochs_run"] == 6  # the critic is not stopped
+
+
+def test_decoupled_ppo_takes_the_ratio_to_the_update_start_and_weights_stale_samples(tmp_path):
+    """Samples one version stale (rollout.overlap): with algo.decoupled the ratio, its clip and target_kl
+    are to the weights at the start of the update, and each advantage is weighted by
+    min(pi_start / pi_rollout, cap); without it the ratio is to the rollout policy, which the learner
+    has already moved away from."""
+    import dataclasses
+
+    cfg, seg, state = _overshooting_segment(tmp_path, epochs=2)
+    cfg = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, max_staleness=1))
+
+    def stale_update(moved: bool, **algo):
+        learner = _learner(cfg, state, **algo)
+        if moved:  # one update on these samples first: version 1, other weights
+            learner.update([seg])
+        else:  # version 1 by tag only: the weights the rollout had
+            learner.version = 1
+        return learner.update([seg]), state_to_numpy(learner.policy)
+
+    fresh = _learner(cfg, state).update([seg])  # version 0: no recompute, no weights
+    assert "behaviour_weight_mean" not in fresh and fresh["first_minibatch_ratio_dev"] <= 1e-4
+    # stale by tag only: the recompute gives the stored log-probs back, every weight is 1, same update
+    (same, w_same), (_, w_plain) = stale_update(False), stale_update(False, decoupled=False)
+    assert same["behaviour_weight_mean"] == pytest.approx(1.0, abs=1e-4) and same["behaviour_weight_capped"] == 0
+    assert all(np.allclose(w_same[k], w_plain[k], atol=1e-6) for k in w_plain)
+    # moved weights: decoupled starts at ratio 1 and down-weights the samples the new policy finds less
+    # likely (cap 1: the rest are at the cap); the coupled ratio starts far from 1
+    dec, _ = stale_update(True)
+    coupled, _ = stale_update(True, decoupled=False)
+    assert dec["first_minibatch_ratio_dev"] <= 1e-4 < 1e-2 < coupled["first_minibatch_ratio_dev"]
+    assert 0 < dec["behaviour_weight_mean"] < 1 and 0 < dec["behaviour_weight_capped"] < 1
+    # the weights multiply the advantages: one step at ratio 1 has loss -mean(w A), where -mean(A) = 0
+    # (normalised); weights near 0 leave nothing of it
+    one = {"epochs": 1, "minibatches": 1}
+    assert abs(stale_update(True, **one)[0]["policy_loss"]) > 1e-4
+    assert abs(stale_update(True, behaviour_weight_cap=1e-6, **one)[0]["policy_loss"]) < 1e-5
+    assert abs(stale_update(True, decoupled=False, **one)[0]["policy_loss"]) > 1e-4  # ratio != 1 there
+    # target_kl to the rollout policy stops the coupled update before its first step; to the update's
+    # start, the decoupled one takes steps
+    kl = 0.5 * coupled["approx_kl"] / 1.5
+    assert stale_update(True, decoupled=False, target_kl=kl)[0]["epochs_run"] == 0
+    assert stale_update(True, target_kl=kl)[0]["epochs_run"] > 0
 
 
 def test_critic_alone_reads_one_encoding_of_the_batch_with_the_same_result(tmp_path):

@@ -66,6 +66,20 @@ def test_bad_config_names_the_field_and_what_is_allowed(override, match):
         load_config("tabletop_ppo", [override])
 
 
+@pytest.mark.parametrize("overrides,match", [
+    (["rollout.overlap=true", "placement.mode=disaggregated"],
+     r"rollout.max_staleness: got 0; allowed: >= 1 with rollout.overlap=true"),
+    (["rollout.overlap=true", "rollout.max_staleness=1"],
+     r"placement.mode: got 'collocated'; allowed: disaggregated or pipelined with rollout.overlap=true"),
+])
+def test_overlap_needs_staleness_and_an_inference_worker_apart_from_the_learner(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config("tabletop_ppo", overrides)
+    ok = load_config("tabletop_ppo", ["rollout.overlap=true", "rollout.max_staleness=1",
+                                      "placement.mode=disaggregated"])
+    assert ok.rollout.overlap
+
+
 def test_evaluation_init_states_offset_or_listed_split():
     from rlsys.evaluation import episode_init_states
 
