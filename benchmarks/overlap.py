@@ -70,7 +70,7 @@ def run_case(preset: str, overrides: list[str], work: Path) -> dict:
             "behaviour_weight_mean": med(M.BEHAVIOUR_WEIGHT),
             "staleness_max": max(r[M.STALENESS_MAX] for r in rows),
             "stale_rejected": sum(r[M.STALE_REJECTED] for r in rows),
-            "rollout_success": [r[M.SUCCESS_RATE] for r in rows], "run_dir": out["run_dir"]}
+            "rollout_success": [r[M.SUCCESS_RATE] for r in rows]}
 
 
 def main() -> None:
@@ -98,7 +98,6 @@ def main() -> None:
         for i, c in enumerate(cases):
             print(f"overlap: case {i + 1}/{len(cases)}: {c} ({args.iterations} iterations)", flush=True)
             res["cases"][c] = run_case(args.preset, [*common, *CASES[c]], Path(work))
-            res["cases"][c].pop("run_dir")
             print(json.dumps({c: res["cases"][c]}), flush=True)
     base = res["cases"].get("collocated") or next(iter(res["cases"].values()))
     for row in res["cases"].values():

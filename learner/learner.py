@@ -152,8 +152,9 @@ class Learner:
         cfm = self._cfm_draws(batch, idx, cache, row) if getattr(self.algo, "surrogate", "gaussian") == "cfm" else None
         # decoupled PPO on stale samples: the ratio to the weights as they are now, the advantage
         # weighted by how likely the rollout's action is under them relative to the rollout policy
+        # (not while the critic warms up: no policy step would use them)
         weight = None
-        if a.decoupled and cfm is None and bool((batch.versions[idx] != self.version).any()):
+        if a.decoupled and actor_on and cfm is None and bool((batch.versions[idx] != self.version).any()):
             old_logp, weight, wstats = self._proximal(batch, idx, cache, row, old_logp)
             metrics.update(wstats)
         steps, critic_steps, actor_stopped = 0, 0, False

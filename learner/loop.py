@@ -2,7 +2,8 @@
 
 With ``rollout.overlap`` the driver collects the next iteration's segments while the learner's
 update runs (in its own actor), under the weights the update started from: those segments arrive
-one version stale, which ``rollout.max_staleness >= 1`` accepts and PPO's ratio corrects for.
+one version stale, which ``rollout.max_staleness >= 1`` accepts and decoupled PPO
+(``algo.decoupled``) corrects for.
 
 Read this first. Everything it calls is one step of the data flow in ARCHITECTURE.md.
 """
