@@ -17,7 +17,15 @@ import torch
 from rlsys.config import TrainConfig
 from rlsys.flow import build_sampler, reduce_log_prob
 from rlsys.learner.ema import WeightEMA
-from rlsys.learner.losses import chunk_gae, grpo_advantages, masked_mean, normalize, ppo_policy_loss, value_loss
+from rlsys.learner.losses import (
+    batch_scale,
+    chunk_gae,
+    grpo_advantages,
+    masked_mean,
+    normalize,
+    ppo_policy_loss,
+    value_loss,
+)
 from rlsys.learner.self_imitation import SuccessMemory
 from rlsys.policy.flow_policy import FlowPolicy, Recompute, sample_timesteps
 from rlsys.registry import ALGORITHMS
@@ -81,6 +89,8 @@ class Learner:
         parts: list[Batch] = []
         staleness_max, rejected = 0, 0
         groups, informative = 0, 0
+        rows: list[tuple[Segment, np.ndarray, np.ndarray, np.ndarray]] = []  # (segment, adv, ret, valid)
+        centred: list[np.ndarray] = []  # GRPO, grpo_scale "batch": the episodes' R - mean_g that train
         for seg in segments:
             t, n = seg.shape
             valid = seg.valid.copy()
@@ -97,17 +107,23 @@ class Learner:
             else:  # GRPO: one episode per env, group = env id // group size
                 returns = (seg.rewards.sum(-1) * seg.valid).sum(0)
                 group_ids = seg.env_ids // a.group_size
-                ep_adv, signal = grpo_advantages(returns, group_ids)  # signal: episodes of non-degenerate groups
+                # signal: episodes of non-degenerate groups
+                ep_adv, signal = grpo_advantages(returns, group_ids, group_std=a.grpo_scale == "group")
                 keep = signal if a.filter_groups else np.ones_like(signal)
                 groups += len(np.unique(group_ids))
                 informative += len(np.unique(group_ids[signal]))
                 adv = np.broadcast_to(ep_adv, (t, n)).astype(np.float32)
                 ret = adv
                 valid &= keep[None, :]
+                centred.append(ep_adv[valid.any(0)])
+            rows.append((seg, adv, ret, valid))
+        scale = batch_scale(centred) if not self.algo.uses_critic and a.grpo_scale == "batch" else 1.0
+        for seg, adv, ret, valid in rows:
+            t, n = seg.shape
             parts.append(Batch(obs=seg.obs, chunk=seg.chunk, exec_mask=seg.exec_mask.reshape(t * n, -1),
                                old_logp=self._old_logp(seg), old_value=seg.chunk.value,
-                               advantages=adv.reshape(-1).astype(np.float32),
-                               returns=ret.reshape(-1).astype(np.float32),
+                               advantages=(adv / scale).reshape(-1).astype(np.float32),
+                               returns=(ret / scale).reshape(-1).astype(np.float32),
                                loss_mask=valid.reshape(-1), versions=seg.versions.reshape(-1)))
         self.stale_rejected += rejected
         stats = {"staleness_max": float(staleness_max), "stale_rejected": float(rejected)}

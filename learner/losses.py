@@ -35,22 +35,32 @@ def chunk_gae(
 
 
 def grpo_advantages(
-    returns: np.ndarray, groups: np.ndarray, eps: float = 1e-6, filter_degenerate: bool = True
+    returns: np.ndarray, groups: np.ndarray, eps: float = 1e-6, filter_degenerate: bool = True,
+    group_std: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Group-normalised episode advantages ``(R - mean_g) / (std_g + eps)``.
 
     returns, groups: [E] (one entry per episode). Returns (advantages [E], keep [E] bool); with
     ``filter_degenerate`` groups whose returns are all equal (success rate 0 or 1) are dropped.
+    ``group_std=False``: ``R - mean_g`` only; the caller scales the whole batch (``batch_scale``).
     """
     adv = np.zeros_like(returns, dtype=np.float32)
     keep = np.ones(len(returns), bool)
     for g in np.unique(groups):
         m = groups == g
         r = returns[m].astype(np.float32)
-        adv[m] = (r - r.mean()) / (r.std() + eps)
+        adv[m] = (r - r.mean()) / (r.std() + eps) if group_std else r - r.mean()
         if filter_degenerate and np.ptp(r) == 0:
             keep[m] = False
     return adv, keep
+
+
+def batch_scale(centred: list[np.ndarray], eps: float = 1e-6) -> float:
+    """One scale for group-centred advantages (``R - mean_g``) of a whole update: the root mean
+    square over all its episodes (their mean is 0 by construction), so they have unit variance
+    together while a group with a small spread keeps small advantages."""
+    x = np.concatenate(centred).astype(np.float64) if centred else np.zeros(0)
+    return float(np.sqrt(np.mean(x**2))) + eps if len(x) else 1.0
 
 
 def normalize(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

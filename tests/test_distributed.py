@@ -207,6 +207,40 @@ def test_grpo_counts_the_groups_that_carry_a_signal(tmp_path):
     core.close()
 
 
+def test_grpo_batch_scale_keeps_narrow_groups_small(tmp_path):
+    """algo.grpo_scale=batch: one scale for the whole update, so a group whose returns barely differ
+    (all succeed, the shaping differs a little) keeps small advantages, in any segment; "group" (the
+    default) stretches every group to unit spread."""
+    import dataclasses
+
+    cfg = small_cfg(tmp_path, "algo.group_size=2", "env.num_envs=4", "rollout.num_env_workers=1",
+                    preset="tabletop_grpo")
+    torch.manual_seed(0)
+    engine = InferenceEngine(cfg, FlowPolicy(cfg.policy))
+    engine.version = 0
+    core = EnvWorkerCore(cfg, 0, episodic=True)
+    seg = core.rollout(engine.infer, lambda c: c, engine.values)
+    core.close()
+
+    def with_returns(r):
+        rewards = np.zeros_like(seg.rewards)
+        rewards[0, :, 0] = r
+        return dataclasses.replace(seg, rewards=rewards)
+
+    narrow, mixed = with_returns((1.0, 1.01, 1.0, 1.01)), with_returns((1.0, 0.0, 1.0, 0.0))
+    n = seg.shape[1]
+    first = lambda batch, part: batch.advantages[part * seg.shape[0] * n:][:n]  # noqa: E731  chunk 0
+    group = Learner(cfg, engine.policy).make_batch([narrow, mixed])[0]
+    np.testing.assert_allclose(first(group, 0), [-1, 1, -1, 1], atol=1e-3)
+    np.testing.assert_allclose(first(group, 1), [1, -1, 1, -1], atol=1e-3)
+    batch_cfg = dataclasses.replace(cfg, algo=dataclasses.replace(cfg.algo, grpo_scale="batch"))
+    b = Learner(batch_cfg, engine.policy).make_batch([narrow, mixed])[0]
+    rms = np.sqrt((4 * 0.005**2 + 4 * 0.5**2) / 8)  # of the centred returns of all 8 episodes
+    np.testing.assert_allclose(first(b, 0), np.array([-0.005, 0.005, -0.005, 0.005]) / rms, rtol=1e-3)
+    np.testing.assert_allclose(first(b, 1), np.array([0.5, -0.5, 0.5, -0.5]) / rms, rtol=1e-3)
+    np.testing.assert_array_equal(b.loss_mask, group.loss_mask)
+
+
 def _overshooting_segment(tmp_path, epochs: int):
     """A config whose actor lr overshoots, one rollout segment of it and the rollout policy's weights."""
     cfg = small_cfg(tmp_path, f"algo.epochs={epochs}", "algo.minibatches=2", "algo.actor_lr=3e-3",

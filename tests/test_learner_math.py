@@ -6,7 +6,14 @@ import torch
 
 from rlsys.config import PolicyConfig
 from rlsys.flow import ODE, FlowSDE, reduce_log_prob
-from rlsys.learner.losses import chunk_gae, grpo_advantages, normalize, ppo_policy_loss, value_loss
+from rlsys.learner.losses import (
+    batch_scale,
+    chunk_gae,
+    grpo_advantages,
+    normalize,
+    ppo_policy_loss,
+    value_loss,
+)
 from rlsys.policy.flow_policy import FlowPolicy
 from rlsys.types import Observation
 
@@ -84,6 +91,22 @@ def test_grpo_group_advantages_and_filter():
     assert keep.tolist() == [True] * 4 + [False] * 4  # all-success and all-fail groups dropped
     _, keep = grpo_advantages(returns, groups, filter_degenerate=False)
     assert keep.all()
+
+
+def test_grpo_centred_advantages_and_batch_scale():
+    returns = np.array([2.0, 2.01, 1.9, 0.1], np.float32)  # a narrow group and a mixed one
+    groups = np.array([0, 0, 1, 1])
+    adv, keep = grpo_advantages(returns, groups)
+    np.testing.assert_allclose(adv, [-1, 1, 1, -1], atol=1e-3)  # group std: both stretched to +-1
+    centred, keep2 = grpo_advantages(returns, groups, group_std=False)
+    np.testing.assert_allclose(centred, [-0.005, 0.005, 0.9, -0.9], atol=1e-6)
+    assert keep.all() and keep2.all()
+    scale = batch_scale([centred[:2], centred[2:]])
+    assert scale == pytest.approx(np.sqrt((2 * 0.005**2 + 2 * 0.9**2) / 4), rel=1e-4)
+    scaled = centred / scale
+    assert np.sqrt(np.mean(scaled**2)) == pytest.approx(1.0, rel=1e-4)
+    assert abs(scaled[0]) < 0.01 and abs(scaled[2]) > 1.4  # the narrow group stays near 0
+    assert batch_scale([]) == 1.0
 
 
 def test_value_loss_clipping_and_normalize():
