@@ -227,7 +227,7 @@ class AlgoConfig:
     # (R - mean_g) / std over all episodes of the update (Dr. GRPO, Liu et al. 2025, drops the per-group
     # std). With a shaped reward the two differ: a group whose returns barely differ (all eight succeed
     # and the shaping differs by millimetres) gets advantages of +-1 under "group", near 0 under "batch".
-    grpo_scale: str = "group"
+    grpo_scale: Literal["group", "batch"] = "group"
     # > 0: self-imitation. Every chunk of the policy's own successful episodes goes to a FIFO of
     # sil_capacity chunks (rlsys.learner.self_imitation); each actor step adds sil_coef x the
     # flow-matching loss on sil_batch chunks drawn from it, with the executed actions as targets.
@@ -279,7 +279,6 @@ class AlgoConfig:
         check(len(self.betas) == 2, "betas", "two numbers", self.betas)
         check(0 <= self.ema_decay < 1, "ema_decay", "[0, 1) (0: off)", self.ema_decay)
         check(self.group_size >= 2, "group_size", ">= 2", self.group_size)
-        check(self.grpo_scale in ("group", "batch"), "grpo_scale", "group | batch", self.grpo_scale)
         check(self.target_kl >= 0, "target_kl", ">= 0 (0: off)", self.target_kl)
         check(self.ref_kl_coef >= 0, "ref_kl_coef", ">= 0 (0: off)", self.ref_kl_coef)
         check(self.backbone_lr >= 0, "backbone_lr", ">= 0 (0: actor_lr)", self.backbone_lr)

@@ -60,6 +60,7 @@ def test_dotted_overrides_are_typed():
     ("env.init_states=[-1]", r"env.init_states: got \(-1,\); allowed: init-state ids >= 0"),
     ("eval_num_envs=0", r"eval_num_envs: got 0; allowed: >= 1"),
     ("policy.critic=mean", r"policy.critic: got 'mean'; allowed: 'pooled' \| 'attention'"),
+    ("algo.grpo_scale=std", r"algo.grpo_scale: got 'std'; allowed: 'group' \| 'batch'"),
 ])
 def test_bad_config_names_the_field_and_what_is_allowed(override, match):
     with pytest.raises(ConfigError, match=match):
