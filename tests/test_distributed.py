@@ -181,11 +181,8 @@ def test_version_propagation_and_staleness(tmp_path):
     assert (core.rollout(engine.infer, lambda c: c, engine.values).versions == 5).all()
 
 
-def test_grpo_counts_the_groups_that_carry_a_signal(tmp_path):
-    """learner/groups_informative: the fraction of GRPO groups whose returns differ (the others have
-    zero advantage or are filtered); a real episodic segment with its outcomes set by hand."""
-    import dataclasses
-
+def _grpo_segment(tmp_path):
+    """A GRPO config with groups of 2 over 4 envs, its inference engine and one real episodic segment."""
     cfg = small_cfg(tmp_path, "algo.group_size=2", "env.num_envs=4", "rollout.num_env_workers=1",
                     preset="tabletop_grpo")
     torch.manual_seed(0)
@@ -194,6 +191,15 @@ def test_grpo_counts_the_groups_that_carry_a_signal(tmp_path):
     core = EnvWorkerCore(cfg, 0, episodic=True)
     seg = core.rollout(engine.infer, lambda c: c, engine.values)
     core.close()
+    return cfg, engine, seg
+
+
+def test_grpo_counts_the_groups_that_carry_a_signal(tmp_path):
+    """learner/groups_informative: the fraction of GRPO groups whose returns differ (the others have
+    zero advantage or are filtered); a real episodic segment with its outcomes set by hand."""
+    import dataclasses
+
+    cfg, engine, seg = _grpo_segment(tmp_path)
     assert list(seg.env_ids // 2) == [0, 0, 1, 1]
     for outcomes, expect in (((1, 0, 0, 0), 0.5), ((1, 0, 0, 1), 1.0), ((0, 0, 1, 1), 0.0)):
         rewards = np.zeros_like(seg.rewards)
@@ -213,14 +219,7 @@ def test_grpo_batch_scale_keeps_narrow_groups_small(tmp_path):
     default) stretches every group to unit spread."""
     import dataclasses
 
-    cfg = small_cfg(tmp_path, "algo.group_size=2", "env.num_envs=4", "rollout.num_env_workers=1",
-                    preset="tabletop_grpo")
-    torch.manual_seed(0)
-    engine = InferenceEngine(cfg, FlowPolicy(cfg.policy))
-    engine.version = 0
-    core = EnvWorkerCore(cfg, 0, episodic=True)
-    seg = core.rollout(engine.infer, lambda c: c, engine.values)
-    core.close()
+    cfg, engine, seg = _grpo_segment(tmp_path)
 
     def with_returns(r):
         rewards = np.zeros_like(seg.rewards)
