@@ -103,7 +103,8 @@ def expert(tasks: tuple[str, ...], seeds: int, meta: dict) -> dict:
                     replay = bool(terminated and step_info["success"])
                     break
             rows.append({"seed": info["scene_seed"], "planned_success": ex.planned, "frames": len(ex.targets),
-                         "replay_success": replay, "plan_s": plan_s, "replay_s": time.perf_counter() - t0})
+                         "replay_success": replay, "plan_s": plan_s, "replay_s": time.perf_counter() - t0,
+                         "failure": ex.failure})
             print(task, json.dumps(rows[-1]), flush=True)
             res["tasks"][task] = {"episodes": rows,
                                   "planned_success": float(np.mean([r["planned_success"] for r in rows])),

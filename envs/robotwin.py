@@ -159,6 +159,7 @@ def _import_runtime(root: Path, image_size: int) -> Any:
 
         cam.load_task_config = load_camera_config
         _let_fingers_touch()
+        _plan_from_the_arms_state()
     return robotwin
 
 
@@ -184,6 +185,59 @@ def _let_fingers_touch() -> None:
 
     patched._rlsys = True  # type: ignore[attr-defined]
     planner.MplibPlanner.__init__ = patched
+
+
+def pad_at_move_group(planner: Any, qpos: Any, articulation: Any = None) -> np.ndarray:
+    """A move group's joint values -> the model's full joint vector with them at the move group's own
+    joint indices (mplib 0.2.1 writes them into the first entries instead)."""
+    art = planner.robot if articulation is None else articulation
+    qpos = np.asarray(qpos, np.float64)
+    if len(qpos) == art.get_move_group_qpos_dim():
+        full = np.array(art.get_qpos(), np.float64)
+        full[art.get_move_group_joint_indices()] = qpos
+        qpos = full
+    if len(qpos) != len(planner.joint_limits):
+        raise ValueError(f"mplib planner: got {len(qpos)} joint values; allowed: the move group's "
+                         f"{art.get_move_group_qpos_dim()} or all {len(planner.joint_limits)}")
+    return qpos
+
+
+def _plan_from_the_arms_state() -> None:
+    """Plan every motion from where the arms are.
+
+    RoboTwin's mplib path hands the planner one arm's 6 joint values. mplib 0.2.1 pads them to the
+    model's full joint vector by writing them into its *first* six entries
+    (``Planner.pad_move_group_qpos``), but aloha-agilex's arm joints are not first (left 6, 14, 18, ...;
+    right 7, 15, 19, ...). So the planner started each path from the arm joints its previous IK
+    search had left in the model, not from the arm's, and the executed path began with a jump to
+    there: a placed block knocked off the table, an arm turned through a full revolution. The
+    expert planned stack_blocks_two to success on 2 of seeds 0-3, and 4 of 4 with this fix. The values
+    now go to the move group's own indices, and before each plan the model takes the simulator's whole
+    joint state, so the other arm is where it is (the wrapper's joint order is the articulation's:
+    checked by name)."""
+    import mplib
+    from robotwin.envs.robot import planner
+
+    if getattr(mplib.Planner.pad_move_group_qpos, "_rlsys", False):
+        return
+    mplib.Planner.pad_move_group_qpos = pad_at_move_group
+    pad_at_move_group._rlsys = True  # type: ignore[attr-defined]
+
+    def synced(plan: Any) -> Any:
+        def run(self: Any, curr_joint_pos: Any, *args: Any, **kwargs: Any) -> Any:
+            model = self.planner.robot
+            names = list(model.get_user_joint_names())
+            if sorted(names) != sorted(self.all_joints):
+                raise RuntimeError(f"RoboTwin planner: the model's joints {names} are not the robot's "
+                                   f"{self.all_joints}")
+            q = np.asarray(curr_joint_pos, np.float64)
+            model.set_qpos(q[[self.all_joints.index(n) for n in names]], True)
+            return plan(self, curr_joint_pos, *args, **kwargs)
+
+        return run
+
+    wrapper = planner.MplibWrapperPlanner
+    wrapper.plan_path, wrapper.plan_batch = synced(wrapper.plan_path), synced(wrapper.plan_batch)
 
 
 class RoboTwinEnv(RobotEnv):
@@ -389,15 +443,19 @@ class RoboTwinEnv(RobotEnv):
         sim = self._sim
         sim.frames, sim.save_data = [], True
         mplib.set_global_seed(int(seed))  # the planner's RRT: the same scene seed plans the same way
+        failure = ""
         with contextlib.redirect_stdout(io.StringIO()):
-            sim.play_once()
-        planned = bool(sim.plan_success and sim.check_success())
+            try:
+                sim.play_once()
+            except Exception as e:  # e.g. no grasp pose planned (RoboTwin's Action asserts on None); RoboTwin's
+                failure = f"{type(e).__name__}: {e}"  # own demo collection counts any error as a failed seed
+        planned = bool(not failure and sim.plan_success and sim.check_success())
         targets = [np.asarray(f["joint_action"]["vector"], np.float32) for f in sim.frames]
         self._setup(task, seed)  # the same scene again, for the replay
         self._instruction = instruction
         self._steps, self._succeeded = 0, False
         self._raw = self._sim.get_obs()
-        return RoboTwinExpert(targets[1:], planned)
+        return RoboTwinExpert(targets[1:], planned, failure)
 
     def render(self) -> np.ndarray:
         return self._obs()["images"][0]
@@ -409,8 +467,8 @@ class RoboTwinEnv(RobotEnv):
 class RoboTwinExpert:
     """Replays the joint targets RoboTwin's planner produced at its demo frame rate."""
 
-    def __init__(self, targets: list[np.ndarray], planned: bool) -> None:
-        self.targets, self.planned, self.t = targets, planned, 0
+    def __init__(self, targets: list[np.ndarray], planned: bool, failure: str = "") -> None:
+        self.targets, self.planned, self.failure, self.t = targets, planned, failure, 0
 
     def act(self, _state: dict[str, Any]) -> np.ndarray:
         if not self.targets:

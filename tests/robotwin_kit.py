@@ -62,6 +62,43 @@ def test_every_box_task_starts_at_the_home_pose_with_the_planner_ready(env):
         np.testing.assert_allclose(proprio, first, atol=1e-3, err_msg=f"{task} starts away from the home pose")
 
 
+def test_planner_starts_each_path_where_the_arm_is(env):
+    """mplib 0.2.1 padded an arm's 6 joint values into the first entries of the model's joint vector,
+    which for aloha-agilex are not the arm's: paths began at stale joints, not at the arm's."""
+    from rlsys.envs.robotwin import pad_at_move_group
+
+    obs, _ = env.reset(seed=0, options={"task": "stack_blocks_two"})
+    target = obs["proprio"].copy()
+    target[[0, 1, 7, 8]] += [-0.3, 0.2, 0.3, 0.2]  # both arms away from the home pose
+    for _ in range(2):
+        obs, *_ = env.step(target)
+    robot = env._sim.robot
+    for arm, joints in (("left", slice(0, 6)), ("right", slice(7, 13))):
+        model = getattr(robot, f"{arm}_planner").planner
+        padded = pad_at_move_group(model, np.arange(6.0))
+        np.testing.assert_array_equal(padded[model.move_group_joint_indices], np.arange(6.0))
+        goal = np.array(getattr(robot, f"get_{arm}_ee_pose")(), np.float64)
+        goal[2] += 0.03
+        result = getattr(robot, f"{arm}_plan_path")(goal.tolist())
+        assert result["status"] == "Success", (arm, result["status"])
+        np.testing.assert_allclose(result["position"][0], obs["proprio"][joints], atol=0.02,
+                                   err_msg=f"the {arm} arm's path does not start at its joints")
+
+
+def test_an_expert_that_raises_is_a_failed_seed(env, monkeypatch):
+    """RoboTwin's play_once raises when no grasp pose plans (its Action asserts on None). Its own demo
+    collection counts such a seed as failed; so does the wrapper, and it rebuilds the scene as usual."""
+    env.reset(seed=0, options={"task": "stack_blocks_two"})
+
+    def no_grasp_pose() -> None:
+        raise AssertionError("target_pose cannot be None for move action.")
+
+    monkeypatch.setattr(env._sim, "play_once", no_grasp_pose)
+    ex = env.expert()
+    assert ex.planned is False and ex.targets == [] and ex.failure.startswith("AssertionError: target_pose")
+    assert env._sim.play_once is not no_grasp_pose and env._sim.plan_success is True  # a fresh scene
+
+
 def test_conventions(env):
     assert env.embodiment.arms == "dual arms" and env.embodiment.action_dim == 14
     assert STEP_LIMITS == {"stack_blocks_two": 800, "stack_blocks_three": 1200, "handover_block": 800,

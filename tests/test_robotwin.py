@@ -56,7 +56,7 @@ def test_planner_expert_demos_through_the_robotwin_interpreter(tmp_path):
     """`rlsys demos` / SFT from this venv: RoboTwin's own scripted expert (play_once, planned with mplib
     on the CPU, RRT seeded with the scene seed) runs in RoboTwin's interpreter, its joint targets are
     replayed through the env there, and the successful episode comes back in the standard format.
-    Seeds from 1: seeds 1 and 2 planned to success on every run measured (seeds 0-3: 2/4)."""
+    Seeds 0-3 all planned to success once plans started at the arm's joints (2 of 4 before)."""
     from rlsys.envs.demos import expert_demos, load_demos
     from rlsys.envs.robotwin import STEP_LIMITS
 
