@@ -59,6 +59,8 @@ def make_single_env(cfg: EnvConfig) -> Any:
         kwargs["init_states"] = cfg.init_states
     if cfg.reward != "sparse":
         kwargs["reward"] = cfg.reward
+    if cfg.placement != "grid":
+        kwargs["placement"] = cfg.placement
     return factory(**kwargs)
 
 

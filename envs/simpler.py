@@ -11,6 +11,9 @@ evaluation): ``carrot_on_plate`` (PutCarrotOnPlateInScene-v1, 60), ``spoon_on_to
 
 - **Episodes**: ``reset(options={"init_state": j})`` is SimplerEnv's ``episode_id`` j (object
   position x orientation grid, 24 per task in the visual-matching protocol); else ``seed % 24``.
+  With ``placement="random"`` a reset without ``init_state`` (demos, RL rollouts) instead draws a
+  placement off the grid from the reset seed (``random_placement``; ``info["init_state"]`` is -1), so
+  training never sees an evaluation episode; an explicit ``init_state`` still selects the grid.
 - **Action** (7, in [-1, 1]): delta end-effector pose in the robot base frame through the task's
   own controller (``arm_pd_ee_target_delta_pose_align2``): 0-2 translation, 1.0 = ``POS_SCALE``
   (5 cm); 3-5 rotation vector (axis-angle), 1.0 = ``ROT_SCALE`` (0.25 rad); 6 gripper
@@ -45,6 +48,8 @@ TASKS = {
 CAMERAS = {"3rd_view": "3rd_view_camera"}
 POS_SCALE, ROT_SCALE = 0.05, 0.25
 PARTIAL = ("is_src_obj_grasped", "consecutive_grasp", "src_on_target", "moved_correct_obj", "moved_wrong_obj")
+PLACEMENT_MARGIN_M = 0.02  # random placements: the grid's area widened by this on every side
+PLACEMENT_YAW = 0.3  # rad: a random placement turns the source object's grid orientation by up to this
 DEFAULT_ICD = Path.home() / ".cache" / "rlsys" / "vulkan" / "lvp_icd.json"
 EMBODIMENT = Embodiment(
     robot="a WidowX 250 S arm", arms="single arm", control_hz=5.0, action_dim=7, proprio_dim=8,
@@ -76,6 +81,34 @@ def import_maniskill(asset_dir: str | None) -> Any:
     return result["status"]
 
 
+def random_placement(xyz_configs: np.ndarray, quat_configs: np.ndarray, source: int,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One placement off a task's episode grid -> (xyz [n_objects, 3], quat wxyz [n_objects, 4]).
+
+    ``xyz_configs`` [n_positions, n_objects, 3] and ``quat_configs`` [n_orientations, n_objects, 4] are
+    the task's grid. Each object's xy is uniform over the grid's area widened by ``PLACEMENT_MARGIN_M``,
+    redrawn until every pair is at least as far apart as the grid's closest pair less twice the margin;
+    heights are the grid's. Orientations are one of the grid's, the ``source`` object's turned about
+    the vertical by a uniform angle in +-``PLACEMENT_YAW``."""
+    xyz_configs, quat_configs = np.asarray(xyz_configs, np.float64), np.asarray(quat_configs, np.float64)
+    xy = xyz_configs[..., :2]
+    lo, hi = xy.reshape(-1, 2).min(0) - PLACEMENT_MARGIN_M, xy.reshape(-1, 2).max(0) + PLACEMENT_MARGIN_M
+    n = xy.shape[1]
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    closest = min((np.linalg.norm(xy[:, i] - xy[:, j], axis=-1).min() for i, j in pairs), default=0.0)
+    while True:
+        draw = rng.uniform(lo, hi, size=(n, 2))
+        if all(np.linalg.norm(draw[i] - draw[j]) >= closest - 2 * PLACEMENT_MARGIN_M for i, j in pairs):
+            break
+    xyz = xyz_configs[0].copy()
+    xyz[:, :2] = draw
+    quat = quat_configs[rng.integers(len(quat_configs))].copy()
+    half = rng.uniform(-PLACEMENT_YAW, PLACEMENT_YAW) / 2
+    (w1, z1), (w2, x2, y2, z2) = (np.cos(half), np.sin(half)), quat[source]
+    quat[source] = (w1 * w2 - z1 * z2, w1 * x2 - z1 * y2, w1 * y2 + z1 * x2, w1 * z2 + z1 * w2)  # yaw (x) q
+    return xyz, quat
+
+
 class SimplerEnv(RobotEnv):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 5}
 
@@ -89,6 +122,7 @@ class SimplerEnv(RobotEnv):
         asset_dir: str | None = None,
         sim_cache: int = 1,
         init_states: tuple[int, ...] | list[int] = (),
+        placement: str = "grid",
     ) -> None:
         for t in tasks:
             if t not in TASKS:
@@ -119,6 +153,9 @@ class SimplerEnv(RobotEnv):
         self._succeeded = False
         self.init_state_index = 0
         self.train_init_states = tuple(int(j) for j in init_states)  # env.init_states: training resets draw from these
+        if placement not in ("grid", "random"):
+            raise ConfigError(f"env.placement: got {placement!r}; allowed: 'grid' | 'random'")
+        self.placement = placement
 
     def _sim(self, task: str) -> Any:
         if task not in self._sims:
@@ -150,11 +187,32 @@ class SimplerEnv(RobotEnv):
         options = options or {}
         self._task = task = reset_task(options, self.task_names, self.np_random)
         sim = self._sim(task)
-        self.init_state_index = init_state_index(options, seed, self.np_random, self.num_init_states(task),
-                                                 self.train_init_states)
-        self._raw, self._info_raw = sim.reset(seed=int(seed or 0), options={"episode_id": self.init_state_index})
+        if self.placement == "random" and options.get("init_state") is None:
+            self.init_state_index = -1
+            self._raw, self._info_raw = self._reset_off_grid(sim, seed)
+        else:
+            self.init_state_index = init_state_index(options, seed, self.np_random, self.num_init_states(task),
+                                                     self.train_init_states)
+            self._raw, self._info_raw = sim.reset(seed=int(seed or 0),
+                                                  options={"episode_id": self.init_state_index})
         self._steps, self._succeeded = 0, False
         return self._obs(), self._info(False)
+
+    def _reset_off_grid(self, sim: Any, seed: int | None) -> tuple[Any, Any]:
+        """Reset with a one-entry grid holding ``random_placement``'s draw, then restore the task's grid."""
+        import torch
+
+        u = sim.unwrapped
+        rng = np.random.default_rng(seed) if seed is not None else self.np_random
+        grid = u.xyz_configs, u.quat_configs
+        xyz, quat = random_placement(grid[0].cpu().numpy(), grid[1].cpu().numpy(),
+                                     list(u.objs).index(u.source_obj_name), rng)
+        u.xyz_configs = torch.as_tensor(xyz[None], dtype=grid[0].dtype)
+        u.quat_configs = torch.as_tensor(quat[None], dtype=grid[1].dtype)
+        try:
+            return sim.reset(seed=int(seed or 0), options={"episode_id": 0})
+        finally:
+            u.xyz_configs, u.quat_configs = grid
 
     def step(self, action: Any):
         a = np.clip(validate_action(action, EMBODIMENT.action_dim), -1.0, 1.0)

@@ -71,6 +71,10 @@ class EnvConfig:
     # "probe" (tabletop, any task): 10 x the hand height gained this step and nothing for success: a
     # reward any policy earns at once, the RL pipeline's positive control (benchmarks/probe_reward.py).
     reward: Literal["sparse", "shaped", "probe"] = "sparse"
+    # "grid": training resets use the suite's fixed init states. "random" (SimplerEnv): a training reset
+    # (no explicit init state) places the objects anywhere on the grid's area, seeded by the reset seed,
+    # so demos and RL rollouts never repeat an evaluation episode; evaluation keeps the official grid.
+    placement: Literal["grid", "random"] = "grid"
 
     def __post_init__(self) -> None:
         check(16 <= self.image_size <= 512, "image_size", "16..512 pixels", self.image_size)
@@ -153,6 +157,7 @@ class SamplerConfig:
 class SFTConfig:
     demos: str = ""  # demo folder; empty: generate with the scripted expert
     demos_per_task: int = 20
+    demo_workers: int = 1  # generated demos: expert processes collecting at once (seeds interleaved)
     steps: int = 3000
     batch_size: int = 64
     lr: float = 3e-4
@@ -167,6 +172,7 @@ class SFTConfig:
         check(self.batch_size >= 1, "batch_size", ">= 1", self.batch_size)
         check(self.lr > 0, "lr", "> 0", self.lr)
         check(self.demos_per_task >= 1, "demos_per_task", ">= 1", self.demos_per_task)
+        check(self.demo_workers >= 1, "demo_workers", ">= 1", self.demo_workers)
         check(self.eval_episodes >= 0, "eval_episodes", ">= 0", self.eval_episodes)
 
 

@@ -94,6 +94,8 @@ ENVS.register("robotwin", "rlsys.envs.robotwin:make_env")
 ENV_PREFLIGHT = {"robotwin": "rlsys.envs.robotwin:preflight"}
 # Envs whose factory takes ``init_states`` (fixed initial-state suites; see EnvConfig.init_states).
 ENV_FIXED_INIT_STATES = {"simpler_bridge", *LIBERO_SUITES}
+# Envs whose factory takes ``placement="random"`` (training placements off the evaluation grid).
+ENV_RANDOM_PLACEMENT = {"simpler_bridge"}
 
 
 def preflight_env(cfg: Any, host: bool = True) -> None:
@@ -102,6 +104,12 @@ def preflight_env(cfg: Any, host: bool = True) -> None:
     if cfg.init_states and cfg.name not in ENV_FIXED_INIT_STATES:
         raise ConfigError(f"init_states: env {cfg.name!r} has no fixed initial states (allowed with "
                           f"{', '.join(sorted(ENV_FIXED_INIT_STATES))}); leave it empty")
+    if cfg.placement == "random" and cfg.name not in ENV_RANDOM_PLACEMENT:
+        raise ConfigError(f"placement: 'random' is defined for {', '.join(sorted(ENV_RANDOM_PLACEMENT))}; "
+                          f"env {cfg.name!r} allows 'grid' only")
+    if cfg.placement == "random" and cfg.init_states:
+        raise ConfigError("placement: 'random' places training resets off the grid, so init_states "
+                          f"{cfg.init_states} would never be used; leave init_states empty or use 'grid'")
     if cfg.reward != "sparse" and cfg.name != "tabletop":
         raise ConfigError(f"reward: {cfg.reward!r} is defined for the tabletop env only; {cfg.name} is sparse")
     target = ENV_PREFLIGHT.get(cfg.name)

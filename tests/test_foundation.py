@@ -58,6 +58,8 @@ def test_dotted_overrides_are_typed():
     ("env.cameras=agentview", r"env.cameras: expected a list"),
     ("env.init_states=[0,2]", r"env.init_states: env 'tabletop' has no fixed initial states"),
     ("env.init_states=[-1]", r"env.init_states: got \(-1,\); allowed: init-state ids >= 0"),
+    ("env.placement=random", r"env.placement: 'random' is defined for simpler_bridge; env 'tabletop' allows 'grid'"),
+    ("env.placement=anywhere", r"env.placement: got 'anywhere'; allowed: 'grid' \| 'random'"),
     ("eval_num_envs=0", r"eval_num_envs: got 0; allowed: >= 1"),
     ("policy.critic=mean", r"policy.critic: got 'mean'; allowed: 'pooled' \| 'attention'"),
     ("algo.grpo_scale=std", r"algo.grpo_scale: got 'std'; allowed: 'group' \| 'batch'"),
@@ -175,6 +177,40 @@ def demo_dir(tmp_path_factory):
     collect_expert_demos(env, out, 2, "tabletop")
     env.close()
     return out
+
+
+def test_parallel_demo_workers_merge_into_one_dataset(tmp_path, demo_dir):
+    import pyarrow.parquet as pq
+
+    from rlsys.config import EnvConfig
+    from rlsys.envs.demos import DEMO_SEED_BASE, collect_expert_demos, expert_demos, load_demos
+    from rlsys.envs.tabletop.env import TabletopEnv
+
+    cfg = EnvConfig(name="tabletop", tasks=("lift", "push_left"), image_size=64)
+    report = expert_demos(cfg, tmp_path / "par", 3, workers=2)  # two expert processes, seeds interleaved
+    assert {t: r["kept"] for t, r in report.items()} == {"lift": 3, "push_left": 3}
+    info = json.loads((tmp_path / "par" / "meta" / "info.json").read_text())
+    ds = load_demos(tmp_path / "par")
+    assert info["total_episodes"] == 6 and len(ds.actions) == info["total_frames"]
+    assert sorted(set(ds.episode_index.tolist())) == list(range(6))
+    tasks = {json.loads(x)["task_index"]: json.loads(x)["task"]
+             for x in (tmp_path / "par" / "meta" / "tasks.jsonl").read_text().splitlines()}
+    assert sorted(tasks.values()) == sorted(set(ds.instructions))  # one entry per instruction, renumbered
+    for e in range(6):
+        table = pq.read_table(tmp_path / "par" / "data" / "chunk-000" / f"episode_{e:06d}.parquet").to_pydict()
+        first = int(ds.episode_starts[e])
+        assert set(table["episode_index"]) == {e} and tasks[table["task_index"][0]] == ds.instructions[first]
+        assert table["index"] == list(range(first, first + len(table["index"])))  # frame counter, renumbered
+    episodes = [ds.actions[ds.episode_index == e] for e in range(6)]
+    assert all(not np.array_equal(a, b) for i, a in enumerate(episodes) for b in episodes[i + 1:])  # no seed twice
+    env = TabletopEnv(tasks=("lift",), image_size=64)  # worker 0's first episode is the one seed_base gives
+    collect_expert_demos(env, tmp_path / "one", 1, "tabletop", DEMO_SEED_BASE)
+    env.close()
+    np.testing.assert_array_equal(load_demos(tmp_path / "one").actions, episodes[0])
+    with pytest.raises(FileExistsError, match="already holds a dataset"):
+        expert_demos(cfg, demo_dir, 1, workers=2)
+    with pytest.raises(ValueError, match="demo workers: got 0; allowed: >= 1"):
+        expert_demos(cfg, tmp_path / "none", 1, workers=0)
 
 
 def test_demo_format_is_lerobot_layout(demo_dir):

@@ -122,3 +122,61 @@ def test_training_init_states_hold_out_the_evaluation_ids():
         assert env.reset(seed=4, options={"init_state": 1})[1]["init_state"] == 1  # evaluation: as asked
     finally:
         env.close()
+
+
+def test_random_placement_stays_on_the_grids_area_and_apart():
+    from rlsys.envs.simpler import PLACEMENT_MARGIN_M, PLACEMENT_YAW, random_placement
+
+    env = make_single_env(EnvConfig(name="simpler_bridge", tasks=("carrot_on_plate",), cameras=("3rd_view",),
+                                    image_size=32))
+    try:
+        env.reset(options={"init_state": 0})
+        u = env._sims["carrot_on_plate"].unwrapped
+        grid_xyz, grid_quat = u.xyz_configs.numpy(), u.quat_configs.numpy()
+    finally:
+        env.close()
+    rng = np.random.default_rng(0)
+    lo, hi = grid_xyz[..., :2].reshape(-1, 2).min(0), grid_xyz[..., :2].reshape(-1, 2).max(0)
+    for _ in range(200):
+        xyz, quat = random_placement(grid_xyz, grid_quat, 0, rng)
+        assert np.all(xyz[:, :2] >= lo - PLACEMENT_MARGIN_M - 1e-9)
+        assert np.all(xyz[:, :2] <= hi + PLACEMENT_MARGIN_M + 1e-9)
+        assert np.linalg.norm(xyz[0, :2] - xyz[1, :2]) >= 0.15 - 2 * PLACEMENT_MARGIN_M - 1e-9  # grid corners: 15 cm
+        np.testing.assert_allclose(xyz[:, 2], grid_xyz[0, :, 2])
+        np.testing.assert_allclose(np.linalg.norm(quat, axis=1), 1.0, atol=1e-9)
+        # the source turned about the vertical only, by at most PLACEMENT_YAW from one grid orientation
+        angle = min(2 * np.arccos(min(1.0, abs(float(quat[0] @ g[0])))) for g in grid_quat)
+        assert angle <= PLACEMENT_YAW + 1e-6
+        assert any(np.allclose(quat[1], g[1]) for g in grid_quat)  # the target keeps its grid orientation
+
+
+def test_random_training_placements_are_seeded_off_the_grid_and_solvable():
+    env = make_single_env(EnvConfig(name="simpler_bridge", tasks=("carrot_on_plate",), cameras=("3rd_view",),
+                                    image_size=32, placement="random"))
+    try:
+        _, info = env.reset(seed=7)
+        u = env._sims["carrot_on_plate"].unwrapped
+        grid = u.xyz_configs.numpy()[:, 0, :2]
+
+        def carrot() -> np.ndarray:
+            return np.asarray(u.objs[u.source_obj_name].pose.p)[0]
+
+        a = carrot()
+        assert info["init_state"] == -1 and np.abs(grid - a[:2]).sum(1).min() > 1e-3  # off the grid
+        env.reset(seed=8)
+        assert np.abs(carrot() - a).max() > 1e-3
+        env.reset(seed=7)
+        np.testing.assert_allclose(carrot(), a, atol=1e-5)  # the seed decides the placement
+        assert u.xyz_configs.shape[0] == 12  # the task's grid is back after a random reset
+        _, info = env.reset(seed=7, options={"init_state": 5})  # evaluation: the official grid episode
+        assert info["init_state"] == 5 and np.abs(grid - carrot()[:2]).sum(1).min() < 0.02
+        assert run_expert_episode(env, seed=3)[0]  # the scripted expert solves an off-grid placement
+    finally:
+        env.close()
+
+
+def test_random_placement_needs_an_empty_init_state_list():
+    with pytest.raises(ConfigError, match=r"env.placement: 'random' places training resets off the grid"):
+        from rlsys.config import load_config
+
+        load_config("simpler_carrot_ppo", ["env.init_states=[0,3]"])
