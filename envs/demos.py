@@ -63,8 +63,6 @@ class DemoWriter:
                     rewards: np.ndarray, success: np.ndarray, instruction: str) -> None:
         """images [T, C, S, S, 3] uint8, states [T, P], actions [T, A], rewards/success [T]."""
         t = len(actions)
-        ep = len(self.episodes)
-        task_index = self.tasks.setdefault(instruction, len(self.tasks))
         cols: dict[str, Any] = {
             f"observation.images.{cam}": [{"bytes": _png(images[i, c]), "path": None} for i in range(t)]
             for c, cam in enumerate(self.cameras)
@@ -75,19 +73,32 @@ class DemoWriter:
         cols.update({
             "timestamp": np.arange(t, dtype=np.float32) / np.float32(fps),
             "frame_index": np.arange(t, dtype=np.int64),
-            "episode_index": np.full(t, ep, np.int64),
-            "index": np.arange(self.frames, self.frames + t, dtype=np.int64),
-            "task_index": np.full(t, task_index, np.int64),
+            "episode_index": np.zeros(t, np.int64),  # episode, frame counter and task: set by _write
+            "index": np.zeros(t, np.int64),
+            "task_index": np.zeros(t, np.int64),
             "next.reward": rewards.astype(np.float32),
             "next.done": np.arange(t) == t - 1,
             "next.success": success.astype(bool),
         })
+        self._write(pa.table(cols), instruction, {"observation.state": _stats(states), "action": _stats(actions)})
+
+    def add_table(self, table: pa.Table, instruction: str, stats: dict[str, Any]) -> None:
+        """Append an episode read from another dataset of the same layout (``merge_demos``): its
+        episode, frame-counter and task columns are renumbered for this dataset."""
+        self._write(table, instruction, stats)
+
+    def _write(self, table: pa.Table, instruction: str, stats: dict[str, Any]) -> None:
+        t, ep = table.num_rows, len(self.episodes)
+        task_index = self.tasks.setdefault(instruction, len(self.tasks))
+        for name, values in (("episode_index", np.full(t, ep, np.int64)),
+                             ("index", np.arange(self.frames, self.frames + t, dtype=np.int64)),
+                             ("task_index", np.full(t, task_index, np.int64))):
+            table = table.set_column(table.schema.get_field_index(name), name, pa.array(values))
         path = self.root / DATA_PATH.format(episode_chunk=ep // CHUNK_SIZE, episode_index=ep)
         path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.table(cols), path)
+        pq.write_table(table, path)
         self.episodes.append({"episode_index": ep, "tasks": [instruction], "length": t})
-        self.stats.append({"episode_index": ep, "stats": {"observation.state": _stats(states),
-                                                          "action": _stats(actions)}})
+        self.stats.append({"episode_index": ep, "stats": stats})
         self.frames += t
 
     def close(self) -> None:
@@ -153,9 +164,7 @@ class DemoSet:
 
     @property
     def embodiment(self) -> Embodiment:
-        e = dict(self.info["rlsys"]["embodiment"])
-        e["action_names"] = tuple(e["action_names"])
-        return Embodiment(**e)
+        return _embodiment(self.info)
 
     def action_chunks(self, horizon: int) -> tuple[np.ndarray, np.ndarray]:
         """Per frame, the next ``horizon`` actions within its episode ([F, H, A]) and a [F, H]
@@ -167,6 +176,13 @@ class DemoSet:
         mask = idx < end[:, None]
         idx = np.minimum(idx, end[:, None] - 1)
         return self.actions[idx], mask
+
+
+def _embodiment(info: dict[str, Any]) -> Embodiment:
+    """The embodiment recorded in a dataset's ``meta/info.json``."""
+    e = dict(info["rlsys"]["embodiment"])
+    e["action_names"] = tuple(e["action_names"])
+    return Embodiment(**e)
 
 
 def load_demos(root: str | os.PathLike) -> DemoSet:
@@ -206,10 +222,11 @@ DEMO_SEED_BASE = 1_000_000  # demo episodes use seeds DEMO_SEED_BASE + k; evalua
 
 
 def collect_expert_demos(env: Any, out: str | os.PathLike, episodes_per_task: int, env_name: str,
-                         seed_base: int = DEMO_SEED_BASE, progress: Any = None) -> dict[str, Any]:
+                         seed_base: int = DEMO_SEED_BASE, progress: Any = None, seed_step: int = 1) -> dict[str, Any]:
     """Roll out ``env.expert()`` (privileged scripted expert) and keep successful episodes.
 
     Writes ``episodes_per_task`` successful episodes per task; returns per-task attempt counts.
+    Attempts reset with seeds ``seed_base, seed_base + seed_step, ...`` (parallel workers interleave).
     """
     if not hasattr(env, "expert"):
         raise ValueError(f"{type(env).__name__} has no scripted expert; demos need one")
@@ -222,7 +239,7 @@ def collect_expert_demos(env: Any, out: str | os.PathLike, episodes_per_task: in
             if attempts >= 3 * episodes_per_task + 10:
                 raise RuntimeError(f"expert keeps failing on {task}: {kept}/{attempts} successful")
             obs, info = env.reset(seed=seed, options={"task": task})
-            seed += 1
+            seed += seed_step
             attempts += 1
             expert = env.expert()
             if getattr(expert, "planned", True) is False:  # a planning expert (RoboTwin) that already failed
@@ -252,47 +269,124 @@ def collect_expert_demos(env: Any, out: str | os.PathLike, episodes_per_task: in
     return report
 
 
+def merge_demos(parts: list[str | os.PathLike], out: str | os.PathLike) -> None:
+    """Concatenate demo folders of one env, camera set and image size into a new folder ``out``, in
+    order; episodes, frame counters and tasks are renumbered, ``meta/expert_report.json`` is summed."""
+    infos = [json.loads((Path(p) / "meta" / "info.json").read_text()) for p in parts]
+    rl = infos[0]["rlsys"]
+    for p, info in zip(parts, infos):
+        if info["rlsys"] != rl:
+            raise ValueError(f"merge_demos: {p} holds env {info['rlsys']['env']!r} / cameras "
+                             f"{info['rlsys']['cameras']} / {info['rlsys']['image_size']} px; {parts[0]} holds "
+                             f"{rl['env']!r} / {rl['cameras']} / {rl['image_size']} px")
+    writer = DemoWriter(out, rl["env"], _embodiment(infos[0]), tuple(rl["cameras"]), rl["image_size"])
+    report: dict[str, Any] = {}
+    for p, info in zip(parts, infos):
+        meta = Path(p) / "meta"
+        stats = {r["episode_index"]: r["stats"] for r in map(json.loads, (meta / "episodes_stats.jsonl").open())}
+        for ep in map(json.loads, (meta / "episodes.jsonl").open()):
+            e = ep["episode_index"]
+            table = pq.read_table(Path(p) / info["data_path"].format(episode_chunk=e // info["chunks_size"],
+                                                                     episode_index=e))
+            writer.add_table(table, ep["tasks"][0], stats[e])
+        part_report = meta / "expert_report.json"
+        for task, r in (json.loads(part_report.read_text()) if part_report.is_file() else {}).items():
+            total = report.setdefault(task, {"kept": 0, "attempts": 0})
+            total["kept"] += r["kept"]
+            total["attempts"] += r["attempts"]
+    writer.close()
+    for r in report.values():
+        r["expert_success"] = r["kept"] / max(r["attempts"], 1)
+    (Path(out) / "meta" / "expert_report.json").write_text(json.dumps(report, indent=2))
+
+
 def expert_demos(env_cfg: Any, out: str | os.PathLike, episodes_per_task: int,
-                 seed_base: int = DEMO_SEED_BASE) -> dict[str, Any]:
+                 seed_base: int = DEMO_SEED_BASE, workers: int = 1) -> dict[str, Any]:
     """``rlsys demos`` / the SFT stage: ``collect_expert_demos`` on one env of ``env_cfg`` with a
     progress bar. A simulator that lives in its own interpreter (``env.python``, e.g. RoboTwin's venv)
     runs the whole collection there, since the scripted expert needs the simulator in-process; its
-    progress shows on this terminal and the demos come back on disk."""
+    progress shows on this terminal and the demos come back on disk. ``workers`` > 1 splits the
+    episodes over that many such processes at once (worker w on seeds ``seed_base + w + k *
+    workers``) and merges their folders into ``out``."""
+    if workers < 1:
+        raise ValueError(f"demo workers: got {workers}; allowed: >= 1")
+    if (Path(out) / "meta" / "info.json").exists():  # before any simulator starts
+        raise FileExistsError(f"{out} already holds a dataset; choose a new --out folder")
+    if workers > 1:
+        return _expert_demos_sharded(env_cfg, out, episodes_per_task, seed_base, workers)
     if env_cfg.python:
         return _expert_demos_there(env_cfg, out, episodes_per_task, seed_base)
+    return _collect_here(env_cfg, out, episodes_per_task, seed_base)
+
+
+def _collect_here(env_cfg: Any, out: str | os.PathLike, episodes_per_task: int, seed_base: int,
+                  seed_step: int = 1, label: str = "") -> dict[str, Any]:
     from rlsys.envs.pool import make_single_env
     from rlsys.progress import Progress
 
     env = make_single_env(env_cfg)
     try:
-        with Progress(f"expert demos {env_cfg.name}", total=episodes_per_task * len(env.task_names)) as bar:
-            return collect_expert_demos(env, out, episodes_per_task, env_cfg.name, seed_base, progress=bar.advance)
+        with Progress(f"expert demos {env_cfg.name}{label}", total=episodes_per_task * len(env.task_names)) as bar:
+            return collect_expert_demos(env, out, episodes_per_task, env_cfg.name, seed_base, progress=bar.advance,
+                                        seed_step=seed_step)
     finally:
         env.close()
 
 
-def _expert_demos_there(env_cfg: Any, out: str | os.PathLike, episodes_per_task: int,
-                        seed_base: int) -> dict[str, Any]:
+def _expert_demos_sharded(env_cfg: Any, out: str | os.PathLike, episodes_per_task: int, seed_base: int,
+                          workers: int) -> dict[str, Any]:
+    import shutil
+    import tempfile
+
+    shares = [int(n) for n in np.diff(np.linspace(0, episodes_per_task, workers + 1).round()) if n > 0]
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{Path(out).name}-workers-", dir=Path(out).parent) as tmp:
+        parts = [Path(tmp) / f"worker{w}" for w in range(len(shares))]
+        procs = [_start_expert_demos(env_cfg, part, n, seed_base + w, len(shares), f" [worker {w}]")
+                 for w, (part, n) in enumerate(zip(parts, shares))]
+        codes = [p.wait() for p in procs]
+        if any(codes) or not all((p / "meta" / "expert_report.json").is_file() for p in parts):
+            raise RuntimeError(f"expert demos for env {env_cfg.name!r}: worker exit codes {codes}; "
+                               f"the errors are printed above")
+        try:
+            merge_demos(parts, out)
+        except BaseException:
+            shutil.rmtree(out, ignore_errors=True)
+            raise
+    return json.loads((Path(out) / "meta" / "expert_report.json").read_text())
+
+
+def _start_expert_demos(env_cfg: Any, out: str | os.PathLike, episodes_per_task: int, seed_base: int,
+                        seed_step: int = 1, label: str = "") -> Any:
+    """A process collecting demos in the simulator's interpreter (``env.python``, else this one),
+    in-process there (a config for that interpreter: built and checked on the other side)."""
     import subprocess
+    import sys
 
     from rlsys.configtools import to_dict
 
-    # in-process there (a config for that interpreter: built and checked only on the other side)
     env = {**to_dict(env_cfg), "python": "", "subprocess": False}
-    spec = {"env": env, "out": str(out), "episodes_per_task": episodes_per_task, "seed_base": seed_base}
+    spec = {"env": env, "out": str(out), "episodes_per_task": episodes_per_task, "seed_base": seed_base,
+            "seed_step": seed_step, "label": label}
     code = "import sys; from rlsys.envs.demos import _expert_demos_here; _expert_demos_here(sys.argv[1])"
-    proc = subprocess.run([env_cfg.python, "-c", code, json.dumps(spec)], check=False)
+    return subprocess.Popen([env_cfg.python or sys.executable, "-c", code, json.dumps(spec)])
+
+
+def _expert_demos_there(env_cfg: Any, out: str | os.PathLike, episodes_per_task: int,
+                        seed_base: int) -> dict[str, Any]:
+    code = _start_expert_demos(env_cfg, out, episodes_per_task, seed_base).wait()
     report = Path(out) / "meta" / "expert_report.json"
-    if proc.returncode != 0 or not report.is_file():
+    if code != 0 or not report.is_file():
         raise RuntimeError(f"expert demos for env {env_cfg.name!r} in {env_cfg.python} failed "
-                           f"(exit {proc.returncode}); its error is printed above")
+                           f"(exit {code}); its error is printed above")
     return json.loads(report.read_text())
 
 
 def _expert_demos_here(text: str) -> None:
-    """Child side of ``_expert_demos_there``."""
+    """Child side of ``_start_expert_demos``."""
     from rlsys.config import EnvConfig
     from rlsys.configtools import from_dict
 
     spec = json.loads(text)
-    expert_demos(from_dict(EnvConfig, spec["env"]), spec["out"], spec["episodes_per_task"], spec["seed_base"])
+    _collect_here(from_dict(EnvConfig, spec["env"]), spec["out"], spec["episodes_per_task"], spec["seed_base"],
+                  spec["seed_step"], spec["label"])

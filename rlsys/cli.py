@@ -47,7 +47,7 @@ def cmd_demos(args: argparse.Namespace) -> None:
         from dataclasses import replace
 
         env_cfg = replace(env_cfg, name=args.env)
-    report = expert_demos(env_cfg, args.out, args.episodes)
+    report = expert_demos(env_cfg, args.out, args.episodes, workers=args.workers)
     print(json.dumps(report, indent=2))
     print(f"wrote {sum(r['kept'] for r in report.values())} episodes to {args.out}")
 
@@ -173,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     ps["demos"].add_argument("--env", help="env name (default: env.name of the config)")
     ps["demos"].add_argument("--episodes", type=int, required=True, help="successful episodes per task")
     ps["demos"].add_argument("--out", required=True, help="new folder to write the dataset into")
+    ps["demos"].add_argument("--workers", type=int, default=1,
+                             help="expert processes collecting at once (one simulator each; seeds interleaved)")
     ps["assets"].add_argument("suite", choices=["simpler", "robotwin"], help="which simulator's assets")
     ps["assets"].add_argument("--dir", required=True,
                               help="the asset folder (SimplerEnv: becomes MS_ASSET_DIR; RoboTwin: the asset root)")
