@@ -60,8 +60,9 @@ class DemoWriter:
         self.frames = 0
 
     def add_episode(self, images: np.ndarray, states: np.ndarray, actions: np.ndarray,
-                    rewards: np.ndarray, success: np.ndarray, instruction: str) -> None:
-        """images [T, C, S, S, 3] uint8, states [T, P], actions [T, A], rewards/success [T]."""
+                    rewards: np.ndarray, success: np.ndarray, instruction: str, seed: int | None = None) -> None:
+        """images [T, C, S, S, 3] uint8, states [T, P], actions [T, A], rewards/success [T]; ``seed``: the
+        env reset seed the episode started from (kept in ``meta/episodes.jsonl``: a training-state list)."""
         t = len(actions)
         cols: dict[str, Any] = {
             f"observation.images.{cam}": [{"bytes": _png(images[i, c]), "path": None} for i in range(t)]
@@ -80,14 +81,16 @@ class DemoWriter:
             "next.done": np.arange(t) == t - 1,
             "next.success": success.astype(bool),
         })
-        self._write(pa.table(cols), instruction, {"observation.state": _stats(states), "action": _stats(actions)})
+        self._write(pa.table(cols), instruction, {"observation.state": _stats(states), "action": _stats(actions)},
+                    {} if seed is None else {"seed": int(seed)})
 
-    def add_table(self, table: pa.Table, instruction: str, stats: dict[str, Any]) -> None:
-        """Append an episode read from another dataset of the same layout (``merge_demos``): its
-        episode, frame-counter and task columns are renumbered for this dataset."""
-        self._write(table, instruction, stats)
+    def add_table(self, table: pa.Table, row: dict[str, Any], stats: dict[str, Any]) -> None:
+        """Append an episode read from another dataset of the same layout (``merge_demos``), with its
+        ``meta/episodes.jsonl`` row: episode, frame-counter and task columns are renumbered for this one."""
+        extra = {k: v for k, v in row.items() if k not in ("episode_index", "tasks", "length")}
+        self._write(table, row["tasks"][0], stats, extra)
 
-    def _write(self, table: pa.Table, instruction: str, stats: dict[str, Any]) -> None:
+    def _write(self, table: pa.Table, instruction: str, stats: dict[str, Any], extra: dict[str, Any]) -> None:
         t, ep = table.num_rows, len(self.episodes)
         task_index = self.tasks.setdefault(instruction, len(self.tasks))
         for name, values in (("episode_index", np.full(t, ep, np.int64)),
@@ -97,7 +100,7 @@ class DemoWriter:
         path = self.root / DATA_PATH.format(episode_chunk=ep // CHUNK_SIZE, episode_index=ep)
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, path)
-        self.episodes.append({"episode_index": ep, "tasks": [instruction], "length": t})
+        self.episodes.append({"episode_index": ep, "tasks": [instruction], "length": t, **extra})
         self.stats.append({"episode_index": ep, "stats": stats})
         self.frames += t
 
@@ -239,7 +242,7 @@ def collect_expert_demos(env: Any, out: str | os.PathLike, episodes_per_task: in
             if attempts >= 3 * episodes_per_task + 10:
                 raise RuntimeError(f"expert keeps failing on {task}: {kept}/{attempts} successful")
             obs, info = env.reset(seed=seed, options={"task": task})
-            seed += seed_step
+            episode_seed, seed = seed, seed + seed_step
             attempts += 1
             expert = env.expert()
             if getattr(expert, "planned", True) is False:  # a planning expert (RoboTwin) that already failed
@@ -259,7 +262,8 @@ def collect_expert_demos(env: Any, out: str | os.PathLike, episodes_per_task: in
             if not frames["success"][-1]:
                 continue
             writer.add_episode(*(np.asarray(frames[k]) for k in ("images", "states", "actions", "rewards",
-                                                                  "success")), instruction=info["instruction"])
+                                                                  "success")), instruction=info["instruction"],
+                               seed=episode_seed)
             kept += 1
             if progress is not None:
                 progress()
@@ -288,7 +292,7 @@ def merge_demos(parts: list[str | os.PathLike], out: str | os.PathLike) -> None:
             e = ep["episode_index"]
             table = pq.read_table(Path(p) / info["data_path"].format(episode_chunk=e // info["chunks_size"],
                                                                      episode_index=e))
-            writer.add_table(table, ep["tasks"][0], stats[e])
+            writer.add_table(table, ep, stats[e])
         part_report = meta / "expert_report.json"
         for task, r in (json.loads(part_report.read_text()) if part_report.is_file() else {}).items():
             total = report.setdefault(task, {"kept": 0, "attempts": 0})

@@ -14,7 +14,8 @@ Conventions (RoboTwin 2.0's own, read from its task code and evaluation script):
   need upstream assets that cannot be had offline). Built directly with ``setup_demo(**args)`` in
   the clean ("Easy", ``demo_clean``) setting; the embodiment's URDF is overridden with the offline
   variant when the upstream one is incomplete.
-- **Episodes**: the scene seed is ``options["init_state"]``, else the reset seed. A seed whose
+- **Episodes**: the scene seed is ``options["init_state"]``, else the reset seed (with ``init_states``
+  listed, ``env.init_states``: the listed seed the reset seed picks, e.g. the demos'). A seed whose
   objects do not settle (RoboTwin's ``UnStableError``) moves to the next seed, as RoboTwin does;
   ``info["scene_seed"]`` says which seed ran. RoboTwin's evaluation uses seeds from 100000
   (``EVAL_SEED0``; demos from 0), 100 per task, skipping seeds its expert cannot solve.
@@ -251,6 +252,7 @@ class RoboTwinEnv(RobotEnv):
         max_episode_steps: int = 0,
         render: RenderConfig | None = None,
         asset_dir: str | None = None,
+        init_states: tuple[int, ...] | list[int] = (),
     ) -> None:
         for c in cameras:
             if c not in CAMERAS:
@@ -279,6 +281,7 @@ class RoboTwinEnv(RobotEnv):
         self._steps = 0
         self._succeeded = False
         self.scene_seed = 0
+        self.train_init_states = tuple(int(j) for j in init_states)  # env.init_states: training scene seeds
 
     # ------------------------------------------------------------------ set-up
     def _task_args(self) -> dict[str, Any]:
@@ -363,6 +366,8 @@ class RoboTwinEnv(RobotEnv):
         self._task = reset_task(options, self.task_names, self.np_random)
         j = options.get("init_state")
         seed0 = int(j) if j is not None else (int(seed) if seed is not None else int(self.np_random.integers(1 << 30)))
+        if j is None and self.train_init_states:  # a training reset: one of the listed scene seeds
+            seed0 = self.train_init_states[seed0 % len(self.train_init_states)]
         self.scene_seed = self._setup(self._task, seed0)
         self._instruction = self._make_instruction(options.get("instruction_type", "seen"))
         self._steps, self._succeeded = 0, False

@@ -268,10 +268,12 @@ def run_eval_command(cfg: Any, ckpt: str, out_dir: str | None, episodes: int, ta
             ensure_ray(cfg, num_cpus=workers)
             result = evaluate_on_ray(policy, env_cfg, embodiment, episodes, all_tasks, e.num_envs, workers,
                                      video_dir=out / "videos", progress=bar.advance,
-                                     init_state_offset=init_state_offset, sampler=smp)
+                                     init_state_offset=init_state_offset, init_states=cfg.eval_init_states,
+                                     sampler=smp)
         else:
             result = evaluate(policy, env_cfg, embodiment, episodes, all_tasks, num_envs=e.num_envs, sampler=smp,
-                              video_dir=out / "videos", progress=bar.advance, init_state_offset=init_state_offset)
+                              video_dir=out / "videos", progress=bar.advance, init_state_offset=init_state_offset,
+                              init_states=cfg.eval_init_states)
     result["checkpoint"] = str(ckpt)
     write_result(out, result, f"{env_cfg.name}: {ckpt}")
     print(markdown_table(result, f"{env_cfg.name}: {ckpt}"))

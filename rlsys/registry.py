@@ -93,7 +93,7 @@ ENVS.register("robotwin", "rlsys.envs.robotwin:make_env")
 # actor or simulator starts). Light imports only: the simulator itself may live in another venv.
 ENV_PREFLIGHT = {"robotwin": "rlsys.envs.robotwin:preflight"}
 # Envs whose factory takes ``init_states`` (fixed initial-state suites; see EnvConfig.init_states).
-ENV_FIXED_INIT_STATES = {"simpler_bridge", *LIBERO_SUITES}
+ENV_FIXED_INIT_STATES = {"simpler_bridge", "robotwin", *LIBERO_SUITES}
 # Envs whose factory takes ``placement="random"`` (training placements off the evaluation grid).
 ENV_RANDOM_PLACEMENT = {"simpler_bridge"}
 

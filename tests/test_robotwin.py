@@ -3,6 +3,7 @@ the conformance kit and per-task checks run there (tests/robotwin_kit.py), and a
 interpreter drives RoboTwin simulators in that one (numpy 2 here, 1.26 there). Bad configs fail
 here, before any simulator starts."""
 
+import json
 import os
 import subprocess
 import sys
@@ -41,12 +42,14 @@ def test_conformance_kit_in_the_robotwin_interpreter():
 
 def test_pool_here_drives_robotwin_there():
     cfg = EnvConfig(name="robotwin", tasks=("handover_block",), cameras=("head", "left_wrist"), image_size=32,
-                    num_envs=1, subprocess=True, python=PYTHON, max_episode_steps=2, step_timeout_s=120)
+                    num_envs=1, subprocess=True, python=PYTHON, max_episode_steps=2, step_timeout_s=120,
+                    init_states=(11, 17))
     with EnvPool(cfg, seed=3) as pool:
         assert pool.embodiment.arms == "dual arms" and pool.single_action_space.shape == (14,)
         obs, infos = pool.reset()
         assert obs["images"].shape == (1, 2, 32, 32, 3) and obs["proprio"].shape == (1, 14)
         assert "block" in infos[0]["instruction"].lower()
+        assert infos[0]["scene_seed"] in (11, 12, 17, 18)  # a listed training scene (or the next stable one)
         hold = np.repeat(obs["proprio"][:, None, :], 3, axis=1)  # hold the current joint targets
         res = pool.execute_chunk(hold)
         assert res.exec_mask.sum() == 2 and res.truncated.all() and not res.terminated.any()
@@ -68,6 +71,8 @@ def test_planner_expert_demos_through_the_robotwin_interpreter(tmp_path):
     assert ds.images.shape[1:] == (1, 32, 32, 3) and ds.actions.shape[1] == 14 and ds.states.shape[1] == 14
     assert 100 < len(ds.actions) <= STEP_LIMITS["stack_blocks_two"]
     assert ds.info["rlsys"]["env"] == "robotwin" and "block" in ds.instructions[0].lower()
+    row = json.loads((tmp_path / "ds" / "meta" / "episodes.jsonl").read_text().splitlines()[0])
+    assert 1 <= row["seed"] <= report["stack_blocks_two"]["attempts"]  # the scene seed it was recorded on
 
 
 def test_bad_configs_fail_before_any_simulator_starts(tmp_path):
