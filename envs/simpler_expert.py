@@ -4,11 +4,15 @@ Carrot-on-plate, spoon-on-towel, green-cube-on-yellow-cube (and eggplant-in-bask
 about the vertical so the fingers close across the object's short side, move above it, descend,
 close, lift, carry above the target, lower, open. Closed loop: every step's action is read off the
 current state (the hand's distance to the phase's goal, clipped to ``STEP_M``; the finger axis's angle
-to the wanted one, clipped to ``YAW_STEP``), as a policy must act from what it sees. A phase ends once
-the hand is within ``ARRIVE_M`` of its goal and turned within ``ARRIVE_RAD`` (after its least number
-of steps), or after ``PHASE_STEPS`` steps. An expert that tracked its own accumulated target instead
-was as successful but taught SFT nothing: its actions depended on the step count, not on the scene,
-and a policy's small errors drifted the controller's target with no demo showing a correction.
+to the wanted one, clipped to ``YAW_STEP``), as a policy must act from what it sees. The hand holds
+still while the fingers close or open. A phase ends once the hand is within ``ARRIVE_M`` of its goal,
+or has stopped (moved less than ``STALL_M`` in a step: a goal that contact leaves out of reach), and
+is turned within ``ARRIVE_RAD``, after its least number of steps; or after ``PHASE_STEPS`` steps. (The
+controller adds each action to its target, so pushing on towards a goal that cannot be reached winds
+the target past it, and the next phase first has to unwind that.) An expert that tracked its own
+accumulated target instead was as successful but taught SFT nothing: its actions depended on the step
+count, not on the scene, and a policy's small errors drifted the controller's target with no demo
+showing a correction.
 Per-task success: ``benchmarks/simpler_expert.py``.
 """
 
@@ -23,6 +27,7 @@ from rlsys.envs.simpler import POS_SCALE, ROT_SCALE
 STEP_M = 0.02  # target increment per control step (m)
 YAW_STEP = 0.2  # rad per control step
 ARRIVE_M, ARRIVE_RAD = 0.004, 0.03  # a phase's goal is reached within these
+STALL_M = 0.001  # a hand moving less than this in a step has stopped
 PHASE_STEPS = 15  # a phase that has not arrived by then (e.g. blocked by contact) moves on
 # The hand turns by the least angle that aligns its fingers with the object's short side, a turn in
 # [centre - pi/2, centre + pi/2): the choice jumps by pi at the interval's ends. With centre 0 one of
@@ -66,6 +71,7 @@ class BridgeExpert:
         c, s = np.cos(base_yaw), np.sin(base_yaw)
         self.world_to_base = np.array([[c, s, 0], [-s, c, 0], [0, 0, 1.0]])
         self.phase, self.count = "turn", 0
+        self.last_ee = np.asarray(state["ee_pos"], float)
 
     def act(self, state: dict[str, Any]) -> np.ndarray:
         self.count += 1
@@ -81,15 +87,19 @@ class BridgeExpert:
             "retreat": (p + np.array([0, 0, 0.08]), OPEN, 1_000),
         }
         goal, grip, steps = plan[self.phase]
-        err = goal - np.asarray(state["ee_pos"], float)
+        ee = np.asarray(state["ee_pos"], float)
+        err = goal - ee
+        stalled = self.count >= 2 and np.linalg.norm(ee - self.last_ee) < STALL_M
+        self.last_ee = ee
         a = np.zeros(7, np.float32)
-        a[:3] = self.world_to_base @ np.clip(err, -STEP_M, STEP_M) / POS_SCALE
+        if self.phase not in ("close", "release"):
+            a[:3] = self.world_to_base @ np.clip(err, -STEP_M, STEP_M) / POS_SCALE
         turn = 0.0
         if self.phase in ("turn", "descend"):  # the grasp's orientation; held by the wrist after that
             turn = _wrap_half(self.closing - _finger_axis(state["fingers"]))
             a[5] = np.clip(turn, -YAW_STEP, YAW_STEP) / ROT_SCALE
         a[6] = grip
-        arrived = np.linalg.norm(err) < ARRIVE_M and abs(turn) < ARRIVE_RAD and self.count >= steps
+        arrived = (np.linalg.norm(err) < ARRIVE_M or stalled) and abs(turn) < ARRIVE_RAD and self.count >= steps
         if (arrived or self.count >= PHASE_STEPS) and self.phase != "retreat":
             order = list(plan)
             self.phase, self.count = order[order.index(self.phase) + 1], 0
