@@ -3,9 +3,14 @@ rendering, 1 vs 2 simulator processes -> benchmarks/results/env_speed.json and .
 LIBERO (``--env libero_spatial``, needs the libero extra): creation and reset time, control steps/s
 per render-quality option (shadows, reflections, multisampling) at two image sizes, 1 vs 2
 simulator processes -> benchmarks/results/env_speed_libero.json and .png.
+SimplerEnv (``--env simpler_bridge``, needs the simpler extra and ``MS_ASSET_DIR``): per task, creation,
+grid and random-placement reset, control steps/s (the 640x480 camera resized to ``--image-size``),
+1 vs 2 simulator processes -> benchmarks/results/env_speed_simpler.json and .png (with the assets'
+status: a figure on stand-ins is not an official-asset figure, though only the table stage differs).
 
     python benchmarks/env_speed.py [--seconds 5] [--image-size 64]
     python benchmarks/env_speed.py --env libero_spatial [--seconds 10]
+    MS_ASSET_DIR=DIR python benchmarks/env_speed.py --env simpler_bridge [--seconds 10]
 """
 
 from __future__ import annotations
@@ -105,13 +110,83 @@ def libero(suite: str, seconds: float) -> dict:
     return res
 
 
+def simpler(seconds: float, size: int) -> dict:
+    """SimplerEnv: per-task creation, reset (grid episode / random placement) and step cost; process scaling."""
+    from rlsys.envs.pool import make_single_env
+    from rlsys.envs.simpler import TASKS
+
+    res: dict = {"image_size": size, "cameras": ["3rd_view"], "tasks": {}}
+    for task in TASKS:
+        cfg = EnvConfig(name="simpler_bridge", tasks=(task,), cameras=("3rd_view",), image_size=size,
+                        placement="random")
+        t0 = time.perf_counter()
+        env = make_single_env(cfg)
+        _, info = env.reset(seed=0, options={"init_state": 0})  # creates the simulator
+        row = {"create_and_first_reset_s": time.perf_counter() - t0}
+        res["asset_status"] = info["asset_status"]
+        t0 = time.perf_counter()
+        env.reset(seed=1, options={"init_state": 1})
+        row["reset_grid_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        env.reset(seed=2)
+        row["reset_random_s"] = time.perf_counter() - t0
+
+        rng = np.random.default_rng(0)
+
+        def step(env=env, rng=rng) -> None:
+            _, _, term, trunc, _ = env.step(rng.uniform(-0.3, 0.3, 7).astype(np.float32))
+            if term or trunc:
+                env.reset(seed=int(rng.integers(1 << 30)))
+
+        row["steps_per_s"] = rate(step, seconds)  # episode resets included, as in a rollout
+        env.close()
+        res["tasks"][task] = row
+        print(f"{task}: {row['steps_per_s']:.2f} steps/s, create {row['create_and_first_reset_s']:.1f} s, "
+              f"reset {row['reset_grid_s']:.2f} s", flush=True)
+    for n in (1, 2):
+        cfg = EnvConfig(name="simpler_bridge", tasks=("carrot_on_plate",), cameras=("3rd_view",),
+                        image_size=size, num_envs=n, subprocess=True, placement="random")
+        with EnvPool(cfg) as p:
+            p.reset()
+            rng = np.random.default_rng(0)
+            res[f"pool_{n}proc_steps_per_s"] = n * rate(
+                lambda p=p, rng=rng, n=n: p.step(rng.uniform(-0.3, 0.3, (n, 7)).astype(np.float32)), seconds)
+        print(f"{n} processes: {res[f'pool_{n}proc_steps_per_s']:.2f} steps/s", flush=True)
+    res["pool_scaling_2proc_over_1proc"] = res["pool_2proc_steps_per_s"] / res["pool_1proc_steps_per_s"]
+    return res
+
+
+def main_simpler(seconds: float, size: int) -> None:
+    res = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, **simpler(seconds, size)}
+    OUT.mkdir(exist_ok=True)
+    (OUT / "env_speed_simpler.json").write_text(json.dumps(res, indent=2))
+    print(json.dumps(res, indent=2))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [*res["tasks"], "carrot, 1 process (pool)", "carrot, 2 processes (pool)"]
+    values = [r["steps_per_s"] for r in res["tasks"].values()] + [res["pool_1proc_steps_per_s"],
+                                                                  res["pool_2proc_steps_per_s"]]
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.barh(labels, values)
+    ax.set_xlabel(f"control steps / s (5 Hz; 640x480 camera -> {size} px)")
+    ax.set_title(f"SimplerEnv Bridge env speed, CPU ({res['asset_status']} assets)")
+    fig.tight_layout()
+    fig.savefig(OUT / "env_speed_simpler.png", dpi=100)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--image-size", type=int, default=64)
-    ap.add_argument("--env", default="tabletop", help="tabletop (default) or a LIBERO suite")
+    ap.add_argument("--env", default="tabletop", help="tabletop (default), simpler_bridge or a LIBERO suite")
     args = ap.parse_args()
     s, sz = args.seconds, args.image_size
+    if args.env == "simpler_bridge":
+        return main_simpler(s, sz)
     if args.env != "tabletop":
         return main_libero(args.env, s)
     res = {
