@@ -65,13 +65,33 @@ def physics_only(seconds: float) -> float:
     return r
 
 
-def pool(n: int, size: int, seconds: float) -> float:
-    cfg = EnvConfig(cameras=("agentview", "wrist"), image_size=size, num_envs=n, subprocess=True)
+def pool_rate(cfg: EnvConfig, seconds: float, scale: float = 1.0) -> float:
+    """Env steps/s of a subprocess pool of ``cfg.num_envs`` simulators (random actions in [-scale, scale])."""
+    n = cfg.num_envs
     with EnvPool(cfg) as p:
         p.reset()
         rng = np.random.default_rng(0)
-        r = rate(lambda: p.step(rng.uniform(-1, 1, (n, 7)).astype(np.float32)), seconds)
+        r = rate(lambda: p.step(rng.uniform(-scale, scale, (n, 7)).astype(np.float32)), seconds)
     return r * n
+
+
+def pool(n: int, size: int, seconds: float) -> float:
+    return pool_rate(EnvConfig(cameras=("agentview", "wrist"), image_size=size, num_envs=n, subprocess=True), seconds)
+
+
+def save_bars(labels: list[str], values: list[float], xlabel: str, title: str, path: Path,
+              height: float = 3.5) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, height))
+    ax.barh(labels, values)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
 
 
 def libero(suite: str, seconds: float) -> dict:
@@ -101,11 +121,7 @@ def libero(suite: str, seconds: float) -> dict:
             print(f"{size}px {name}: {r:.2f} steps/s", flush=True)
     for n in (1, 2):
         cfg = EnvConfig(name=suite, tasks=("0",), image_size=128, num_envs=n, subprocess=True)
-        with EnvPool(cfg) as p:
-            p.reset()
-            rng = np.random.default_rng(0)
-            res[f"pool_128px_{n}proc_steps_per_s"] = n * rate(
-                lambda p=p, rng=rng, n=n: p.step(rng.uniform(-0.3, 0.3, (n, 7)).astype(np.float32)), seconds)
+        res[f"pool_128px_{n}proc_steps_per_s"] = pool_rate(cfg, seconds, scale=0.3)
     res["pool_scaling_2proc_over_1proc"] = res["pool_128px_2proc_steps_per_s"] / res["pool_128px_1proc_steps_per_s"]
     return res
 
@@ -146,11 +162,7 @@ def simpler(seconds: float, size: int) -> dict:
     for n in (1, 2):
         cfg = EnvConfig(name="simpler_bridge", tasks=("carrot_on_plate",), cameras=("3rd_view",),
                         image_size=size, num_envs=n, subprocess=True, placement="random")
-        with EnvPool(cfg) as p:
-            p.reset()
-            rng = np.random.default_rng(0)
-            res[f"pool_{n}proc_steps_per_s"] = n * rate(
-                lambda p=p, rng=rng, n=n: p.step(rng.uniform(-0.3, 0.3, (n, 7)).astype(np.float32)), seconds)
+        res[f"pool_{n}proc_steps_per_s"] = pool_rate(cfg, seconds, scale=0.3)
         print(f"{n} processes: {res[f'pool_{n}proc_steps_per_s']:.2f} steps/s", flush=True)
     res["pool_scaling_2proc_over_1proc"] = res["pool_2proc_steps_per_s"] / res["pool_1proc_steps_per_s"]
     return res
@@ -161,21 +173,11 @@ def main_simpler(seconds: float, size: int) -> None:
     OUT.mkdir(exist_ok=True)
     (OUT / "env_speed_simpler.json").write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     labels = [*res["tasks"], "carrot, 1 process (pool)", "carrot, 2 processes (pool)"]
     values = [r["steps_per_s"] for r in res["tasks"].values()] + [res["pool_1proc_steps_per_s"],
                                                                   res["pool_2proc_steps_per_s"]]
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    ax.barh(labels, values)
-    ax.set_xlabel(f"control steps / s (5 Hz; 640x480 camera -> {size} px)")
-    ax.set_title(f"SimplerEnv Bridge env speed, CPU ({res['asset_status']} assets)")
-    fig.tight_layout()
-    fig.savefig(OUT / "env_speed_simpler.png", dpi=100)
+    save_bars(labels, values, f"control steps / s (5 Hz; 640x480 camera -> {size} px)",
+              f"SimplerEnv Bridge env speed, CPU ({res['asset_status']} assets)", OUT / "env_speed_simpler.png")
 
 
 def main() -> None:
@@ -204,19 +206,10 @@ def main() -> None:
     OUT.mkdir(exist_ok=True)
     (OUT / "env_speed.json").write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     keys = [k for k in res if k.endswith("_per_s") and not k.startswith("physics")]
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    ax.barh([k.replace("_per_s", "").replace("control_steps_", "") for k in keys], [res[k] for k in keys])
-    ax.set_xlabel(f"control steps / s ({sz}px, {SUBSTEPS} physics steps each)")
-    ax.set_title(f"tabletop env speed (physics alone: {res['physics_steps_per_s']:.0f} mj_step/s)")
-    fig.tight_layout()
-    fig.savefig(OUT / "env_speed.png", dpi=100)
+    save_bars([k.replace("_per_s", "").replace("control_steps_", "") for k in keys], [res[k] for k in keys],
+              f"control steps / s ({sz}px, {SUBSTEPS} physics steps each)",
+              f"tabletop env speed (physics alone: {res['physics_steps_per_s']:.0f} mj_step/s)", OUT / "env_speed.png")
 
 
 def main_libero(suite: str, seconds: float) -> None:
@@ -225,19 +218,11 @@ def main_libero(suite: str, seconds: float) -> None:
     OUT.mkdir(exist_ok=True)
     (OUT / "env_speed_libero.json").write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     keys = [k for k in res if k.startswith(("steps_per_s", "pool_")) and k.endswith("_per_s")]
-    fig, ax = plt.subplots(figsize=(8, 3.8))
-    ax.barh([k.replace("_steps_per_s", "").replace("steps_per_s_", "") for k in keys], [res[k] for k in keys])
-    ax.set_xlabel("control steps / s (2 cameras; 20 Hz OSC)")
-    ax.set_title(f"{suite} env speed (reset {res['reset_s']:.2f} s, create {res['create_and_first_reset_s']:.1f} s)")
-    fig.tight_layout()
-    fig.savefig(OUT / "env_speed_libero.png", dpi=100)
+    save_bars([k.replace("_steps_per_s", "").replace("steps_per_s_", "") for k in keys], [res[k] for k in keys],
+              "control steps / s (2 cameras; 20 Hz OSC)",
+              f"{suite} env speed (reset {res['reset_s']:.2f} s, create {res['create_and_first_reset_s']:.1f} s)",
+              OUT / "env_speed_libero.png", height=3.8)
 
 
 if __name__ == "__main__":

@@ -59,10 +59,19 @@ class BridgeExpert:
         objs = state["objects"]
         src, dst = objs[state["source"]], objs[state["target"]]
         self.src_name = state["source"]
-        self.grasp = src[0].copy()
-        self.place = dst[0].copy()
-        self.place[2] = dst[0][2] + 0.045
-        self.above = 0.08
+        g, p = src[0].copy(), dst[0].copy()
+        p[2] += 0.045
+        self.plan = {  # phase: (goal, gripper, steps at least), in order
+            "turn": (np.array([g[0], g[1], g[2] + 0.08]), OPEN, 3),
+            "descend": (g, OPEN, 1),
+            "close": (g, CLOSE, 4),
+            "lift": (np.array([g[0], g[1], g[2] + 0.1]), CLOSE, 1),
+            "carry": (np.array([p[0], p[1], g[2] + 0.1]), CLOSE, 1),
+            "lower": (p, CLOSE, 1),
+            "release": (p, OPEN, 3),
+            "retreat": (p + np.array([0, 0, 0.08]), OPEN, 1_000),
+        }
+        self.next_phase = dict(zip(self.plan, list(self.plan)[1:]))
         # align the finger axis with the object's local y (its short side), turning the least
         closing = _finger_axis(state["fingers"])
         centre = TURN_CENTRE.get(self.src_name, 0.0)
@@ -75,18 +84,7 @@ class BridgeExpert:
 
     def act(self, state: dict[str, Any]) -> np.ndarray:
         self.count += 1
-        g, p = self.grasp, self.place
-        plan = {  # phase: (goal, gripper, steps at least)
-            "turn": (np.array([g[0], g[1], g[2] + self.above]), OPEN, 3),
-            "descend": (g, OPEN, 1),
-            "close": (g, CLOSE, 4),
-            "lift": (np.array([g[0], g[1], g[2] + 0.1]), CLOSE, 1),
-            "carry": (np.array([p[0], p[1], g[2] + 0.1]), CLOSE, 1),
-            "lower": (p, CLOSE, 1),
-            "release": (p, OPEN, 3),
-            "retreat": (p + np.array([0, 0, 0.08]), OPEN, 1_000),
-        }
-        goal, grip, steps = plan[self.phase]
+        goal, grip, steps = self.plan[self.phase]
         ee = np.asarray(state["ee_pos"], float)
         err = goal - ee
         stalled = self.count >= 2 and np.linalg.norm(ee - self.last_ee) < STALL_M
@@ -101,6 +99,5 @@ class BridgeExpert:
         a[6] = grip
         arrived = (np.linalg.norm(err) < ARRIVE_M or stalled) and abs(turn) < ARRIVE_RAD and self.count >= steps
         if (arrived or self.count >= PHASE_STEPS) and self.phase != "retreat":
-            order = list(plan)
-            self.phase, self.count = order[order.index(self.phase) + 1], 0
+            self.phase, self.count = self.next_phase[self.phase], 0
         return np.clip(a, -1.0, 1.0)
