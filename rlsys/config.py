@@ -141,6 +141,13 @@ class SamplerConfig:
     name: str = "flow_sde"  # ode | flow_sde | flow_noise | latent
     noise_level: float = 0.5  # Flow-SDE a
     exclude_last_step: bool = False  # Flow-SDE: never pick the last transition as stochastic
+    # Flow-SDE's stochastic transition: "uniform" (one index per sample, FLOW_PPO.md section 2) or
+    # "last" (always the final one). On a near-deterministic SFT policy the later Euler steps pull
+    # noise injected at an earlier step back toward the mean action. Measured on the 90-demo lift SFT
+    # (benchmarks/noise_survival.py, a=0.5, S=4): 0.2%, 0.5% and 1.6% of the variance injected at steps
+    # 0-2 reaches the executed chunk, all of it at step 3; so three of four "uniform" transitions credit
+    # PPO's advantage to noise that never reached the env.
+    stochastic_step: Literal["uniform", "last"] = "uniform"
     sigma_min: float = 0.08  # Flow-Noise std range
     sigma_max: float = 0.16
     logprob: Literal["chunk_level", "token_level"] = "chunk_level"
@@ -150,6 +157,11 @@ class SamplerConfig:
 
         SAMPLERS.check_name(self.name, "name")
         check(self.noise_level >= 0, "noise_level", ">= 0", self.noise_level)
+        if self.stochastic_step == "last":  # a choice among Flow-SDE's transitions, nothing else's
+            check(self.name == "flow_sde", "stochastic_step", f"uniform with sampler {self.name!r} (last: flow_sde only)",
+                  self.stochastic_step)
+            check(not self.exclude_last_step, "stochastic_step",
+                  "uniform where exclude_last_step is set (last picks only the step it excludes)", self.stochastic_step)
         check(0 < self.sigma_min <= self.sigma_max, "sigma_min", "0 < sigma_min <= sigma_max", self.sigma_min)
 
 

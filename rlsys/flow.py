@@ -104,18 +104,24 @@ class ODE(Sampler):
 
 @dataclass(frozen=True)
 class FlowSDE(Sampler):
-    """One stochastic transition per sample, index drawn uniformly (and stored)."""
+    """One stochastic transition per sample (its index stored): drawn uniformly (``step="uniform"``,
+    optionally never the last), or always the last (``step="last"``), the one transition whose noise
+    the later Euler steps cannot pull back toward the policy's mean action."""
 
     noise_level: float = 0.5
     exclude_last_step: bool = False
+    step: str = "uniform"
 
     @classmethod
     def from_config(cls, cfg) -> Sampler:
-        return cls(noise_level=cfg.noise_level, exclude_last_step=cfg.exclude_last_step)
+        return cls(noise_level=cfg.noise_level, exclude_last_step=cfg.exclude_last_step, step=cfg.stochastic_step)
 
     def step_mask(self, batch: int, num_steps: int, generator: torch.Generator | None) -> torch.Tensor:
-        high = num_steps - 1 if self.exclude_last_step and num_steps > 1 else num_steps
-        k = torch.randint(0, high, (batch,), generator=generator)
+        if self.step == "last":
+            k = torch.full((batch,), num_steps - 1, dtype=torch.long)
+        else:
+            high = num_steps - 1 if self.exclude_last_step and num_steps > 1 else num_steps
+            k = torch.randint(0, high, (batch,), generator=generator)
         return torch.nn.functional.one_hot(k, num_steps).bool()
 
     def stochastic(self, x, v, t, dt, num_steps, noise_h):

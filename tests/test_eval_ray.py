@@ -80,7 +80,7 @@ def test_every_block_gets_the_same_noise_locally_and_on_ray(monkeypatch):
     policy = FlowPolicy(PolicyConfig(image_size=32, num_cameras=1))
     sampler = FlowSDE(0.3)
     local = ev.evaluate(policy, env, EMBODIMENT, 5, ("lift", "stack"), num_envs=2, sampler=sampler, seed=7)
-    assert local["sampler"] == "FlowSDE(noise_level=0.3, exclude_last_step=False)"
+    assert local["sampler"] == "FlowSDE(noise_level=0.3, exclude_last_step=False, step=uniform)"
     local_calls = list(calls)
     calls.clear()
     state = {k: v.numpy() for k, v in policy.state_dict().items()}

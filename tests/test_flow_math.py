@@ -53,7 +53,7 @@ def recompute(pol, obs, chunk, exec_mask, sampler, mode="chunk_level"):
 
 # 1 -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("sampler,noise_head", [(FlowSDE(0.5), False), (FlowSDE(0.7, True), False),
-                                                (FlowNoise(), True)])
+                                                (FlowSDE(0.5, step="last"), False), (FlowNoise(), True)])
 def test_recompute_at_rollout_weights_gives_ratio_one(sampler, noise_head):
     pol = make_policy(noise_head=noise_head)
     obs = make_obs()
@@ -278,4 +278,25 @@ def test_flow_sde_draws_one_stochastic_step_per_sample():
     assert counts.min() > 200  # every index drawn, per sample (not per batch)
     m = FlowSDE(0.5, exclude_last_step=True).step_mask(1000, 4, torch.Generator().manual_seed(0))
     assert not m[:, -1].any()
+    m = FlowSDE(0.5, step="last").step_mask(1000, 4, torch.Generator().manual_seed(0))
+    assert m[:, -1].all() and m.sum() == 1000
+
+
+def test_flow_sde_last_step_noise_is_the_executed_actions_noise():
+    """step="last": the executed chunk is the final transition's draw, N(mean, std^2) around the
+    deterministic chain's last SDE mean, with the std of flow_sde_step at t = 1/S; every earlier
+    state is the ODE's from the same initial noise."""
+    pol = make_policy()
+    obs = make_obs()
+    sde = pol.sample(obs, FlowSDE(0.5, step="last"), torch.Generator().manual_seed(3))
+    ode = pol.sample(obs, ODE(), torch.Generator().manual_seed(3))
+    np.testing.assert_allclose(sde.chain[:, :-1], ode.chain[:, :-1], atol=1e-6)  # same x0, Euler until S-1
+    tr = pol.transitions(obs, sde.chain, sde.step_mask, FlowSDE(0.5, step="last"))
+    s = pol.cfg.denoise_steps
+    expect_std = 0.5 * math.sqrt((1 / s) / (1 - 1 / s)) * math.sqrt(1 / s)
+    on = tr.on.detach().numpy()
+    np.testing.assert_allclose(tr.std.detach().numpy()[on], expect_std, rtol=1e-5)
+    z = ((tr.x_next - tr.mean) / tr.std).detach().numpy()[on]  # the injected noise, standardised
+    assert abs(z.mean()) < 0.15 and abs(z.std() - 1) < 0.15
+    np.testing.assert_allclose(sde.chain[:, -1], tr.x_next.detach().numpy(), atol=1e-6)
     assert math.isclose(float(FlowNoise().log_var(torch.tensor(-1e9))), 2 * math.log(0.08), rel_tol=1e-6)

@@ -63,6 +63,7 @@ def test_dotted_overrides_are_typed():
     ("eval_num_envs=0", r"eval_num_envs: got 0; allowed: >= 1"),
     ("policy.critic=mean", r"policy.critic: got 'mean'; allowed: 'pooled' \| 'attention'"),
     ("algo.grpo_scale=std", r"algo.grpo_scale: got 'std'; allowed: 'group' \| 'batch'"),
+    ("sampler.stochastic_step=first", r"sampler.stochastic_step: got 'first'; allowed: 'uniform' \| 'last'"),
 ])
 def test_bad_config_names_the_field_and_what_is_allowed(override, match):
     with pytest.raises(ConfigError, match=match):
@@ -81,6 +82,18 @@ def test_overlap_needs_staleness_and_an_inference_worker_apart_from_the_learner(
     ok = load_config("tabletop_ppo", ["rollout.overlap=true", "rollout.max_staleness=1",
                                       "placement.mode=disaggregated"])
     assert ok.rollout.overlap
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["sampler.stochastic_step=last", "sampler.exclude_last_step=true"],
+     r"sampler.stochastic_step: got 'last'; allowed: uniform where exclude_last_step is set"),
+    (["sampler.stochastic_step=last", "sampler.name=flow_noise", "policy.noise_head=true"],
+     r"sampler.stochastic_step: got 'last'; allowed: uniform with sampler 'flow_noise'"),
+])
+def test_last_stochastic_step_is_a_flow_sde_choice_that_excludes_exclude_last_step(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config("tabletop_ppo", overrides)
+    assert load_config("tabletop_ppo", ["sampler.stochastic_step=last"]).sampler.stochastic_step == "last"
 
 
 def test_evaluation_init_states_offset_or_listed_split():
