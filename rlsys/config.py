@@ -158,8 +158,8 @@ class SamplerConfig:
         SAMPLERS.check_name(self.name, "name")
         check(self.noise_level >= 0, "noise_level", ">= 0", self.noise_level)
         if self.stochastic_step == "last":  # a choice among Flow-SDE's transitions, nothing else's
-            check(self.name == "flow_sde", "stochastic_step", f"uniform with sampler {self.name!r} (last: flow_sde only)",
-                  self.stochastic_step)
+            check(self.name == "flow_sde", "stochastic_step",
+                  f"uniform with sampler {self.name!r} (last: flow_sde only)", self.stochastic_step)
             check(not self.exclude_last_step, "stochastic_step",
                   "uniform where exclude_last_step is set (last picks only the step it excludes)", self.stochastic_step)
         check(0 < self.sigma_min <= self.sigma_max, "sigma_min", "0 < sigma_min <= sigma_max", self.sigma_min)
