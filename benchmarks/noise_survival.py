@@ -33,16 +33,6 @@ from rlsys.progress import Progress
 OUT = Path(__file__).parent / "results"
 
 
-@dataclasses.dataclass(frozen=True)
-class AtStep(FlowSDE):
-    """Flow-SDE with the stochastic transition at one fixed index (a measuring device only)."""
-
-    k: int = 0
-
-    def step_mask(self, batch: int, num_steps: int, generator: torch.Generator | None) -> torch.Tensor:
-        return torch.nn.functional.one_hot(torch.full((batch,), self.k), num_steps).bool()
-
-
 def injected_std(k: int, steps: int, noise_level: float) -> float:
     """The std Flow-SDE adds at transition k (it does not depend on x or v)."""
     t = time_grid(steps)[k : k + 1]
@@ -64,7 +54,7 @@ def measure(path: str, args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(args.seed)
     rows = rng.choice(np.flatnonzero(seg.valid.reshape(-1)), args.obs, replace=False)
     obs = seg.obs.index(np.repeat(rows, args.draws))  # each observation args.draws times
-    real = np.repeat(seg.obs.index(rows).action_dim, args.draws)
+    dims = int(obs.action_dim[0])  # one embodiment: the same real channels for every row
     steps = policy.cfg.denoise_steps
     gen = torch.Generator().manual_seed(args.seed)
 
@@ -72,13 +62,12 @@ def measure(path: str, args: argparse.Namespace) -> dict:
         chunk = policy.sample(obs, sampler, gen)
         x = chunk.chain[:, -1]  # the normalised executed chunk
         x = x.reshape(args.obs, args.draws, *x.shape[1:])
-        dims = int(real[0])  # one embodiment: the same real channels for every row
         return float(x[..., :dims].std(1).mean())
 
     base = spread(ODE())
     per_k = []
     for k in range(steps):
-        s = spread(AtStep(noise_level=args.noise_level, k=k))
+        s = spread(FlowSDE(noise_level=args.noise_level, step=k))
         inj = injected_std(k, steps, args.noise_level)
         # share of the injected variance left in the executed chunk
         reach = max(s**2 - base**2, 0.0) / inj**2

@@ -105,23 +105,24 @@ class ODE(Sampler):
 @dataclass(frozen=True)
 class FlowSDE(Sampler):
     """One stochastic transition per sample (its index stored): drawn uniformly (``step="uniform"``,
-    optionally never the last), or always the last (``step="last"``), the one transition whose noise
-    the later Euler steps cannot pull back toward the policy's mean action."""
+    optionally never the last), always the last (``step="last"``: the one transition whose noise the
+    later Euler steps cannot pull back toward the policy's mean action), or a fixed index (an int:
+    benchmarks/noise_survival.py measures each step's in turn)."""
 
     noise_level: float = 0.5
     exclude_last_step: bool = False
-    step: str = "uniform"
+    step: str | int = "uniform"
 
     @classmethod
     def from_config(cls, cfg) -> Sampler:
         return cls(noise_level=cfg.noise_level, exclude_last_step=cfg.exclude_last_step, step=cfg.stochastic_step)
 
     def step_mask(self, batch: int, num_steps: int, generator: torch.Generator | None) -> torch.Tensor:
-        if self.step == "last":
-            k = torch.full((batch,), num_steps - 1, dtype=torch.long)
-        else:
+        if self.step == "uniform":
             high = num_steps - 1 if self.exclude_last_step and num_steps > 1 else num_steps
             k = torch.randint(0, high, (batch,), generator=generator)
+        else:
+            k = torch.full((batch,), num_steps - 1 if self.step == "last" else int(self.step), dtype=torch.long)
         return torch.nn.functional.one_hot(k, num_steps).bool()
 
     def stochastic(self, x, v, t, dt, num_steps, noise_h):
