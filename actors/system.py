@@ -186,8 +186,16 @@ class PolicyActor:
         from rlsys.learner.learner import Learner
         from rlsys.policy.flow_policy import FlowPolicy
 
-        torch.set_num_threads(cfg.placement.learner_threads if role == "learner" else 1)
-        torch.manual_seed(seed)
+        # Every torch call of this actor runs on the one thread of self._exec. A second thread that
+        # runs OpenMP regions in the same process (this actor's constructor on the main thread, say)
+        # slowed every later learner step ~1.5x on 2 cores, down to ~1.4 busy cores
+        # (benchmarks/thread_teams.py), so nothing torch touches runs anywhere else.
+        # Inference runs on 1 thread (in collocated placement the env workers step on the other cores
+        # meanwhile); the learner's steps on placement.learner_threads.
+        self._learner_threads = cfg.placement.learner_threads if role == "learner" else 1
+        self._threads = 1
+        self._exec = ThreadPoolExecutor(1, thread_name_prefix=f"torch-{role}", initializer=torch.set_num_threads,
+                                        initargs=(1,))
         self.cfg, self.role = cfg, role
         device = "cpu"
         if cfg.placement.use_gpu:  # no silent fall-back to the CPU: that would be a slow run nobody asked for
@@ -199,22 +207,26 @@ class PolicyActor:
                     f"{torch.__version__}, CUDA build {torch.version.cuda}, CUDA_VISIBLE_DEVICES="
                     f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}); install a CUDA build of torch on the GPU nodes, "
                     f"or set placement.allow_cpu_fallback=true to run it on the CPU")
-        policy = FlowPolicy(cfg.policy).to(device)
-        self.learner = None
-        if role == "learner":
-            if init_state is not None:
-                load_numpy_state(policy, init_state)
-            self.learner = Learner(cfg, policy, seed, sil_base=sil_base)
-        self.engine = InferenceEngine(cfg, policy, seed=seed, device=device)
+
+        def build() -> None:
+            torch.manual_seed(seed)
+            policy = FlowPolicy(cfg.policy).to(device)
+            self.learner = None
+            if role == "learner":
+                if init_state is not None:
+                    load_numpy_state(policy, init_state)
+                self.learner = Learner(cfg, policy, seed, sil_base=sil_base)
+            self.engine = InferenceEngine(cfg, policy, seed=seed, device=device)
+
+        self._exec.submit(build).result()
         if role == "learner":
             self.engine.version = 0
         elif learner is not None:  # (re)started inference worker: pull the current weights
             version, (ref,) = ray.get(learner.publish.remote())
-            self.engine.set_weights(ray.get(ref), version)
+            self._exec.submit(self.engine.set_weights, ray.get(ref), version).result()
         self._queue: list[tuple[Observation, asyncio.Future]] = []
         self._full = asyncio.Event()
         self._flusher: asyncio.Task | None = None
-        self._exec = ThreadPoolExecutor(1)
         self._lock = asyncio.Lock()
         self.batch_sizes: list[int] = []
         self.latencies: list[float] = []
@@ -257,7 +269,7 @@ class PolicyActor:
             t0 = time.perf_counter()
             async with self._lock:
                 try:
-                    chunk = await asyncio.get_running_loop().run_in_executor(self._exec, self.engine.infer, obs)
+                    chunk = await self._torch(self.engine.infer, obs)
                 except Exception as e:  # hand the error to every waiting request
                     for _, fut in batch:
                         fut.set_exception(e)
@@ -271,12 +283,22 @@ class PolicyActor:
 
     async def values(self, obs: Observation) -> np.ndarray:
         async with self._lock:
-            return await asyncio.get_running_loop().run_in_executor(self._exec, self.engine.values, obs)
+            return await self._torch(self.engine.values, obs)
 
     async def set_weights(self, state: dict[str, np.ndarray], version: int) -> int:
         async with self._lock:
-            self.engine.set_weights(state, version)
+            await self._torch(self.engine.set_weights, state, version)
         return version
+
+    def _torch(self, fn: Any, *args: Any, threads: int = 1) -> asyncio.Future:
+        """Run ``fn`` on the actor's torch thread (see ``__init__``) with ``threads`` torch threads."""
+        def call() -> Any:
+            if threads != self._threads:
+                torch.set_num_threads(threads)
+                self._threads = threads
+            return fn(*args)
+
+        return asyncio.get_running_loop().run_in_executor(self._exec, call)
 
     async def infer_stats(self) -> dict[str, float]:
         b, lat, peak = self.batch_sizes, self.latencies, self.queue_peak
@@ -296,7 +318,8 @@ class PolicyActor:
 
         assert self.learner is not None
         if self._published is None or self._published[0] != self.learner.version:
-            self._published = (self.learner.version, [ray.put(state_to_numpy(self.learner.policy))])
+            version, state = await self._torch(lambda: (self.learner.version, state_to_numpy(self.learner.policy)))
+            self._published = (version, [ray.put(state)])
         return self._published
 
     async def publish_eval(self) -> tuple[int, list[Any]]:
@@ -306,20 +329,29 @@ class PolicyActor:
         if self.learner.ema is None:
             return await self.publish()
         if self._published_eval is None or self._published_eval[0] != self.learner.version:
-            self._published_eval = (self.learner.version, [ray.put(self.learner.eval_state())])
+            version, state = await self._torch(lambda: (self.learner.version, self.learner.eval_state()))
+            self._published_eval = (version, [ray.put(state)])
         return self._published_eval
 
     async def update(self, segments: list[Segment]) -> dict[str, float]:
         assert self.learner is not None
         async with self._lock:
-            metrics = await asyncio.get_running_loop().run_in_executor(self._exec, self.learner.update, segments)
+            metrics = await self._torch(self._update, segments, threads=self._learner_threads)
         self.engine.version = self.learner.version  # collocated: inference uses the new weights at once
         return metrics
 
+    def _update(self, segments: list[Segment]) -> dict[str, float]:
+        metrics = self.learner.update(segments)
+        metrics["torch_threads"] = float(torch.get_num_threads())  # placement.learner_threads, as set
+        return metrics
+
     async def training_state(self) -> dict[str, Any]:
+        assert self.learner is not None
+        return await self._torch(self._training_state)
+
+    def _training_state(self) -> dict[str, Any]:
         from rlsys.actors.inference import state_to_numpy
 
-        assert self.learner is not None
         tensors, scalars = self.learner.optimizer_state()
         return {"policy": state_to_numpy(self.learner.policy),
                 "optimizer": {k: v.numpy() for k, v in tensors.items()}, "optimizer_scalars": scalars,
@@ -330,9 +362,13 @@ class PolicyActor:
                 "ema_updates": 0 if self.learner.ema is None else self.learner.ema.updates}
 
     async def load_training_state(self, state: dict[str, Any]) -> None:
+        assert self.learner is not None
+        await self._torch(self._load_training_state, state)
+        self.engine.version = self.learner.version
+
+    def _load_training_state(self, state: dict[str, Any]) -> None:
         from rlsys.actors.inference import load_numpy_state
 
-        assert self.learner is not None
         load_numpy_state(self.learner.policy, state["policy"])
         self.learner.load_optimizer_state({k: torch.from_numpy(v) for k, v in state["optimizer"].items()},
                                           state["optimizer_scalars"])
@@ -348,7 +384,6 @@ class PolicyActor:
                 self.learner.ema.load_numpy_state(state["ema"], state.get("ema_updates", 0))
             else:
                 self.learner.ema.load_numpy_state(state["policy"], 0)
-        self.engine.version = self.learner.version
 
     async def pid(self) -> int:
         return os.getpid()

@@ -47,6 +47,8 @@ WEIGHT_VERSION = "learner/weight_version"
 # cap) and the fraction of samples at the cap
 BEHAVIOUR_WEIGHT = "learner/behaviour_weight_mean"
 BEHAVIOUR_CAPPED = "learner/behaviour_weight_capped"
+# torch CPU threads the update ran on (placement.learner_threads; the actor's inference runs on 1)
+LEARNER_TORCH_THREADS = "learner/torch_threads"
 LEARNER_GPU_MEMORY_GB = "learner/gpu_memory_gb"  # peak CUDA memory of the update (0 on the CPU)
 SIL_LOSS = "learner/sil_loss"  # flow-matching loss on the self-imitation memory (algo.sil_coef > 0)
 SIL_MEMORY_CHUNKS = "learner/sil_memory_chunks"  # chunks of successful episodes held for self-imitation
@@ -77,7 +79,7 @@ LEARNER_KEYS = {
     "sil_loss": SIL_LOSS, "sil_memory_chunks": SIL_MEMORY_CHUNKS, "sil_episodes": SIL_EPISODES,
     "sil_steps_run": SIL_STEPS_RUN, "sil_seconds": SIL_S, "update_seconds": LEARNER_S, "cfm_error": CFM_ERROR,
     "groups_informative": GROUPS_INFORMATIVE, "behaviour_weight_mean": BEHAVIOUR_WEIGHT,
-    "behaviour_weight_capped": BEHAVIOUR_CAPPED,
+    "behaviour_weight_capped": BEHAVIOUR_CAPPED, "torch_threads": LEARNER_TORCH_THREADS,
 }
 
 

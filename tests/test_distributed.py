@@ -80,6 +80,8 @@ def test_short_run_per_placement_preset(ray_local, init_ckpt, tmp_path, mode, ex
     assert rows[0]["learner/first_minibatch_ratio_dev"] <= 1e-4
     assert rows[0]["rollout/env_steps"] == 2 * 2 * 3 * 5  # workers x envs x chunks x horizon
     assert rows[0]["learner/stale_rejected"] == 0
+    # the update runs on learner_threads; in collocated placement the same thread infers on 1 in between
+    assert [r["learner/torch_threads"] for r in rows] == [cfg.placement.learner_threads] * 2 == [2, 2]
     assert "eval/success_rate" in rows[1]
     assert (run_dir / "checkpoint" / "model.safetensors").exists()
     assert (run_dir / "eval" / "iter_000002" / "eval.json").exists()
