@@ -193,7 +193,6 @@ class PolicyActor:
         # Inference runs on 1 thread (in collocated placement the env workers step on the other cores
         # meanwhile); the learner's steps on placement.learner_threads.
         self._learner_threads = cfg.placement.learner_threads if role == "learner" else 1
-        self._threads = 1
         self._exec = ThreadPoolExecutor(1, thread_name_prefix=f"torch-{role}", initializer=torch.set_num_threads,
                                         initargs=(1,))
         self.cfg, self.role = cfg, role
@@ -293,9 +292,8 @@ class PolicyActor:
     def _torch(self, fn: Any, *args: Any, threads: int = 1) -> asyncio.Future:
         """Run ``fn`` on the actor's torch thread (see ``__init__``) with ``threads`` torch threads."""
         def call() -> Any:
-            if threads != self._threads:
+            if torch.get_num_threads() != threads:  # only this thread sets it in this process
                 torch.set_num_threads(threads)
-                self._threads = threads
             return fn(*args)
 
         return asyncio.get_running_loop().run_in_executor(self._exec, call)
