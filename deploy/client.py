@@ -34,6 +34,13 @@ class PolicyClient:
                 return json.loads(r.read())
         except urllib.error.HTTPError as e:
             raise ServerError(e.code, json.loads(e.read() or b"{}").get("error", e.reason)) from None
+        except (ConnectionError, urllib.error.URLError) as e:
+            reason = getattr(e, "reason", e)
+            if body is not None and isinstance(reason, ConnectionError):
+                raise ConnectionError(f"{self.url}{path}: the server closed the connection while a body of "
+                                      f"{len(body)} bytes was being sent ({reason}); it answers 413 to bodies "
+                                      "over its max_body_bytes and drops the connection for far larger ones") from e
+            raise
 
     def spec(self) -> dict[str, Any]:
         return self._request("/spec")

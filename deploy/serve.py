@@ -12,7 +12,8 @@ Routes (JSON):
                 -> {"actions": [H][A] floats, "version": int}
     WS   /ws    the same request/response objects, one per message
 
-Requests from many clients are batched (``@serve.batch``). Bodies over ``max_body_bytes`` get 413;
+Requests from many clients are batched (``@serve.batch``). Bodies over ``max_body_bytes`` get 413 (read to the
+end and dropped first, up to 4x the limit, so a client still sending sees the answer, not a broken pipe);
 malformed requests get 400/422 with a message naming the field. Sampling is deterministic (ODE).
 """
 
@@ -33,6 +34,8 @@ from rlsys.flow import ODE
 from rlsys.prompt import ObservationBuilder
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
+# Bodies up to this many times the limit are read and dropped before the 413, so the client gets it.
+DRAIN_FACTOR = 4
 MAX_INSTRUCTION = 512
 
 app = FastAPI(title="rlsys policy server")
@@ -108,6 +111,10 @@ class PolicyServer:
         actions = await self.infer(parse_request(body, self.spec))
         return {"actions": actions, "version": self.version}
 
+    def _too_big(self, size: int) -> JSONResponse:
+        return JSONResponse({"error": f"body of {size} bytes exceeds the server's max_body_bytes {self.max_body}"},
+                            status_code=413)
+
     @app.get("/spec")
     async def get_spec(self) -> dict[str, Any]:
         return self.spec
@@ -115,14 +122,23 @@ class PolicyServer:
     @app.post("/act")
     async def act(self, request: Request) -> JSONResponse:
         length = request.headers.get("content-length")
-        if length is not None and int(length) > self.max_body:
-            return JSONResponse({"error": f"body of {length} bytes exceeds {self.max_body}"}, status_code=413)
+        declared = int(length) if length is not None and length.isdigit() else None
+        if declared is not None and declared > DRAIN_FACTOR * self.max_body:
+            # Too big even to read and drop: answer now; the client may see the connection close.
+            return self._too_big(declared)
         chunks, size = [], 0
         async for part in request.stream():
             size += len(part)
-            if size > self.max_body:
-                return JSONResponse({"error": f"body exceeds {self.max_body} bytes"}, status_code=413)
-            chunks.append(part)
+            if size > DRAIN_FACTOR * self.max_body:
+                return self._too_big(size)
+            if size <= self.max_body:
+                chunks.append(part)
+            else:
+                chunks.clear()
+        if size > self.max_body:
+            # Read to the end (and dropped) before answering: a client still sending its body would
+            # otherwise meet a closed socket (broken pipe) instead of this 413.
+            return self._too_big(size)
         try:
             body = json.loads(b"".join(chunks))
         except ValueError as e:

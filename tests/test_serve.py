@@ -78,6 +78,24 @@ def test_bad_requests_get_4xx_with_a_message(server, body, status, match):
         assert match in json.loads(e.value.read())["error"]
 
 
+def test_oversized_bodies_get_413_without_a_length_header_and_through_the_client(server):
+    """The server reads an oversized body to the end before answering, so the sender sees the 413."""
+    import http.client
+
+    from rlsys.deploy.client import PolicyClient, ServerError
+
+    conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=30)
+    conn.request("POST", "/act", body=iter([b"{" + b" " * (1 << 20)] * 5 + [b"}"]),
+                 headers={"Content-Type": "application/json"}, encode_chunked=True)
+    r = conn.getresponse()
+    assert r.status == 413 and "max_body_bytes" in json.loads(r.read())["error"]
+    conn.close()
+    big = np.zeros((1, 1400, 1400, 3), np.uint8)      # 5.9 MB raw, 7.8 MB as base64
+    with pytest.raises(ServerError) as e:
+        PolicyClient(server).act(big, np.zeros(8), "x")
+    assert e.value.status == 413 and "exceeds" in str(e.value)
+
+
 def test_concurrent_requests_are_batched_and_answered(server):
     from concurrent.futures import ThreadPoolExecutor
 
