@@ -246,11 +246,10 @@ def plot(res: dict, path: Path) -> None:
             bars.append((label, res[key]["full_env_steps_per_s"]))
     ax[0].barh([b[0] for b in bars], [b[1] for b in bars])
     ax[0].set(xlabel="env steps / s", title=f"rollout throughput ({res['config'].get('gpu') or 'CPU'})")
-    learner = res.get("learner_samples_per_s_over_settings", {"median": res["pipelining_off"]["learner_samples_per_s"]})
+    learner = res["learner_samples_per_s_over_settings"]
     ax[1].barh(["learner (PPO update, median)", "raw fwd+bwd"], [learner["median"], res["raw_fwd_bwd_samples_per_s"]])
-    if "min" in learner:  # the spread over the settings' updates
-        ax[1].errorbar([learner["median"]], [0], xerr=[[learner["median"] - learner["min"]],
-                                                       [learner["max"] - learner["median"]]], fmt="none", color="k")
+    ax[1].errorbar([learner["median"]], [0], xerr=[[learner["median"] - learner["min"]],  # the settings' spread
+                                                   [learner["max"] - learner["median"]]], fmt="none", color="k")
     ax[1].set(xlabel="samples / s", title="learner")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

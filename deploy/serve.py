@@ -133,8 +133,6 @@ class PolicyServer:
                 return self._too_big(size)
             if size <= self.max_body:
                 chunks.append(part)
-            else:
-                chunks.clear()
         if size > self.max_body:
             # Read to the end (and dropped) before answering: a client still sending its body would
             # otherwise meet a closed socket (broken pipe) instead of this 413.
