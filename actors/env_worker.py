@@ -32,7 +32,7 @@ class EnvWorkerCore:
             raise ValueError(f"env.num_envs={n} must be divisible by rollout.env_groups={groups}")
         per = n // groups
         base = worker_index * n
-        grpo_g = cfg.algo.group_size
+        grpo_g = cfg.grpo.group_size
         self.pools = []
         for g in range(groups):
             ids = np.arange(base + g * per, base + (g + 1) * per)

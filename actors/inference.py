@@ -12,14 +12,7 @@ from rlsys.config import TrainConfig
 from rlsys.flow import build_sampler
 from rlsys.policy.flow_policy import FlowPolicy
 from rlsys.types import ActionChunk, Observation
-
-
-def state_to_numpy(policy: torch.nn.Module) -> dict[str, np.ndarray]:
-    return {k: v.detach().cpu().numpy().copy() for k, v in policy.state_dict().items()}
-
-
-def load_numpy_state(policy: torch.nn.Module, state: dict[str, np.ndarray]) -> None:
-    policy.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})  # copy: store is read-only
+from rlsys.weights import load_numpy_state
 
 
 class InferenceEngine:

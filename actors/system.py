@@ -181,10 +181,11 @@ class PolicyActor:
     """Inference (batched across env workers) and/or learning on one copy of the weights."""
 
     def __init__(self, cfg: TrainConfig, role: str, init_state: dict[str, np.ndarray] | None = None,
-                 learner: Any = None, seed: int = 0, sil_base: Any = None) -> None:
-        from rlsys.actors.inference import InferenceEngine, load_numpy_state
+                 learner: Any = None, seed: int = 0, demo_frames: Any = None) -> None:
+        from rlsys.actors.inference import InferenceEngine
         from rlsys.learner.learner import Learner
         from rlsys.policy.flow_policy import FlowPolicy
+        from rlsys.weights import load_numpy_state
 
         # Every torch call of this actor runs on the one thread of self._exec. A second thread that
         # runs OpenMP regions in the same process (this actor's constructor on the main thread, say)
@@ -214,7 +215,7 @@ class PolicyActor:
             if role == "learner":
                 if init_state is not None:
                     load_numpy_state(policy, init_state)
-                self.learner = Learner(cfg, policy, seed, sil_base=sil_base)
+                self.learner = Learner(cfg, policy, seed, demo_frames=demo_frames)
             self.engine = InferenceEngine(cfg, policy, seed=seed, device=device)
 
         self._exec.submit(build).result()
@@ -231,7 +232,6 @@ class PolicyActor:
         self.latencies: list[float] = []
         self.queue_peak = 0
         self._published: tuple[int, list[Any]] | None = None
-        self._published_eval: tuple[int, list[Any]] | None = None
         self._zmq: ZmqServer | None = None
 
     # ---------------------------------------------------------------- inference
@@ -312,24 +312,13 @@ class PolicyActor:
         """(version, [ObjectRef of the state]) -- ray.put once per version. The version moves only when
         an update has finished its steps, so a call during an update (an inference worker restarted
         while rollout.overlap collects) gets the weights the other workers hold, never a torn copy."""
-        from rlsys.actors.inference import state_to_numpy
+        from rlsys.weights import state_to_numpy
 
         assert self.learner is not None
         if self._published is None or self._published[0] != self.learner.version:
             version, state = await self._torch(lambda: (self.learner.version, state_to_numpy(self.learner.policy)))
             self._published = (version, [ray.put(state)])
         return self._published
-
-    async def publish_eval(self) -> tuple[int, list[Any]]:
-        """Like ``publish``, for the weights evaluations use: the average of ``algo.ema_decay``
-        where it is set, else the same ObjectRef as ``publish``."""
-        assert self.learner is not None
-        if self.learner.ema is None:
-            return await self.publish()
-        if self._published_eval is None or self._published_eval[0] != self.learner.version:
-            version, state = await self._torch(lambda: (self.learner.version, self.learner.eval_state()))
-            self._published_eval = (version, [ray.put(state)])
-        return self._published_eval
 
     async def update(self, segments: list[Segment]) -> dict[str, float]:
         assert self.learner is not None
@@ -348,16 +337,13 @@ class PolicyActor:
         return await self._torch(self._training_state)
 
     def _training_state(self) -> dict[str, Any]:
-        from rlsys.actors.inference import state_to_numpy
+        from rlsys.weights import state_to_numpy
 
         tensors, scalars = self.learner.optimizer_state()
         return {"policy": state_to_numpy(self.learner.policy),
                 "optimizer": {k: v.numpy() for k, v in tensors.items()}, "optimizer_scalars": scalars,
                 "version": self.learner.version, "iteration": self.learner.iteration,
-                "rng": self.learner.rng.bit_generator.state,
-                "reference": None if self.learner.reference is None else state_to_numpy(self.learner.reference),
-                "ema": None if self.learner.ema is None else self.learner.eval_state(),
-                "ema_updates": 0 if self.learner.ema is None else self.learner.ema.updates}
+                "rng": self.learner.rng.bit_generator.state}
 
     async def load_training_state(self, state: dict[str, Any]) -> None:
         assert self.learner is not None
@@ -365,23 +351,13 @@ class PolicyActor:
         self.engine.version = self.learner.version
 
     def _load_training_state(self, state: dict[str, Any]) -> None:
-        from rlsys.actors.inference import load_numpy_state
+        from rlsys.weights import load_numpy_state
 
         load_numpy_state(self.learner.policy, state["policy"])
         self.learner.load_optimizer_state({k: torch.from_numpy(v) for k, v in state["optimizer"].items()},
                                           state["optimizer_scalars"])
         self.learner.version, self.learner.iteration = state["version"], state["iteration"]
         self.learner.rng.bit_generator.state = state["rng"]
-        if self.learner.reference is not None:
-            if state.get("reference") is None:
-                raise ValueError("algo.ref_kl_coef > 0 but the checkpoint has no reference weights "
-                                 "(reference.safetensors) to anchor the resumed run to")
-            load_numpy_state(self.learner.reference, state["reference"])
-        if self.learner.ema is not None:  # a checkpoint written without the average starts it afresh
-            if state.get("ema") is not None:
-                self.learner.ema.load_numpy_state(state["ema"], state.get("ema_updates", 0))
-            else:
-                self.learner.ema.load_numpy_state(state["policy"], 0)
 
     async def pid(self) -> int:
         return os.getpid()
@@ -391,8 +367,8 @@ class RaySystem:
     """Starts and drives the actors for one run (placement from ``cfg.placement.mode``)."""
 
     def __init__(self, cfg: TrainConfig, init_state: dict[str, np.ndarray], episodic: bool,
-                 sil_base: Any = None) -> None:
-        """``sil_base``: the demo frames that join the self-imitation memory (``algo.sil_demos``)."""
+                 demo_frames: Any = None) -> None:
+        """``demo_frames``: the SFT demo frames that join an imitating algorithm's memory (``imitation.demos``)."""
         start_ray(cfg)
         self.cfg, self.episodic = cfg, episodic
         r = cfg.rollout
@@ -400,7 +376,7 @@ class RaySystem:
         # init_state. A learner crash ends the run; `rlsys train --resume` continues from the last
         # (atomic) checkpoint.
         self.learner = PolicyActor.options(**actor_options(cfg, "learner")).remote(
-            cfg, "learner", init_state, seed=cfg.seed, sil_base=sil_base)
+            cfg, "learner", init_state, seed=cfg.seed, demo_frames=demo_frames)
         if cfg.placement.mode == "collocated":
             self.infer = [self.learner]
         else:

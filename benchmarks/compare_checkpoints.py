@@ -4,9 +4,6 @@ Writes benchmarks/results/<name>.json and .png.
 
     python benchmarks/compare_checkpoints.py --ckpt sft=DIR --ckpt ppo=DIR --tasks lift --episodes 300 \\
         --samplers ode,rollout --workers 2 --name compare_lift
-
-``NAME=DIR@online`` evaluates a run's trained weights where its checkpoint holds the average of
-``algo.ema_decay`` (``online.safetensors``), so the two compare on the same episodes.
 """
 
 from __future__ import annotations
@@ -18,22 +15,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from rlsys.checkpoint import WEIGHTS
 from rlsys.config import load_config
 from rlsys.evaluation import run_eval_command
 
 OUT = Path(__file__).parent / "results"
 
 
-def weights_of(spec: str) -> tuple[str, str]:
-    """``DIR@online`` -> (DIR, "online"); without a known suffix the whole spec is the folder."""
-    path, sep, weights = spec.rpartition("@")
-    return (path, weights) if sep and weights in WEIGHTS else (spec, "model")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--ckpt", action="append", required=True, metavar="NAME=DIR[@online]")
+    ap.add_argument("--ckpt", action="append", required=True, metavar="NAME=DIR")
     ap.add_argument("--tasks", nargs="*")
     ap.add_argument("--episodes", type=int, default=300)
     ap.add_argument("--samplers", default="ode,rollout", help="comma list of: ode, rollout")
@@ -44,19 +34,19 @@ def main() -> None:
     args = ap.parse_args()
     bad = [c for c in args.ckpt if "=" not in c]
     if bad:
-        ap.error(f"--ckpt {bad[0]!r}: expected NAME=DIR or NAME=DIR@online")
-    ckpts = {name: weights_of(spec) for name, spec in (c.split("=", 1) for c in args.ckpt)}  # name -> (dir, weights)
+        ap.error(f"--ckpt {bad[0]!r}: expected NAME=DIR")
+    ckpts = dict(c.split("=", 1) for c in args.ckpt)  # name -> dir
     samplers = args.samplers.split(",")
     cfg = load_config(args.preset, args.overrides)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for sampler in samplers:  # one sampler at a time: every checkpoint on the same episodes
-            for name, (path, weights) in ckpts.items():
+            for name, path in ckpts.items():
                 t0 = time.time()
                 r = run_eval_command(cfg, path, str(Path(tmp) / f"{name}_{sampler}"), args.episodes, args.tasks,
-                                     workers=args.workers, sampler=sampler, weights=weights)
+                                     workers=args.workers, sampler=sampler)
                 p, n = r["mean_success"], sum(t["episodes"] for t in r["tasks"].values())
-                rows.append({"checkpoint": name, "path": path, "weights": weights, "sampler": r["sampler"],
+                rows.append({"checkpoint": name, "path": path, "sampler": r["sampler"],
                              "success": p, "episodes": n, "stderr": math.sqrt(p * (1 - p) / n),
                              "tasks": {k: v["success"] for k, v in r["tasks"].items()}, "seconds": time.time() - t0})
                 print(json.dumps(rows[-1]), flush=True)

@@ -21,20 +21,20 @@ OUT = Path(__file__).parent / "results"
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--algo", choices=("ppo", "grpo", "fpo", "rft"),
+    ap.add_argument("--algo", choices=("ppo", "grpo", "rft", "ppo_rft"),
                     help="default: the preset's algorithm (ppo without a preset)")
     ap.add_argument("--minutes", type=float, default=30.0)
     ap.add_argument("--init-checkpoint", default="")
     ap.add_argument("--run-dir", default="runs/bench")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
-    ap.add_argument("--preset", help="default: tabletop_<algo>; results then go to learning_<preset>.*")
+    ap.add_argument("--preset", help="default: tabletop_ppo with --algo; results then go to learning_<preset>.*")
     ap.add_argument("--from-run", help="no training: rebuild the result from an existing run directory "
                                        "(e.g. one that died after its last evaluation)")
     args = ap.parse_args()
     if not args.preset:
         args.algo = args.algo or "ppo"
     name = f"learning_{args.preset}" if args.preset else f"learning_{args.algo}"
-    cfg = load_config(args.preset or f"tabletop_{args.algo}", [
+    cfg = load_config(args.preset or "tabletop_ppo", [
         *([f"algo.name={args.algo}"] if args.algo else []), f"max_minutes={args.minutes}", "iterations=100000",
         f"run_dir={args.run_dir}", f"init_checkpoint={args.init_checkpoint}", *args.overrides])
     args.algo = cfg.algo.name
@@ -54,7 +54,7 @@ def main() -> None:
         evals.append({"iteration": it, "env_steps": steps_at.get(it, steps), "wall_s": e["wall_s"],
                       "success": e["mean_success"], "tasks": {k: v["success"] for k, v in e["tasks"].items()}})
     last = json.loads((sorted((run_dir / "eval").glob("iter_*"))[-1] / "eval.json").read_text()) if evals else {}
-    res = {"algo": args.algo, "preset": args.preset or f"tabletop_{args.algo}", "env": cfg.env.name,
+    res = {"algo": args.algo, "preset": args.preset or "tabletop_ppo", "env": cfg.env.name,
            "asset_status": last.get("asset_status", (init or {}).get("asset_status", "n/a")),
            "budget_minutes": args.minutes, "run_dir": str(run_dir), "total_s": time.time() - t0,
            "sft_eval": init and {"success": init["mean_success"],

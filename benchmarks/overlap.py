@@ -8,8 +8,6 @@ iteration a full PPO update (algo.critic_warmup_iters=0):
 - ``disaggregated``: one inference worker apart from the learner; collect, then update
 - ``overlap``: disaggregated, and the next segments are collected while the learner updates
   (rollout.overlap=true, rollout.max_staleness=1: they come from the weights one update behind)
-- ``overlap_coupled``: the same with algo.decoupled=false: the ratio to the rollout policy, which
-  the update before has moved away from (target_kl may then stop PPO before its first step)
 - ``overlap_1thread``: overlap with placement.learner_threads=1, where the update shares the cores
   with the simulators and the inference worker
 
@@ -18,7 +16,7 @@ env steps per second of wall time, how long the learner and the collection each 
 epochs the updates ran (target_kl ends them early; compare the work done, not the time alone).
 
     python benchmarks/overlap.py --init-checkpoint DIR [--preset tabletop_fewshot_ppo_rft] [--iterations 7]
-        [--cases collocated,disaggregated,overlap,overlap_coupled,overlap_1thread] [--set key=value ...]
+        [--cases collocated,disaggregated,overlap,overlap_1thread] [--set key=value ...]
 
 DIR: an SFT checkpoint of the preset's task (benchmarks/few_shot.py writes one), so the rollouts
 succeed as often as in a real run and the imitation steps have successes to fit.
@@ -45,8 +43,6 @@ CASES = {
     "collocated": ["placement.mode=collocated"],
     "disaggregated": ["placement.mode=disaggregated"],
     "overlap": ["placement.mode=disaggregated", "rollout.overlap=true", "rollout.max_staleness=1"],
-    "overlap_coupled": ["placement.mode=disaggregated", "rollout.overlap=true", "rollout.max_staleness=1",
-                        "algo.decoupled=false"],
     "overlap_1thread": ["placement.mode=disaggregated", "rollout.overlap=true", "rollout.max_staleness=1",
                         "placement.learner_threads=1"],
 }
@@ -67,7 +63,6 @@ def run_case(preset: str, overrides: list[str], work: Path) -> dict:
             "learner_s": med(M.LEARNER_S), "update_wait_s": med(M.UPDATE_S), "overlap_s": med(M.OVERLAP_S),
             "env_steps_per_wall_s": sum(r[M.ENV_STEPS] for r in steady) / wall,
             "epochs_run": med(M.EPOCHS_RUN), "sil_s": med(M.SIL_S),
-            "behaviour_weight_mean": med(M.BEHAVIOUR_WEIGHT),
             "staleness_max": max(r[M.STALENESS_MAX] for r in rows),
             "stale_rejected": sum(r[M.STALE_REJECTED] for r in rows),
             "rollout_success": [r[M.SUCCESS_RATE] for r in rows]}

@@ -33,10 +33,10 @@ import numpy as np
 import ray
 import torch
 
-from rlsys.actors.inference import state_to_numpy
 from rlsys.actors.system import RaySystem, actor_options, ensure_ray
 from rlsys.config import load_config
 from rlsys.policy.flow_policy import FlowPolicy
+from rlsys.weights import state_to_numpy
 
 OUT = Path(__file__).parent / "results"
 WARMUP_UPDATES, TIMED_UPDATES = 3, 3
@@ -55,9 +55,8 @@ def system_numbers(cfg, state, repeats: int) -> dict:
         raw = ray.get([w.null_rollout.remote(cfg.rollout.chunks_per_segment) for w in system.env_workers])
         raw_rate = sum(s for s, _ in raw) / max(t for _, t in raw)
         broadcast = [system.sync_weights()[1] for _ in range(3)]
-        # The same segments each time: rollout.max_staleness keeps them, and algo.decoupled=false times
-        # the update a fresh batch gets (no recompute of the stale samples under the update's start
-        # weights). On the CPU the first updates run slower (4.2, 2.5, 1.4 s, then ~1.0-1.2 s for 256
+        # The same segments each time: rollout.max_staleness keeps them. On the CPU the first updates run
+        # slower (4.2, 2.5, 1.4 s, then ~1.0-1.2 s for 256
         # samples on 2 cores): WARMUP_UPDATES of them are left out, the median of TIMED_UPDATES is kept.
         rates, seconds = [], []
         for i in range(WARMUP_UPDATES + TIMED_UPDATES):
@@ -171,7 +170,7 @@ def main() -> None:
     # no critic warm-up: the timed update is a real PPO update of the policy, not the critic's alone
     base = [f"rollout.chunks_per_segment={args.chunks}", "algo.epochs=1",
             f"rollout.max_staleness={WARMUP_UPDATES + TIMED_UPDATES}",
-            "algo.decoupled=false", "algo.critic_warmup_iters=0", *gpu, *args.overrides]
+            "algo.critic_warmup_iters=0", *gpu, *args.overrides]
     cfg = load_config("tabletop_ppo", ["placement.mode=disaggregated", "rollout.env_groups=1", *base])
     ensure_ray(cfg, num_cpus=8)
     torch.manual_seed(0)

@@ -1,6 +1,6 @@
 """Learner update time, side by side in one run (JSON + PNG in benchmarks/results/update_time.*).
 
-Where the whole network trains (algo.update_backbone), the critic's steps alone (the critic warm-up,
+Where the whole network trains (optim.train_backbone), the critic's steps alone (the critic warm-up,
 and the rest of an update once target_kl has ended the policy's steps) cannot move the backbone: the
 critic's input is detached. They read one no-grad encoding of the batch instead of making one
 backbone pass each. This times both paths on the same real rollout segments, with the same seeds:
@@ -26,11 +26,12 @@ import numpy as np
 import torch
 
 from rlsys.actors.env_worker import EnvWorkerCore
-from rlsys.actors.inference import InferenceEngine, load_numpy_state, state_to_numpy
+from rlsys.actors.inference import InferenceEngine
 from rlsys.config import load_config
 from rlsys.learner.learner import Learner
 from rlsys.policy.flow_policy import FlowPolicy
 from rlsys.progress import Progress
+from rlsys.weights import load_numpy_state, state_to_numpy
 
 OUT = Path(__file__).parent / "results"
 
@@ -55,7 +56,7 @@ def timed_update(cfg, state, segs, cached: bool, **algo) -> tuple[float, dict]:
     policy = FlowPolicy(c.policy)
     load_numpy_state(policy, state)
     learner = Learner(c, policy, seed=c.seed)
-    learner._critic_cache = cached
+    learner.cache_critic_input = cached
     t0 = time.perf_counter()
     m = learner.update(segs)
     return time.perf_counter() - t0, m
@@ -67,8 +68,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()
-    # sil_steps off: the imitation steps cost the same on either path
-    cfg = load_config(args.preset, ["algo.sil_steps=0", "algo.update_backbone=true", *args.overrides])
+    # plain PPO: the imitation steps cost the same on either path
+    cfg = load_config(args.preset, ["algo.name=ppo", "optim.train_backbone=true", *args.overrides])
     torch.manual_seed(cfg.seed)
     state = state_to_numpy(FlowPolicy(cfg.policy))
     print(f"update_time: collecting {cfg.rollout.num_env_workers} segments of {cfg.env.num_envs} envs x "

@@ -1,14 +1,15 @@
-"""``Learner``: segments -> advantages -> PPO / GRPO / FPO epochs on recomputed flow log-probs (or
-flow-matching errors), or RFT's flow-matching steps.
+"""``Learner``: the generic update driver. The algorithm (``rlsys.learner.algorithms``, chosen by
+``algo.name``) gives the advantages and the loss; the driver owns the mechanics every algorithm
+shares: the staleness filter, epochs x minibatches, the approx-KL stop, grad clipping, the critic
+warm-up and the prefix cache of a frozen backbone.
 
-Plain class (tests construct it in-process); the Ray layer wraps it in ``PolicyActor``.
+Plain class (tests construct it in-process); the Ray layer wraps it in ``LearnerActor``.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import time
+from collections import defaultdict
 from typing import Any
 
 import numpy as np
@@ -16,64 +17,142 @@ import torch
 
 from rlsys.config import TrainConfig
 from rlsys.flow import build_sampler, reduce_log_prob
-from rlsys.learner.ema import WeightEMA
-from rlsys.learner.losses import (
-    batch_scale,
-    chunk_gae,
-    grpo_advantages,
-    masked_mean,
-    normalize,
-    ppo_policy_loss,
-    value_loss,
-)
-from rlsys.learner.self_imitation import SuccessMemory
-from rlsys.policy.flow_policy import FlowPolicy, Recompute, sample_timesteps
+from rlsys.learner.algorithms import Algorithm, Loss, Minibatch
+from rlsys.learner.imitation import Imitation
+from rlsys.policy.backbone import Prefix
+from rlsys.policy.flow_policy import FlowPolicy
 from rlsys.registry import ALGORITHMS
-from rlsys.sft import random_shift
 from rlsys.types import ActionChunk, Batch, Observation, Segment
 
 
 class Learner:
     def __init__(self, cfg: TrainConfig, policy: FlowPolicy, seed: int = 0,
-                 sil_base: tuple[Observation, np.ndarray, np.ndarray] | None = None) -> None:
+                 demo_frames: tuple[Observation, np.ndarray, np.ndarray] | None = None) -> None:
+        """``demo_frames``: (obs, actions, valid) of the SFT demos for an imitating algorithm's memory."""
         self.cfg, self.policy = cfg, policy
         self.sampler = build_sampler(cfg.sampler)
-        self.algo = ALGORITHMS.get(cfg.algo.name)
-        a = cfg.algo
-        # the backbone trains in every step (update_backbone), in the self-imitation-only steps
-        # (sil_backbone: frozen in PPO's steps) or never
-        self.backbone_trains = a.update_backbone or a.sil_backbone
-        if not a.update_backbone:  # frozen: no gradients, no backward through the CNN/transformer
-            policy.backbone.requires_grad_(False)
-        critic = [p for n, p in policy.named_parameters() if n.startswith("value_head.")]
-        actor = [p for n, p in policy.named_parameters()
-                 if not n.startswith(("value_head.", "backbone.")) and p.requires_grad]
-        groups = [{"params": actor, "lr": a.actor_lr}, {"params": critic, "lr": a.critic_lr}]
-        backbone = list(policy.backbone.parameters()) if self.backbone_trains else []
-        if backbone:  # group 2: its own lr where backbone_lr is set
-            groups.append({"params": backbone, "lr": a.backbone_lr or a.actor_lr})
-        self.actor_params = actor + backbone  # the policy's gradients are clipped together
-        self.optimizer = torch.optim.AdamW(groups, betas=(a.betas[0], a.betas[1]), weight_decay=a.weight_decay)
-        # frozen copy of the starting weights for the KL anchor (ref_kl_coef > 0)
-        self.reference = copy.deepcopy(policy).requires_grad_(False).eval() if a.ref_kl_coef > 0 else None
-        # the averaged weights of algo.ema_decay (evaluations, checkpoints); rollouts use self.policy
-        self.ema = WeightEMA(policy, a.ema_decay) if a.ema_decay > 0 else None
-        self.version = 0  # weights version; bumped by every update
+        algo_cls: type[Algorithm] = ALGORITHMS.get(cfg.algo.name)
+        backbone_trains = cfg.optim.train_backbone or (algo_cls.imitates and cfg.imitation.train_backbone)
+        self.optimizer, policy_groups = build_optimizer(cfg, policy, backbone_trains)
+        self.actor_params = [p for g in policy_groups for p in g["params"]]
+        self.critic_params = list(self.optimizer.param_groups[1]["params"])
+        imitation = (Imitation(cfg, policy, self.optimizer, policy_groups, demo_frames, seed)
+                     if algo_cls.imitates else None)
+        self.algo = algo_cls(cfg, policy, self.sampler, imitation)
+        self.version = 0  # weights version; bumped by every update that stepped the optimiser
         self.iteration = 0
         self.rng = np.random.default_rng(seed)
         self.stale_rejected = 0
-        # self-imitation (sil_coef > 0): the policy's own successful episodes, imitated by flow matching
-        # (sil_base: the demo frames of algo.sil_demos, a fixed part of the memory)
-        self.memory = SuccessMemory(a.sil_capacity, base=sil_base) if a.sil_coef > 0 else None
-        self.sil_generator = torch.Generator().manual_seed(seed)
-        self.cfm_generator = torch.Generator().manual_seed(seed + 1)  # fpo's (t, eps) draws
-        # a whole-network update's critic-only steps read one no-grad encoding of the batch where they
-        # cannot move the backbone (its input is detached; a frozen backbone is encoded once anyway);
-        # False: a backbone pass per step (the same numbers, tests compare the two)
-        self._critic_cache = policy.cfg.detach_critic_input
+        # critic-only steps read one no-grad encoding of the batch where nothing else moves the backbone
+        # (the critic's input is detached); False: a backbone pass per step (the same numbers; tests)
+        self.cache_critic_input = policy.cfg.detach_critic_input
 
-    # ------------------------------------------------------------------ batch assembly
+    # ------------------------------------------------------------------ the update
+    def update(self, segments: list[Segment]) -> dict[str, float]:
+        t0 = time.perf_counter()
+        dev = self.policy.device
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        self.algo.observe(segments, self.iteration)  # imitation memories see every episode
+        batch, metrics = self.make_batch(segments)  # staleness filter + the algorithm's advantages
+        if batch is not None:
+            metrics.update(self.train_epochs(batch))  # epochs x minibatches of the algorithm's loss
+        metrics.update(self.algo.after_epochs())  # the algorithm's own steps (imitation)
+        if metrics.get("optimizer_steps", 0) + metrics.get("sil_steps_run", 0) > 0:
+            self.version += 1
+            self.iteration += 1
+        else:
+            metrics["skipped"] = 1.0
+        if batch is None:
+            metrics["samples"] = metrics.get("sil_steps_run", 0) * self.cfg.imitation.batch
+        if dev.type == "cuda":
+            metrics["gpu_memory_gb"] = torch.cuda.max_memory_allocated(dev) / 2**30
+        metrics["update_seconds"] = time.perf_counter() - t0
+        trained = metrics.pop("samples_trained", metrics["samples"])
+        metrics["samples_per_s"] = trained / metrics["update_seconds"]
+        metrics.pop("optimizer_steps", None)
+        return metrics
+
+    def make_batch(self, segments: list[Segment]) -> tuple[Batch | None, dict[str, float]]:
+        """Chunk-steps older than ``rollout.max_staleness`` versions are dropped; the algorithm gives the
+        rest their advantages. None for an algorithm without policy-gradient epochs (or no segments)."""
+        valid, staleness_max, rejected = [], 0, 0
+        for seg in segments:
+            staleness = self.version - seg.versions
+            ok = seg.valid.copy()
+            staleness_max = max(staleness_max, int(staleness[ok].max(initial=0)))
+            stale = staleness > self.cfg.rollout.max_staleness
+            rejected += int((stale & ok).sum())
+            valid.append(ok & ~stale)
+        self.stale_rejected += rejected
+        stats = {"staleness_max": float(staleness_max), "stale_rejected": float(rejected)}
+        if not self.algo.policy_gradient or not segments:
+            return None, stats
+        advantages, algo_stats = self.algo.advantages(segments, valid)
+        parts = []
+        for seg, adv in zip(segments, advantages):
+            t, n = seg.shape
+            parts.append(Batch(obs=seg.obs, chunk=seg.chunk, exec_mask=seg.exec_mask.reshape(t * n, -1),
+                               old_logp=self._old_logp(seg), old_value=seg.chunk.value,
+                               advantages=adv.advantages.reshape(-1).astype(np.float32),
+                               returns=adv.returns.reshape(-1).astype(np.float32),
+                               loss_mask=adv.valid.reshape(-1), versions=seg.versions.reshape(-1)))
+        return concat_batches(parts), {**stats, **algo_stats}
+
+    def train_epochs(self, batch: Batch) -> dict[str, float]:
+        """``algo.epochs`` x ``algo.minibatches`` steps on the batch's valid samples. The policy's steps
+        end at the first minibatch over 1.5 x ``target_kl``, and wait ``critic_warmup_iters``
+        iterations, while the critic keeps stepping (critic-only steps on a cached prefix)."""
+        a = self.cfg.algo
+        idx = np.flatnonzero(batch.loss_mask)
+        metrics: dict[str, float] = {"samples": float(len(idx))}
+        if len(idx) == 0:
+            return metrics
+        critic = self.algo.uses_critic
+        actor_on = self.iteration >= a.critic_warmup_iters or not critic
+        targets = self._targets(batch)
+        # a frozen backbone gives the same prefix in every epoch: encode each valid sample once
+        cache = _PrefixCache(self.policy, batch.obs, idx, encode=not self.cfg.optim.train_backbone)
+        logs: dict[str, list[float]] = defaultdict(list)
+        steps = critic_steps = 0
+        stopped = False
+        for _ in range(a.epochs):
+            if stopped and not critic:
+                break
+            for rows in np.array_split(self.rng.permutation(idx), a.minibatches):
+                if len(rows) == 0:
+                    continue
+                critic_alone = stopped or (not actor_on and "first_ratio_dev" in logs)
+                if critic_alone and self.cache_critic_input:
+                    cache.encode()  # nothing moves the backbone for the rest of this update
+                mb = self._minibatch(batch, rows, targets, cache.rows(rows))
+                if critic_alone:
+                    logs["value_loss"].append(self._critic_step(mb))
+                    critic_steps += 1
+                    continue
+                out = self.algo.loss(mb)
+                logs["first_ratio_dev"].append(out.metrics.pop("first_ratio_dev", 0.0))
+                if actor_on and a.target_kl > 0 and out.approx_kl > 1.5 * a.target_kl:
+                    logs["approx_kl"].append(out.approx_kl)  # the KL that stopped the policy's steps
+                    stopped = True
+                    if not critic:
+                        break
+                    logs["value_loss"].append(self._critic_step(mb))
+                    critic_steps += 1
+                    continue
+                logs["grad_norm"].append(self._step(out, actor_on))
+                logs["approx_kl"].append(out.approx_kl)
+                for k, v in out.metrics.items():
+                    logs[k].append(v)
+                steps += int(actor_on)
+                critic_steps += int(critic)
+        return {**metrics, **summarise(logs, batch if critic else None), "epochs_run": steps / a.minibatches,
+                "critic_epochs_run": critic_steps / a.minibatches, "optimizer_steps": float(steps + critic_steps),
+                "samples_trained": len(idx) * max(steps, 1) / a.minibatches}
+
+    # ------------------------------------------------------------------ pieces of a step
     def _old_logp(self, seg: Segment) -> np.ndarray:
+        """The rollout's log-probs, reduced exactly as the recompute reduces them."""
         c = seg.chunk
 
         def t(a: np.ndarray) -> torch.Tensor:  # a copy: arrays from Ray's object store are read-only
@@ -84,324 +163,42 @@ class Learner:
                              t(self.sampler.num_stochastic(c.step_mask)), self.cfg.sampler.logprob)
         return lp.numpy().astype(np.float32)
 
-    def make_batch(self, segments: list[Segment]) -> tuple[Batch, dict[str, float]]:
-        a = self.cfg.algo
-        parts: list[Batch] = []
-        staleness_max, rejected = 0, 0
-        groups, informative = 0, 0
-        rows: list[tuple[Segment, np.ndarray, np.ndarray, np.ndarray]] = []  # (segment, adv, ret, valid)
-        centred: list[np.ndarray] = []  # GRPO, grpo_scale "batch": the episodes' R - mean_g that train
-        for seg in segments:
-            t, n = seg.shape
-            valid = seg.valid.copy()
-            staleness = self.version - seg.versions
-            staleness_max = max(staleness_max, int(staleness[valid].max(initial=0)))
-            stale = staleness > self.cfg.rollout.max_staleness
-            rejected += int((stale & valid).sum())
-            valid &= ~stale
-            values = seg.chunk.value.reshape(t, n)
-            if self.algo.uses_critic:
-                boot = seg.bootstrap_value if a.bootstrap_truncated else np.zeros_like(seg.bootstrap_value)
-                adv, ret = chunk_gae(seg.rewards.sum(-1), values, seg.terminated, seg.truncated,
-                                     boot, seg.last_value, a.gamma, a.lam)
-            else:  # GRPO: one episode per env, group = env id // group size
-                returns = (seg.rewards.sum(-1) * seg.valid).sum(0)
-                group_ids = seg.env_ids // a.group_size
-                # signal: episodes of non-degenerate groups
-                ep_adv, signal = grpo_advantages(returns, group_ids, group_std=a.grpo_scale == "group")
-                keep = signal if a.filter_groups else np.ones_like(signal)
-                groups += len(np.unique(group_ids))
-                informative += len(np.unique(group_ids[signal]))
-                adv = np.broadcast_to(ep_adv, (t, n)).astype(np.float32)
-                ret = adv
-                valid &= keep[None, :]
-                centred.append(ep_adv[valid.any(0)])
-            rows.append((seg, adv, ret, valid))
-        scale = batch_scale(centred) if not self.algo.uses_critic and a.grpo_scale == "batch" else 1.0
-        for seg, adv, ret, valid in rows:
-            t, n = seg.shape
-            parts.append(Batch(obs=seg.obs, chunk=seg.chunk, exec_mask=seg.exec_mask.reshape(t * n, -1),
-                               old_logp=self._old_logp(seg), old_value=seg.chunk.value,
-                               advantages=(adv / scale).reshape(-1).astype(np.float32),
-                               returns=(ret / scale).reshape(-1).astype(np.float32),
-                               loss_mask=valid.reshape(-1), versions=seg.versions.reshape(-1)))
-        self.stale_rejected += rejected
-        stats = {"staleness_max": float(staleness_max), "stale_rejected": float(rejected)}
-        if groups:
-            stats["groups_informative"] = informative / groups
-        return concat_batches(parts), stats
-
-    # ------------------------------------------------------------------ update
-    def update(self, segments: list[Segment]) -> dict[str, float]:
-        a = self.cfg.algo
-        t0 = time.perf_counter()
-        if self.memory is not None:  # every finished episode counts, stale segments' too (SIL is off-policy)
-            for seg in segments:
-                self.memory.add(seg, self.iteration)
-        if not getattr(self.algo, "policy_gradient", True):  # rft (a plug-in algorithm may not say)
-            return self._fine_tune(segments, t0)
-        batch, stats = self.make_batch(segments)
-        dev = self.policy.device  # the batch arrives as numpy; the losses run where the weights are
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(dev)
-        mask_all = torch.from_numpy(batch.loss_mask)
-        n_valid = int(mask_all.sum())
-        metrics: dict[str, float] = {**stats, "samples": float(n_valid)}
-        if n_valid == 0:
-            metrics["skipped"] = 1.0
-            return metrics
-        adv_all = torch.from_numpy(batch.advantages)
-        if a.adv_norm and self.algo.uses_critic:
-            adv_all = normalize(adv_all, mask_all)
-        adv_all = adv_all.to(dev)
-        old_logp, old_v = torch.from_numpy(batch.old_logp).to(dev), torch.from_numpy(batch.old_value).to(dev)
-        ret = torch.from_numpy(batch.returns).to(dev)
-        actor_on = self.iteration >= a.critic_warmup_iters or not self.algo.uses_critic
-        logs: dict[str, list[float]] = {}
-        first_dev = None
-        idx = np.flatnonzero(batch.loss_mask)
-        # a frozen backbone gives the same prefix in every epoch: encode each valid sample once
-        cache = None if a.update_backbone else self.policy.encode_batch(batch.obs.index(idx))
-        row = np.zeros(len(batch.loss_mask), np.int64)  # batch index -> row of the cache
-        row[idx] = np.arange(len(idx))
-        # fpo: the (t, eps) draws of each sample and their flow-matching errors under the rollout weights
-        cfm = self._cfm_draws(batch, idx, cache, row) if getattr(self.algo, "surrogate", "gaussian") == "cfm" else None
-        # decoupled PPO on stale samples: the ratio to the weights as they are now, the advantage
-        # weighted by how likely the rollout's action is under them relative to the rollout policy
-        # (not while the critic warms up: no policy step would use them)
-        weight = None
-        if a.decoupled and actor_on and cfm is None and bool((batch.versions[idx] != self.version).any()):
-            old_logp, weight, wstats = self._proximal(batch, idx, cache, row, old_logp)
-            metrics.update(wstats)
-        steps, critic_steps, actor_stopped = 0, 0, False
-        for _ in range(a.epochs):
-            if actor_stopped and not self.algo.uses_critic:
-                break
-            for mb in np.array_split(self.rng.permutation(idx), a.minibatches):
-                if len(mb) == 0:
-                    continue
-                m = batch.index(mb)
-                mask = torch.ones(len(mb), dtype=torch.bool, device=dev)
-                # the critic alone: target_kl ended the policy's steps, or the critic warms up (after the
-                # first minibatch, which still measures the ratio through the whole recompute)
-                critic_alone = actor_stopped or (not actor_on and first_dev is not None)
-                if critic_alone and cache is None and self._critic_cache:
-                    # nothing moves the backbone for the rest of this update (the critic's input is
-                    # detached): encode the batch once instead of once per critic step
-                    cache = self.policy.encode_batch(batch.obs.index(idx))
-                prefix = None if cache is None else cache.index(torch.from_numpy(row[mb]).to(dev))
-                if critic_alone:
-                    logs.setdefault("value_loss", []).append(self._critic_step(m.obs, prefix, old_v[mb], ret[mb]))
-                    critic_steps += 1
-                    continue
-                ref = None
-                if self.reference is not None:
-                    with torch.no_grad():  # a never-trained backbone is the reference's too: same prefix
-                        ref = self.reference.transitions(m.obs, m.chunk.chain, m.chunk.step_mask, self.sampler,
-                                                         None if self.backbone_trains else prefix)
-                if cfm is None:
-                    rc = self.policy.log_prob_and_value(m.obs, m.chunk.chain, m.chunk.step_mask, m.exec_mask,
-                                                        self.sampler, self.cfg.sampler.logprob, prefix, ref)
-                    logp, logp_old, adv_mb, mask_mb = rc.logp, old_logp[mb], adv_all[mb], mask
-                    if weight is not None:
-                        adv_mb = adv_mb * weight[mb]
-                else:  # fpo: one ratio exp(l_old - l_new) per (t, eps) draw
-                    err, value = self.policy.cfm_errors(m.obs, m.chunk.chain[:, -1], m.exec_mask, cfm.t[mb],
-                                                        cfm.eps[mb], prefix)
-                    rc = Recompute(logp=-err.mean(1), value=value, entropy=None)  # no closed-form entropy
-                    d = err.shape[1]
-                    logp, logp_old = -err.reshape(-1), -cfm.old_err[mb].reshape(-1)
-                    adv_mb, mask_mb = adv_all[mb].repeat_interleave(d), mask.repeat_interleave(d)
-                pl = ppo_policy_loss(logp, logp_old, adv_mb, mask_mb, a.clip_low, a.clip_high)
-                if first_dev is None:
-                    first_dev = float((logp.detach() - logp_old).exp().sub(1).abs().max())
-                if actor_on and a.target_kl > 0 and pl.approx_kl > 1.5 * a.target_kl:
-                    logs.setdefault("approx_kl", []).append(pl.approx_kl)  # the KL that stopped it
-                    actor_stopped = True
-                    if not self.algo.uses_critic:
-                        break
-                    logs.setdefault("value_loss", []).append(self._critic_step(m.obs, prefix, old_v[mb], ret[mb]))
-                    critic_steps += 1
-                    continue
-                loss = pl.loss if actor_on else torch.zeros((), device=dev)
-                kl_ref = torch.zeros((), device=dev) if rc.kl_ref is None else masked_mean(rc.kl_ref, mask)
-                if actor_on and rc.kl_ref is not None:
-                    loss = loss + a.ref_kl_coef * kl_ref
-                vl = torch.zeros((), device=dev)
-                if self.algo.uses_critic:
-                    vl = value_loss(rc.value, old_v[mb], ret[mb], mask, a.value_clip, a.value_loss, a.huber_delta)
-                    loss = loss + a.value_coef * vl
-                ent = None if rc.entropy is None else masked_mean(rc.entropy, mask)
-                if a.entropy_coef:  # the config allows it only where there is an entropy
-                    loss = loss - a.entropy_coef * ent
-                if actor_on and self.memory is not None and self.memory.available:
-                    sil = self._sil_loss()
-                    loss = loss + a.sil_coef * sil
-                    logs.setdefault("sil_loss", []).append(sil.item())
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                # actor and critic clipped separately: a large value-loss gradient must not shrink
-                # the policy step
-                gn = torch.nn.utils.clip_grad_norm_(self.actor_params, a.grad_clip)
-                torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[1]["params"], a.grad_clip)
-                self.optimizer.step()
-                steps += int(actor_on)  # the policy's steps (a warm-up step trains the critic alone)
-                critic_steps += int(self.algo.uses_critic)
-                for k, v in (("policy_loss", pl.loss.item()), ("value_loss", vl.item()),
-                             ("approx_kl", pl.approx_kl), ("clip_fraction", pl.clip_fraction),
-                             ("ratio_mean", pl.ratio_mean), ("ratio_max", pl.ratio_max), ("grad_norm", float(gn))):
-                    logs.setdefault(k, []).append(v)
-                if ent is not None:
-                    logs.setdefault("entropy", []).append(ent.item())
-                if cfm is not None:
-                    logs.setdefault("cfm_error", []).append(float(err.detach().mean()))
-                if rc.kl_ref is not None:
-                    logs.setdefault("kl_ref", []).append(kl_ref.item())
-        sil_steps, t_sil = 0, time.perf_counter()
-        # self-imitation alone; target_kl bounds PPO's steps, not these, and they use no advantage, so
-        # they run from the first iteration, as rft's do, while the critic warms up
-        if a.sil_steps and self.memory is not None and self.memory.available:
-            for _ in range(a.sil_steps):
-                logs.setdefault("sil_loss", []).append(self._sil_step()[0])
-                sil_steps += 1
-        self._updated()
-        metrics.update({k: float(np.mean(v)) for k, v in logs.items()})
-        metrics["ratio_max"] = float(np.max(logs.get("ratio_max", [1.0])))
-        metrics["epochs_run"] = steps / a.minibatches  # < epochs where target_kl stopped the update
-        metrics["critic_epochs_run"] = critic_steps / a.minibatches
-        metrics["first_minibatch_ratio_dev"] = float(first_dev or 0.0)
-        if self.memory is not None:
-            metrics["sil_memory_chunks"] = float(self.memory.size)
-            metrics["sil_episodes"] = float(self.memory.episodes_added)
-            metrics["sil_steps_run"] = float(sil_steps)
-            metrics["sil_seconds"] = time.perf_counter() - t_sil
-        v = batch.old_value[batch.loss_mask]
-        r = batch.returns[batch.loss_mask]
-        metrics["explained_variance"] = float(1 - np.var(r - v) / np.var(r)) if np.var(r) > 0 else 0.0
-        if dev.type == "cuda":
-            metrics["gpu_memory_gb"] = torch.cuda.max_memory_allocated(dev) / 2**30
-        metrics["update_seconds"] = time.perf_counter() - t0
-        metrics["samples_per_s"] = n_valid * max(steps, 1) / a.minibatches / metrics["update_seconds"]
-        return metrics
-
-    def _proximal(self, batch: Batch, idx: np.ndarray, cache: Any, row: np.ndarray,
-                  behaviour: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-        """Decoupled PPO: (log-probs of the stored transitions under the weights at the start of the
-        update, min(pi_start / pi_rollout, cap) per sample, their stats), from one no-grad pass."""
-        a = self.cfg.algo
+    def _targets(self, batch: Batch) -> dict[str, torch.Tensor]:
         dev = self.policy.device
-        prox = behaviour.clone()
-        with torch.no_grad():
-            for mb in np.array_split(idx, a.minibatches):
-                if len(mb) == 0:
-                    continue
-                m = batch.index(mb)
-                prefix = None if cache is None else cache.index(torch.from_numpy(row[mb]).to(dev))
-                prox[mb] = self.policy.log_prob_and_value(m.obs, m.chunk.chain, m.chunk.step_mask, m.exec_mask,
-                                                          self.sampler, self.cfg.sampler.logprob, prefix).logp
-        raw = (prox - behaviour).exp()
-        weight = raw.clamp(max=a.behaviour_weight_cap)
-        valid = torch.from_numpy(idx).to(dev)
-        stats = {"behaviour_weight_mean": float(weight[valid].mean()),
-                 "behaviour_weight_capped": float((raw[valid] > a.behaviour_weight_cap).float().mean())}
-        return prox, weight, stats
+        return {k: torch.from_numpy(np.asarray(getattr(batch, k), np.float32)).to(dev)
+                for k in ("advantages", "returns", "old_logp", "old_value")}
 
-    def _updated(self) -> None:
-        """One update done: new weights version, and one step of the weight average."""
-        self.version += 1
-        self.iteration += 1
-        if self.ema is not None:
-            self.ema.update(self.policy)
+    def _minibatch(self, batch: Batch, rows: np.ndarray, targets: dict[str, torch.Tensor],
+                   prefix: Prefix | None) -> Minibatch:
+        m = batch.index(rows)
+        r = torch.from_numpy(rows).to(self.policy.device)
+        return Minibatch(obs=m.obs, chain=m.chunk.chain, step_mask=m.chunk.step_mask, exec_mask=m.exec_mask,
+                         prefix=prefix, **{k: v[r] for k, v in targets.items()})
 
-    def eval_state(self) -> dict[str, np.ndarray]:
-        """The weights evaluations and checkpoints use: the average where algo.ema_decay is set."""
-        from rlsys.actors.inference import state_to_numpy
-
-        return state_to_numpy(self.policy) if self.ema is None else self.ema.numpy_state(self.policy)
-
-    def _cfm_draws(self, batch: Batch, idx: np.ndarray, cache: Any, row: np.ndarray) -> CFMDraws:
-        """fpo: ``fpo_draws`` (t, eps) pairs per valid sample, fixed for the whole update, and the
-        flow-matching errors under the weights as they are now (the rollout's at staleness 0), so the
-        first minibatch's ratios are exactly 1."""
-        d, (h, k) = self.cfg.algo.fpo_draws, batch.chunk.chain.shape[2:]
-        n = len(batch.loss_mask)
-        t = torch.ones(n, d)
-        eps = torch.zeros(n, d, h, k)
-        t[idx] = sample_timesteps(len(idx) * d, self.cfg.sft.timestep_sampling, self.cfm_generator).view(-1, d)
-        eps[idx] = torch.randn(len(idx), d, h, k, generator=self.cfm_generator)
-        old = torch.zeros(n, d, device=self.policy.device)
-        with torch.no_grad():
-            for block in np.array_split(idx, max(1, -(-len(idx) // 256))):
-                m = batch.index(block)
-                prefix = None if cache is None else cache.index(torch.from_numpy(row[block]).to(self.policy.device))
-                old[torch.from_numpy(block)] = self.policy.cfm_errors(m.obs, m.chunk.chain[:, -1], m.exec_mask,
-                                                                      t[block], eps[block], prefix)[0]
-        return CFMDraws(t=t, eps=eps, old_err=old)
-
-    def _fine_tune(self, segments: list[Segment], t0: float) -> dict[str, float]:
-        """``rft``: ``sil_steps`` flow-matching steps on the success memory, nothing else (every segment
-        only feeds the memory: stale ones too, since imitation is off-policy)."""
-        a = self.cfg.algo
-        staleness = [self.version - s.versions[s.valid] for s in segments]
-        metrics: dict[str, float] = {"staleness_max": float(max((int(x.max(initial=0)) for x in staleness), default=0)),
-                                     "stale_rejected": 0.0}
-        steps = [self._sil_step() for _ in range(a.sil_steps)] if self.memory.available else []
-        if steps:
-            loss, grad_norm = np.mean(steps, axis=0)
-            metrics.update(sil_loss=float(loss), grad_norm=float(grad_norm))
-            self._updated()
-        else:  # no success yet (and no demos): nothing to imitate; weights and version stay (as PPO's skip)
-            metrics["skipped"] = 1.0
-        metrics.update(sil_memory_chunks=float(self.memory.size), sil_episodes=float(self.memory.episodes_added),
-                       sil_steps_run=float(len(steps)), samples=float(len(steps) * a.sil_batch))
-        metrics["update_seconds"] = metrics["sil_seconds"] = time.perf_counter() - t0
-        metrics["samples_per_s"] = metrics["samples"] / metrics["update_seconds"]
-        return metrics
-
-    def _sil_step(self) -> tuple[float, float]:
-        """One optimizer step on the self-imitation loss alone -> (loss, policy gradient norm), with
-        the policy's groups at ``algo.sil_lr`` where it is set (the critic's group has no gradient) and
-        the backbone trained where ``algo.sil_backbone`` is set."""
-        a = self.cfg.algo
-        self.policy.backbone.requires_grad_(self.backbone_trains)
-        try:
-            sil = self._sil_loss()
-            self.optimizer.zero_grad(set_to_none=True)
-            (a.sil_coef * sil).backward()
-        finally:  # PPO's steps see the backbone frozen again (AdamW skips parameters without gradients)
-            self.policy.backbone.requires_grad_(a.update_backbone)
-        gn = torch.nn.utils.clip_grad_norm_(self.actor_params, a.grad_clip)
-        policy_groups = [g for i, g in enumerate(self.optimizer.param_groups) if i != 1]  # group 1: critic
-        lrs = [g["lr"] for g in policy_groups]
-        if a.sil_lr:
-            for g in policy_groups:
-                g["lr"] = a.sil_lr
-        try:
-            self.optimizer.step()
-        finally:
-            for g, lr in zip(policy_groups, lrs):
-                g["lr"] = lr
-        return sil.item(), float(gn)
-
-    def _sil_loss(self) -> torch.Tensor:
-        """The flow-matching loss on one batch of ``sil_batch`` chunks from the self-imitation memory."""
-        a = self.cfg.algo
-        obs, actions, valid = self.memory.sample(a.sil_batch, self.rng)
-        if a.sil_shift:
-            obs = dataclasses.replace(obs, images=random_shift(obs.images, a.sil_shift, self.rng))
-        return self.policy.sft_loss(obs, actions, valid, self.cfg.sft.timestep_sampling, self.sil_generator)
-
-    def _critic_step(self, obs: Observation, prefix: Any, old_value: torch.Tensor, returns: torch.Tensor) -> float:
-        """One value-loss step (no actor gradient: AdamW leaves the actor as it is); returns the loss."""
-        a = self.cfg.algo
-        value = self.policy.value(obs) if prefix is None else self.policy.value_of(prefix)
-        mask = torch.ones(len(returns), dtype=torch.bool, device=returns.device)
-        vl = value_loss(value, old_value, returns, mask, a.value_clip, a.value_loss, a.huber_delta)
+    def _step(self, out: Loss, actor_on: bool) -> float:
+        """One optimiser step on the loss (the policy's part only once the critic has warmed up); the
+        policy's and the critic's gradients are clipped separately, so a large value-loss gradient
+        does not shrink the policy's step. Returns the policy's gradient norm."""
+        loss = out.actor if actor_on else torch.zeros((), device=self.policy.device)
+        if out.critic is not None:
+            loss = loss + out.critic
         self.optimizer.zero_grad(set_to_none=True)
-        (a.value_coef * vl).backward()
-        torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[1]["params"], a.grad_clip)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.actor_params, self.cfg.optim.grad_clip)
+        torch.nn.utils.clip_grad_norm_(self.critic_params, self.cfg.optim.grad_clip)
         self.optimizer.step()
-        return vl.item()
+        return float(norm)
+
+    def _critic_step(self, mb: Minibatch) -> float:
+        """One value-loss step (no policy gradient: AdamW leaves the policy as it is); returns the loss."""
+        value = self.policy.value(mb.obs) if mb.prefix is None else self.policy.value_of(mb.prefix)
+        out = self.algo.critic_loss(value, mb)
+        assert out.critic is not None
+        self.optimizer.zero_grad(set_to_none=True)
+        out.critic.backward()
+        torch.nn.utils.clip_grad_norm_(self.critic_params, self.cfg.optim.grad_clip)
+        self.optimizer.step()
+        return out.metrics["value_loss"]
 
     # ------------------------------------------------------------------ state
     def optimizer_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -427,14 +224,55 @@ class Learner:
         self.optimizer.load_state_dict({"state": state, "param_groups": scalars["param_groups"]})
 
 
-@dataclasses.dataclass
-class CFMDraws:
-    """fpo's fixed draws for one update, indexed by batch row: t [B, N], eps [B, N, H, K] (CPU),
-    old_err [B, N] (the policy's device)."""
+def build_optimizer(cfg: TrainConfig, policy: FlowPolicy, backbone_trains: bool
+                    ) -> tuple[torch.optim.Optimizer, list[dict]]:
+    """AdamW with groups [action expert + heads, critic, (backbone)] -> (optimiser, the policy's groups).
+    A backbone that policy-gradient steps do not train is frozen (no backward through it)."""
+    o = cfg.optim
+    if not o.train_backbone:
+        policy.backbone.requires_grad_(False)
+    critic = [p for n, p in policy.named_parameters() if n.startswith("value_head.")]
+    actor = [p for n, p in policy.named_parameters()
+             if not n.startswith(("value_head.", "backbone.")) and p.requires_grad]
+    groups = [{"params": actor, "lr": o.actor_lr}, {"params": critic, "lr": o.critic_lr}]
+    if backbone_trains:
+        groups.append({"params": list(policy.backbone.parameters()), "lr": o.backbone_lr or o.actor_lr})
+    optimizer = torch.optim.AdamW(groups, betas=(o.betas[0], o.betas[1]), weight_decay=o.weight_decay)
+    return optimizer, [g for i, g in enumerate(optimizer.param_groups) if i != 1]
 
-    t: torch.Tensor
-    eps: torch.Tensor
-    old_err: torch.Tensor
+
+class _PrefixCache:
+    """The backbone's no-grad output for a batch's valid samples, encoded once (or not at all)."""
+
+    def __init__(self, policy: FlowPolicy, obs: Observation, idx: np.ndarray, encode: bool) -> None:
+        self.policy, self.obs, self.idx = policy, obs, idx
+        self.row = np.zeros(obs.batch_size, np.int64)  # batch index -> row of the cache
+        self.row[idx] = np.arange(len(idx))
+        self.prefix: Prefix | None = None
+        if encode:
+            self.encode()
+
+    def encode(self) -> None:
+        if self.prefix is None:
+            self.prefix = self.policy.encode_batch(self.obs.index(self.idx))
+
+    def rows(self, rows: np.ndarray) -> Prefix | None:
+        if self.prefix is None:
+            return None
+        return self.prefix.index(torch.from_numpy(self.row[rows]).to(self.policy.device))
+
+
+def summarise(logs: dict[str, list[float]], critic_batch: Batch | None) -> dict[str, float]:
+    """Per-update means of the step metrics (max for ``ratio_max``), and the critic's explained
+    variance on the batch's valid samples."""
+    out = {k: float(np.mean(v)) for k, v in logs.items() if v and k != "first_ratio_dev"}
+    out["ratio_max"] = float(np.max(logs.get("ratio_max") or [1.0]))
+    out["first_minibatch_ratio_dev"] = float(logs["first_ratio_dev"][0]) if logs.get("first_ratio_dev") else 0.0
+    if critic_batch is not None:
+        v = critic_batch.old_value[critic_batch.loss_mask]
+        r = critic_batch.returns[critic_batch.loss_mask]
+        out["explained_variance"] = float(1 - np.var(r - v) / np.var(r)) if np.var(r) > 0 else 0.0
+    return out
 
 
 def concat_batches(parts: list[Batch]) -> Batch:

@@ -1,5 +1,5 @@
-"""Pure RL math (FLOW_PPO.md section 6): chunk-level GAE, GRPO advantages, PPO and value losses;
-the algorithm descriptors the registry names (ppo, grpo, fpo, rft)."""
+"""Pure RL math: chunk-level GAE, GRPO group advantages, the clipped PPO and value losses (docs/algorithms.md).
+The algorithms in ``rlsys.learner.algorithms`` call these; nothing here knows about configs or Ray."""
 
 from __future__ import annotations
 
@@ -36,31 +36,21 @@ def chunk_gae(
 
 def grpo_advantages(
     returns: np.ndarray, groups: np.ndarray, eps: float = 1e-6, filter_degenerate: bool = True,
-    group_std: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Group-normalised episode advantages ``(R - mean_g) / (std_g + eps)``.
 
     returns, groups: [E] (one entry per episode). Returns (advantages [E], keep [E] bool); with
     ``filter_degenerate`` groups whose returns are all equal (success rate 0 or 1) are dropped.
-    ``group_std=False``: ``R - mean_g`` only; the caller scales the whole batch (``batch_scale``).
     """
     adv = np.zeros_like(returns, dtype=np.float32)
     keep = np.ones(len(returns), bool)
     for g in np.unique(groups):
         m = groups == g
         r = returns[m].astype(np.float32)
-        adv[m] = (r - r.mean()) / (r.std() + eps) if group_std else r - r.mean()
+        adv[m] = (r - r.mean()) / (r.std() + eps)
         if filter_degenerate and np.ptp(r) == 0:
             keep[m] = False
     return adv, keep
-
-
-def batch_scale(centred: list[np.ndarray], eps: float = 1e-6) -> float:
-    """One scale for group-centred advantages (``R - mean_g``) of a whole update: the root mean
-    square over all its episodes (their mean is 0 by construction), so they have unit variance
-    together while a group with a small spread keeps small advantages."""
-    x = np.concatenate(centred).astype(np.float64) if centred else np.zeros(0)
-    return float(np.sqrt(np.mean(x**2))) + eps if len(x) else 1.0
 
 
 def normalize(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -84,6 +74,7 @@ class PolicyLossStats:
     approx_kl: float
     ratio_mean: float
     ratio_max: float
+    ratio_dev: float  # max |r - 1|: 0 (within fp32 noise) on the first minibatch of fresh samples
 
 
 def ppo_policy_loss(
@@ -101,7 +92,7 @@ def ppo_policy_loss(
         lr = log_ratio[m] if m.any() else torch.zeros(1)
         clip_frac = ((r < 1.0 - clip_low) | (r > 1.0 + clip_high)).float().mean().item()
         approx_kl = ((r - 1.0) - lr).mean().item()  # k3 estimator, >= 0
-    return PolicyLossStats(loss, clip_frac, approx_kl, r.mean().item(), r.max().item())
+    return PolicyLossStats(loss, clip_frac, approx_kl, r.mean().item(), r.max().item(), (r - 1).abs().max().item())
 
 
 def value_loss(
@@ -117,47 +108,3 @@ def value_loss(
         return 0.5 * (v - returns) ** 2
 
     return masked_mean(torch.max(err(value), err(v_clipped)), mask)
-
-
-class PPOAlgorithm:
-    """Critic-based: chunk-level GAE advantages."""
-
-    uses_critic = True
-    episodic = False
-    policy_gradient = True
-    surrogate = "gaussian"  # the ratio of the stored stochastic denoising transitions' log-probs
-
-
-class GRPOAlgorithm:
-    """Critic-free: G rollouts per initial state, group-normalised episode returns."""
-
-    uses_critic = False
-    episodic = True
-    policy_gradient = True
-    surrogate = "gaussian"
-
-
-class FPOAlgorithm:
-    """Flow Policy Optimization (McAllister et al. 2025, "Flow Matching Policy Gradients"): PPO's
-    clipped objective and critic (chunk-level GAE), with the likelihood ratio of the stored denoising
-    transition replaced by ``exp(l_old - l_new)``, where ``l`` is the conditional flow-matching error
-    of the sampled action chunk (its executed steps) under ``algo.fpo_draws`` fixed (t, eps) draws.
-    One ratio per draw, each clipped on its own (FPO++, Yi et al. 2026). It needs no likelihood and
-    no particular sampler: its gradient is flow matching on the sampled actions, weighted by the
-    advantage and bounded by the clip."""
-
-    uses_critic = True
-    episodic = False
-    policy_gradient = True
-    surrogate = "cfm"
-
-
-class RFTAlgorithm:
-    """Rejection-sampling fine-tuning (filtered behaviour cloning, expert iteration): no likelihood
-    ratio and no critic. The policy's successful episodes enter the self-imitation memory and each
-    update is ``algo.sil_steps`` flow-matching steps on it (plus the demos with ``algo.sil_demos``)."""
-
-    uses_critic = False
-    episodic = False
-    policy_gradient = False
-    surrogate = "none"

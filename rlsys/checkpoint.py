@@ -80,32 +80,22 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-WEIGHTS = {"model": "model.safetensors", "online": "online.safetensors"}
-
-
 def load_policy(path: str | os.PathLike, expect: PolicyConfig | None = None, device: str = "cpu",
-                critic: str | None = None, noise_head: bool = False, noise_prior: bool = False,
-                weights: str = "model") -> tuple[Any, EnvConfig, Embodiment, dict[str, Any]]:
+                critic: str | None = None, noise_head: bool = False,
+                ) -> tuple[Any, EnvConfig, Embodiment, dict[str, Any]]:
     """-> (policy, env config, embodiment, meta). ``expect`` (optional) must match the stored config.
 
     ``critic``: build the policy with this value head (``PolicyConfig.critic``). A checkpoint stored
     with another kind loads every weight but the value head, which starts fresh: the RL start from
     an SFT checkpoint, whose value head SFT never trains. ``noise_head``: add a fresh (zero, so
     mid-range std) Flow-Noise head when the checkpoint has none: Flow-Noise RL from an SFT checkpoint.
-    ``noise_prior``: likewise a fresh initial-noise prior head (exactly N(0, I) until trained): latent-noise
-    RL from an SFT checkpoint. ``weights``: ``model`` (the weights to use: the average of
-    ``algo.ema_decay`` where the run kept one) or ``online`` (such a run's trained weights).
     """
     from rlsys.policy.flow_policy import FlowPolicy
 
-    if weights not in WEIGHTS:
-        raise CheckpointError(f"weights {weights!r}: allowed: {', '.join(WEIGHTS)}")
     data = read_config(path)
-    weight_file = Path(path) / WEIGHTS[weights]
+    weight_file = Path(path) / "model.safetensors"
     if not weight_file.exists():
-        raise CheckpointError(f"{path}: no {WEIGHTS[weights]}" + (
-            " (only a run with algo.ema_decay > 0 writes the trained weights beside the average); "
-            "use weights 'model'" if weights == "online" else ""))
+        raise CheckpointError(f"{path}: no model.safetensors")
     try:
         pcfg = from_dict(PolicyConfig, data["policy"], "policy")
         with stored_config():  # the policy loads without its simulator; running the env re-checks
@@ -118,17 +108,13 @@ def load_policy(path: str | os.PathLike, expect: PolicyConfig | None = None, dev
     fresh_noise = noise_head and not pcfg.noise_head
     if fresh_noise:
         pcfg = replace(pcfg, noise_head=True)
-    fresh_prior = noise_prior and not pcfg.noise_prior
-    if fresh_prior:
-        pcfg = replace(pcfg, noise_prior=True)
     if expect is not None and expect != pcfg:
         diffs = [f"policy.{k}: checkpoint {v!r} vs requested {getattr(expect, k)!r}"
                  for k, v in to_dict(pcfg).items() if to_dict(expect)[k] != v]
         raise CheckpointError(f"{path}: incompatible policy config: " + "; ".join(diffs))
     policy = FlowPolicy(pcfg)
     state = load_file(str(weight_file), device=device)
-    fresh = tuple(head for head, new in (("value_head.", fresh_critic), ("noise_head.", fresh_noise),
-                                         ("prior_head.", fresh_prior)) if new)
+    fresh = tuple(head for head, new in (("value_head.", fresh_critic), ("noise_head.", fresh_noise)) if new)
     if fresh:
         state = {k: v for k, v in state.items() if not k.startswith(fresh)}
         state.update({k: v for k, v in policy.state_dict().items() if k.startswith(fresh)})

@@ -14,14 +14,14 @@ from typing import Any
 
 import yaml
 
-from rlsys.config import ConfigError, list_presets, load_config, to_dict
+from rlsys.config import ConfigError, list_presets, load_config, preset_description, to_dict
 
 
 def _config_args(p: argparse.ArgumentParser, default_preset: str | None) -> None:
     p.add_argument("--preset", default=default_preset,
                    help=f"named preset from rlsys/presets (default: {default_preset}); see `rlsys presets`")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="dotted override, repeatable, e.g. --set algo.actor_lr=3e-4 --set env.num_envs=4")
+                   help="dotted override, repeatable, e.g. --set optim.actor_lr=3e-4 --set env.num_envs=4")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
 
 
@@ -34,8 +34,10 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def cmd_presets(args: argparse.Namespace) -> None:
-    for name in list_presets():
-        print(name)
+    names = list_presets()
+    width = max(map(len, names))
+    for name in names:
+        print(f"{name:<{width}}  {preset_description(name)}")
 
 
 def cmd_demos(args: argparse.Namespace) -> None:
@@ -65,7 +67,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     cfg = _load(args)
     run_eval_command(cfg, ckpt=args.ckpt, out_dir=args.out, episodes=args.episodes, tasks=args.tasks,
                      env=args.env, init_state_offset=args.init_state_offset, workers=args.workers,
-                     sampler=args.sampler, weights=args.weights)
+                     sampler=args.sampler)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -157,10 +159,6 @@ def build_parser() -> argparse.ArgumentParser:
     ps["eval"].add_argument("--sampler", choices=("ode", "rollout"), default="ode",
                             help="ode: deterministic (the protocol); rollout: the config's stochastic sampler "
                                  "(sampler.name / sampler.noise_level), the policy RL trains")
-    # rlsys.checkpoint.WEIGHTS, spelled out: importing it would load torch for every command's --help
-    ps["eval"].add_argument("--weights", choices=("model", "online"), default="model",
-                            help="model: the checkpoint's weights (the average where the run set algo.ema_decay); "
-                                 "online: such a run's trained weights (online.safetensors)")
     ps["eval"].add_argument("--out", help="folder for the result table (JSON + markdown) and videos")
     ps["eval"].add_argument("--workers", type=int, default=0,
                             help="shard episodes over this many Ray tasks (each an env pool + policy copy); "

@@ -1,7 +1,7 @@
 """Config schema: one frozen dataclass per component, defaults here, checks at construction.
 
 Presets live in ``rlsys/presets/*.yaml`` (partial trees merged over these defaults); the CLI
-applies dotted overrides (``--set algo.actor_lr=3e-4``) on top. See ``load_config``.
+applies dotted overrides (``--set optim.actor_lr=3e-4``) on top. See ``load_config``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from rlsys.configtools import ConfigError, check, from_dict, merge, parse_overri
 
 __all__ = [
     "ConfigError", "RenderConfig", "EnvConfig", "PolicyConfig", "SamplerConfig", "SFTConfig",
-    "AlgoConfig", "RolloutConfig", "PlacementConfig", "TrainConfig", "load_config", "list_presets",
+    "AlgoConfig", "OptimConfig", "PPOConfig", "GRPOConfig", "ImitationConfig", "RolloutConfig",
+    "PlacementConfig", "TrainConfig", "load_config", "list_presets", "preset_description",
     "to_dict",
 ]
 
@@ -115,9 +116,6 @@ class PolicyConfig:
     # query attends over the prefix tokens (image patches, keypoints, proprio), then the MLP.
     critic: Literal["pooled", "attention"] = "pooled"
     noise_head: bool = False  # learned exploration std (Flow-Noise)
-    # learned initial-noise distribution N(mean(obs), std(obs)^2) in place of N(0, I): a prior head on
-    # the pooled prefix, zero-initialised so a fresh one is exactly N(0, I) (sampler.name: latent)
-    noise_prior: bool = False
 
     def __post_init__(self) -> None:
         from rlsys.registry import BACKBONES
@@ -138,16 +136,9 @@ class PolicyConfig:
 class SamplerConfig:
     """Rollout sampler (strategy object built from the registry by ``name``)."""
 
-    name: str = "flow_sde"  # ode | flow_sde | flow_noise | latent
+    name: str = "flow_sde"  # ode | flow_sde | flow_noise
     noise_level: float = 0.5  # Flow-SDE a
     exclude_last_step: bool = False  # Flow-SDE: never pick the last transition as stochastic
-    # Flow-SDE's stochastic transition: "uniform" (one index per sample, FLOW_PPO.md section 2) or
-    # "last" (always the final one). On a near-deterministic SFT policy the later Euler steps pull
-    # noise injected at an earlier step back toward the mean action. Measured on the 90-demo lift SFT
-    # (benchmarks/noise_survival.py, a=0.5, S=4): 0.2%, 0.5% and 1.6% of the variance injected at steps
-    # 0-2 reaches the executed chunk, all of it at step 3; so three of four "uniform" transitions credit
-    # PPO's advantage to noise that never reached the env.
-    stochastic_step: Literal["uniform", "last"] = "uniform"
     sigma_min: float = 0.08  # Flow-Noise std range
     sigma_max: float = 0.16
     logprob: Literal["chunk_level", "token_level"] = "chunk_level"
@@ -157,11 +148,6 @@ class SamplerConfig:
 
         SAMPLERS.check_name(self.name, "name")
         check(self.noise_level >= 0, "noise_level", ">= 0", self.noise_level)
-        if self.stochastic_step == "last":  # a choice among Flow-SDE's transitions, nothing else's
-            check(self.name == "flow_sde", "stochastic_step",
-                  f"uniform with sampler {self.name!r} (last: flow_sde only)", self.stochastic_step)
-            check(not self.exclude_last_step, "stochastic_step",
-                  "uniform where exclude_last_step is set (last picks only the step it excludes)", self.stochastic_step)
         check(0 < self.sigma_min <= self.sigma_max, "sigma_min", "0 < sigma_min <= sigma_max", self.sigma_min)
 
 
@@ -190,16 +176,66 @@ class SFTConfig:
 
 @dataclass(frozen=True)
 class AlgoConfig:
-    # ppo | grpo | fpo (PPO with the flow-matching ratio of the sampled chunk instead of the stored
-    # transition's Gaussian log-prob) | rft (rejection-sampling fine-tuning: flow matching on the
-    # policy's own successes, algo.sil_steps steps per iteration; no likelihood ratio, no critic)
+    """Which algorithm updates the policy (``learner/algorithms/``), and the learner's shared mechanics:
+    epochs x minibatches over each batch, the approx-KL stop and the critic warm-up."""
+
+    # ppo | grpo | rft (flow matching on the policy's own successes; no ratio, no critic) |
+    # ppo_rft (PPO plus RFT's imitation steps: the measured best tabletop and LIBERO setting)
     name: str = "ppo"
+    epochs: int = 4
+    minibatches: int = 4
+    # > 0: end the policy's steps at the first minibatch whose approx-KL to the rollout policy exceeds
+    # 1.5 x target_kl (that step is not taken); the critic still runs all its epochs
+    target_kl: float = 0.0
+    # iterations whose policy-gradient steps train only the critic (a fresh value head); imitation
+    # steps use no advantage and run from the first iteration
+    critic_warmup_iters: int = 3
+
+    def __post_init__(self) -> None:
+        from rlsys.registry import ALGORITHMS
+
+        ALGORITHMS.check_name(self.name, "name")
+        check(self.epochs >= 1, "epochs", ">= 1", self.epochs)
+        check(self.minibatches >= 1, "minibatches", ">= 1", self.minibatches)
+        check(self.target_kl >= 0, "target_kl", ">= 0 (0: off)", self.target_kl)
+        check(self.critic_warmup_iters >= 0, "critic_warmup_iters", ">= 0", self.critic_warmup_iters)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW, one parameter group per part of the policy; every algorithm uses the same optimiser."""
+
+    # 1e-4 gave approx-KL ~1.8 and clip fraction ~0.5 per PPO update with chunk-level log-probs on
+    # the tiny policy; 1e-5 gives ~0.015 / ~0.1
+    actor_lr: float = 1e-5  # action expert (+ noise head)
+    critic_lr: float = 1e-3  # value head
+    backbone_lr: float = 0.0  # the backbone where it trains (0: actor_lr)
+    # False: policy-gradient steps train the action expert and heads only, on a prefix encoded once
+    # per update (imitation steps may still train the backbone: imitation.train_backbone)
+    train_backbone: bool = False
+    betas: tuple[float, ...] = (0.9, 0.95)
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0  # the policy's and the critic's gradients are clipped separately
+
+    def __post_init__(self) -> None:
+        check(self.actor_lr > 0, "actor_lr", "> 0", self.actor_lr)
+        check(self.critic_lr > 0, "critic_lr", "> 0", self.critic_lr)
+        check(self.backbone_lr >= 0, "backbone_lr", ">= 0 (0: actor_lr)", self.backbone_lr)
+        check(len(self.betas) == 2, "betas", "two numbers", self.betas)
+        check(self.grad_clip > 0, "grad_clip", "> 0", self.grad_clip)
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """PPO (and the PPO part of ppo_rft): chunk-level GAE, the clipped ratio, a clipped value loss."""
+
     gamma: float = 0.99
     lam: float = 0.95
     # Bootstrap V(final obs) where the time limit cut an episode (the textbook choice). False treats
     # the limit as part of the task (success must come within it, as every benchmark scores it):
     # a time-out then returns 0, so a critic that cannot see the clock does not credit failures.
     bootstrap_truncated: bool = True
+    adv_norm: bool = True
     clip_low: float = 0.2
     clip_high: float = 0.2
     value_clip: float = 0.2
@@ -207,124 +243,59 @@ class AlgoConfig:
     huber_delta: float = 10.0
     value_coef: float = 0.5
     entropy_coef: float = 0.0
-    adv_norm: bool = True
-    epochs: int = 4
-    minibatches: int = 4
-    # 1e-4 gave approx-KL ~1.8 and clip fraction ~0.5 per update with chunk-level log-probs on the
-    # tiny policy (measured); 1e-5 gives ~0.015 / ~0.1.
-    actor_lr: float = 1e-5
-    critic_lr: float = 1e-3
-    # iterations whose PPO steps update only the critic (fresh value head); the imitation-only steps of
-    # sil_steps use no advantage and run from the first iteration
-    critic_warmup_iters: int = 3
-    betas: tuple[float, ...] = (0.9, 0.95)
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    # > 0: end the policy's steps at the first minibatch whose approx-KL to the rollout policy exceeds
-    # 1.5 x target_kl (that step is not taken); the critic still runs all its epochs. Measured: at
-    # actor_lr 1e-4 without it, the first actor update reached approx-KL 1.1 (ratio max ~1000) and later
-    # ones 2.6.
-    target_kl: float = 0.0
-    # Samples from older weights than the learner's (rollout.max_staleness >= 1, rollout.overlap):
-    # decoupled PPO (Hilton et al. 2022, "Batch size-invariance for policy optimization"). The ratio,
-    # its clip and target_kl are taken to the weights at the start of the update (one no-grad
-    # recompute of the stale samples), and each sample's advantage is weighted by
-    # min(pi_start / pi_rollout, behaviour_weight_cap). False: the ratio to the policy that acted.
-    # No effect on fresh samples (no recompute: their first ratio is 1 either way).
-    decoupled: bool = True
-    behaviour_weight_cap: float = 1.0
-    # > 0: add ref_kl_coef x KL(current || initial policy) to the actor loss. The KL is exact per stored
-    # denoising transition (two Gaussians), averaged per action element; the learner keeps a frozen
-    # copy of the starting (SFT) weights, saved in checkpoints so a resumed run anchors to the same.
-    ref_kl_coef: float = 0.0
-    update_backbone: bool = False  # False: RL updates the action expert (+ heads) only (but see sil_backbone)
-    backbone_lr: float = 0.0  # with update_backbone: the backbone's own lr (0: actor_lr)
-    group_size: int = 8  # GRPO: rollouts per initial state
-    filter_groups: bool = True  # GRPO: drop groups whose success rate is 0 or 1
-    # GRPO's advantage scale. "group": (R - mean_g) / (std_g + eps), FLOW_PPO.md's rule. "batch":
-    # (R - mean_g) / std over all episodes of the update (Dr. GRPO, Liu et al. 2025, drops the per-group
-    # std). With a shaped reward the two differ: a group whose returns barely differ (all eight succeed
-    # and the shaping differs by millimetres) gets advantages of +-1 under "group", near 0 under "batch".
-    grpo_scale: Literal["group", "batch"] = "group"
-    # > 0: self-imitation. Every chunk of the policy's own successful episodes goes to a FIFO of
-    # sil_capacity chunks (rlsys.learner.self_imitation); each actor step adds sil_coef x the
-    # flow-matching loss on sil_batch chunks drawn from it, with the executed actions as targets.
-    # Measured first as a diagnostic (benchmarks/self_imitation.py): fine-tuning on the policy's own
-    # successes raised the few-shot lift policy where PPO's likelihood-ratio signal did not.
-    sil_coef: float = 0.0
-    sil_capacity: int = 8192
-    sil_batch: int = 64
-    # > 0: after each update's PPO epochs, this many more steps of the self-imitation loss alone
-    # (sil_coef x flow matching on sil_batch chunks), not stopped by target_kl: the diagnostic took
-    # 500 fine-tuning steps per 500 rollouts, where the in-step loss gets one step per PPO minibatch.
-    sil_steps: int = 0
-    # True: the SFT demos (every frame with its next H actions) join the self-imitation batches as a
-    # fixed part of the memory, as the diagnostic fine-tunes on demos plus successes. The demos are
-    # sft.demos, else the folder the init checkpoint's meta names, else the run's own few-shot SFT's.
-    sil_demos: bool = False
-    # > 0: the self-imitation batches get SFT's image augmentation (pad by this many pixels, crop back
-    # at a random offset per sample and camera); SFT itself always shifts by 4
-    sil_shift: int = 0
-    # > 0: the self-imitation steps of sil_steps (and rft's update) move the policy's parameter groups
-    # (action expert, and the backbone with update_backbone) at this lr; 0: at actor_lr / backbone_lr.
-    # PPO's own steps keep theirs: at actor_lr 1e-4 they already overshoot (target_kl), where the
-    # imitation steps needed 3e-4 (tabletop_fewshot_rft at 1e-4: 78% in 30 min; at 3e-4: 93%).
-    sil_lr: float = 0.0
-    # True (with update_backbone false): the self-imitation-only steps (sil_steps, rft's update) train
-    # the backbone too, while PPO's steps (and the self-imitation loss inside them) keep it frozen and
-    # encode each sample once per update. On 2 cores a PPO step of 256 chunks of the tiny policy took
-    # 1.4 s through the whole network and 0.28 s through the action expert on a cached prefix.
-    sil_backbone: bool = False
-    # fpo: (t, eps) draws per chunk for the flow-matching ratio; each draw has its own clipped ratio.
-    # Each draw is one more action-expert pass per sample (measured on 2 cores, whole network:
-    # 8 draws x 4 epochs ~50 s per update, 4 draws x 2 epochs ~13 s)
-    fpo_draws: int = 4
-    # > 0: the evaluations and the checkpoint's model.safetensors use an exponential moving average of
-    # the weights, one step per learner update (the mean of all updates until there are 1 / (1 - d));
-    # rollouts keep the trained weights. 0.8 averages about the last 5 updates (rlsys.learner.ema).
-    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
-        from rlsys.registry import ALGORITHMS
-
-        ALGORITHMS.check_name(self.name, "name")
         check(0 < self.gamma <= 1, "gamma", "(0, 1]", self.gamma)
         check(0 <= self.lam <= 1, "lam", "[0, 1]", self.lam)
         check(0 < self.clip_low < 1, "clip_low", "(0, 1)", self.clip_low)
         check(self.clip_high > 0, "clip_high", "> 0", self.clip_high)
-        check(self.epochs >= 1 and self.minibatches >= 1, "epochs", "epochs, minibatches >= 1", self.epochs)
-        check(self.actor_lr > 0 and self.critic_lr > 0, "actor_lr", "actor_lr, critic_lr > 0", self.actor_lr)
-        check(len(self.betas) == 2, "betas", "two numbers", self.betas)
-        check(0 <= self.ema_decay < 1, "ema_decay", "[0, 1) (0: off)", self.ema_decay)
+        check(self.value_clip >= 0, "value_clip", ">= 0 (0: off)", self.value_clip)
+        check(self.value_coef > 0, "value_coef", "> 0", self.value_coef)
+        check(self.entropy_coef >= 0, "entropy_coef", ">= 0", self.entropy_coef)
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    """GRPO: ``group_size`` rollouts per initial state, group-normalised returns, no critic."""
+
+    group_size: int = 8
+    filter_groups: bool = True  # drop groups whose success rate is 0 or 1 (no learning signal)
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    entropy_coef: float = 0.0
+
+    def __post_init__(self) -> None:
         check(self.group_size >= 2, "group_size", ">= 2", self.group_size)
-        check(self.target_kl >= 0, "target_kl", ">= 0 (0: off)", self.target_kl)
-        check(self.ref_kl_coef >= 0, "ref_kl_coef", ">= 0 (0: off)", self.ref_kl_coef)
-        check(self.backbone_lr >= 0, "backbone_lr", ">= 0 (0: actor_lr)", self.backbone_lr)
-        check(self.sil_coef >= 0, "sil_coef", ">= 0 (0: off)", self.sil_coef)
-        check(self.sil_steps >= 0, "sil_steps", ">= 0 (0: off)", self.sil_steps)
-        check(self.sil_coef > 0 or not (self.sil_steps or self.sil_demos), "sil_coef",
-              "> 0 where sil_steps or sil_demos is set (they extend self-imitation)", self.sil_coef)
-        if self.name == "rft":  # its update is the self-imitation steps, nothing else
-            check(self.sil_coef > 0, "sil_coef", "> 0 with name=rft (the flow-matching loss's weight)", self.sil_coef)
-            check(self.sil_steps >= 1, "sil_steps", ">= 1 with name=rft (flow-matching steps per iteration)",
-                  self.sil_steps)
-        if self.name == "fpo":  # no Gaussian transition in its ratio: no exact KL or entropy to add
-            check(self.ref_kl_coef == 0, "ref_kl_coef", "0 with name=fpo (the KL anchor needs the Gaussian "
-                  "transitions of ppo/grpo)", self.ref_kl_coef)
-            check(self.entropy_coef == 0, "entropy_coef", "0 with name=fpo (a flow policy's entropy has no "
-                  "closed form)", self.entropy_coef)
-        check(self.behaviour_weight_cap > 0, "behaviour_weight_cap", "> 0", self.behaviour_weight_cap)
-        check(self.fpo_draws >= 1, "fpo_draws", ">= 1", self.fpo_draws)
-        check(self.sil_capacity >= 1, "sil_capacity", ">= 1 (chunks)", self.sil_capacity)
-        check(self.sil_batch >= 1, "sil_batch", ">= 1", self.sil_batch)
-        check(self.sil_shift >= 0, "sil_shift", ">= 0 pixels (0: off)", self.sil_shift)
-        check(self.sil_lr >= 0, "sil_lr", ">= 0 (0: actor_lr / backbone_lr)", self.sil_lr)
-        check(self.sil_coef > 0 or not self.sil_lr, "sil_coef", "> 0 where sil_lr is set (it extends "
-              "self-imitation)", self.sil_coef)
-        check(self.sil_coef > 0 or not self.sil_backbone, "sil_coef", "> 0 where sil_backbone is set (it "
-              "extends self-imitation)", self.sil_coef)
-        check(not (self.sil_backbone and self.update_backbone), "sil_backbone", "false where update_backbone is "
-              "true (update_backbone already trains the backbone in every step)", self.sil_backbone)
+        check(0 < self.clip_low < 1, "clip_low", "(0, 1)", self.clip_low)
+        check(self.clip_high > 0, "clip_high", "> 0", self.clip_high)
+        check(self.entropy_coef >= 0, "entropy_coef", ">= 0", self.entropy_coef)
+
+
+@dataclass(frozen=True)
+class ImitationConfig:
+    """Flow matching on the policy's own successful episodes (and the SFT demos): the whole update of
+    ``rft``, the imitation part of ``ppo_rft`` (``rlsys.learner.imitation``). Defaults: the measured
+    best tabletop setting (docs/experiments.md)."""
+
+    steps: int = 40  # imitation-only steps per iteration, after any policy-gradient epochs
+    batch: int = 64  # chunks per step
+    capacity: int = 16384  # chunks of successful episodes kept (FIFO)
+    # ppo_rft: weight of the imitation loss added to every PPO step (0: the separate steps only)
+    coef: float = 1.0
+    demos: bool = True  # the SFT demos join the memory as a fixed part (sft.demos / the init checkpoint's)
+    # random-shift image augmentation (pad, crop back at a random offset), pixels; 0: off.
+    # Measured on RFT from the 90-demo lift start: 35% without, 62% with 4 px (25 min)
+    image_shift: int = 4
+    lr: float = 3e-4  # the policy's parameter groups during imitation steps (0: the optim lrs)
+    train_backbone: bool = True  # imitation steps train the backbone too
+
+    def __post_init__(self) -> None:
+        check(self.steps >= 1, "steps", ">= 1", self.steps)
+        check(self.batch >= 1, "batch", ">= 1", self.batch)
+        check(self.capacity >= 1, "capacity", ">= 1 (chunks)", self.capacity)
+        check(self.coef >= 0, "coef", ">= 0", self.coef)
+        check(self.image_shift >= 0, "image_shift", ">= 0 pixels (0: off)", self.image_shift)
+        check(self.lr >= 0, "lr", ">= 0 (0: the optim lrs)", self.lr)
 
 
 @dataclass(frozen=True)
@@ -387,6 +358,10 @@ class TrainConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    imitation: ImitationConfig = field(default_factory=ImitationConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     placement: PlacementConfig = field(default_factory=PlacementConfig)
     iterations: int = 100
@@ -452,14 +427,32 @@ def list_presets() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
-def _preset_data(name: str) -> dict[str, Any]:
+def _preset_file(name: str) -> dict[str, Any]:
     presets = list_presets()
     if name not in presets:
         raise ConfigError(f"preset {name!r}: unknown. {suggest(name, presets)}")
     text = (importlib.resources.files("rlsys") / "presets" / f"{name}.yaml").read_text()
-    data = yaml.safe_load(text) or {}
+    return yaml.safe_load(text) or {}
+
+
+def preset_description(name: str) -> str:
+    """The preset's one-line ``description``: what it trains, on what, expected time and result."""
+    return str(_preset_file(name).get("description", ""))
+
+
+def _preset_data(name: str) -> dict[str, Any]:
+    """The preset's settings merged over its ``base`` (one level: a base has no base of its own)."""
+    data = _preset_file(name)
+    data.pop("description", None)
     base = data.pop("base", None)
-    return merge(_preset_data(base), data) if base else data
+    if not base:
+        return data
+    parent = _preset_file(base)
+    if parent.get("base"):
+        raise ConfigError(f"preset {name!r}: its base {base!r} has a base of its own ({parent['base']!r}); "
+                          "presets inherit one level at most")
+    parent.pop("description", None)
+    return merge(parent, data)
 
 
 def load_config(

@@ -127,7 +127,7 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 def parse_override(text: str) -> dict[str, Any]:
     """``'learner.lr=3e-4'`` -> ``{'learner': {'lr': 0.0003}}`` (values parsed as YAML)."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected KEY=VALUE with a dotted key, e.g. algo.actor_lr=3e-4")
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE with a dotted key, e.g. optim.actor_lr=3e-4")
     key, raw = text.split("=", 1)
     value = yaml.safe_load(raw) if raw.strip() else ""
     # YAML 1.1 reads '3e-4' as a string; accept plain numeric strings as numbers.

@@ -126,7 +126,7 @@ def evaluate_on_ray(policy: Any, env_cfg: EnvConfig, embodiment: Any, episodes_p
     time (a cluster's sim pool)."""
     import ray
 
-    from rlsys.actors.inference import state_to_numpy
+    from rlsys.weights import state_to_numpy
 
     sampler = sampler or ODE()
     n = max(1, min(num_envs, episodes_per_task))
@@ -165,9 +165,9 @@ def evaluate_on_ray(policy: Any, env_cfg: EnvConfig, embodiment: Any, episodes_p
 def _eval_block(policy_cfg: Any, state: dict[str, np.ndarray], env_cfg: EnvConfig, embodiment: Any, task: str,
                 seeds: list[int], inits: list[int], count: int, frames: bool, sampler: Sampler,
                 block: tuple[int, int, int]) -> tuple[list[bool], list | None, list]:
-    from rlsys.actors.inference import load_numpy_state
     from rlsys.envs.pool import EnvPool
     from rlsys.policy.flow_policy import FlowPolicy
+    from rlsys.weights import load_numpy_state
 
     torch.set_num_threads(1)
     policy = FlowPolicy(policy_cfg)
@@ -232,7 +232,7 @@ def task_names(env_cfg: EnvConfig) -> tuple[str, ...]:
 
 def run_eval_command(cfg: Any, ckpt: str, out_dir: str | None, episodes: int, tasks: list[str] | None,
                      env: str | None = None, init_state_offset: int = 0, workers: int = 0,
-                     sampler: str = "ode", weights: str = "model") -> dict[str, Any]:
+                     sampler: str = "ode") -> dict[str, Any]:
     """``rlsys eval``: load a checkpoint, evaluate on its env (or ``env``), write eval.json/eval.md/videos.
 
     ``cfg.env`` supplies how to run (render quality, ``num_envs`` at a time, ``subprocess``: one
@@ -248,7 +248,7 @@ def run_eval_command(cfg: Any, ckpt: str, out_dir: str | None, episodes: int, ta
         raise ValueError(f"--sampler {sampler!r}: allowed: ode, rollout")
     smp = ODE() if sampler == "ode" else build_sampler(cfg.sampler)
 
-    policy, env_cfg, embodiment, _ = load_policy(ckpt, weights=weights)
+    policy, env_cfg, embodiment, _ = load_policy(ckpt)
     for flag, what in smp.required_heads().items():
         if not getattr(policy.cfg, flag):
             raise ValueError(f"--sampler rollout with sampler.name={cfg.sampler.name} needs {what}; {ckpt} has "

@@ -7,8 +7,7 @@ sampling integrates from ``t = 1`` (noise) to ``t = 0`` (action) on the grid ``t
 :func:`transition` is the one place that owns the time grid, the noise schedule, which steps are
 stochastic, the channel mask and the dtype; ``FlowPolicy.sample`` and
 ``FlowPolicy.log_prob_and_value`` both call it, so sampling and recompute cannot disagree.
-Samplers are strategy objects: ``ODE()``, ``FlowSDE(noise_level)``, ``FlowNoise(sigma_min, sigma_max)``,
-``LatentNoise()`` (the initial noise, drawn from the policy's learned prior, is the stochastic action).
+Samplers are strategy objects: ``ODE()``, ``FlowSDE(noise_level)``, ``FlowNoise(sigma_min, sigma_max)``.
 """
 
 from __future__ import annotations
@@ -65,9 +64,6 @@ class Sampler:
 
     noise_level: float = 0.0
     needs_noise_head = False
-    # True: the initial noise ``chain[:, 0]``, drawn from the policy's learned N(mean(obs), std(obs)^2)
-    # (policy.noise_prior), is the stochastic transition whose log-prob PPO takes
-    needs_noise_prior = False
 
     @classmethod
     def from_config(cls, cfg) -> Sampler:  # cfg: rlsys.config.SamplerConfig
@@ -80,14 +76,11 @@ class Sampler:
     @classmethod
     def required_heads(cls) -> dict[str, str]:
         """The ``PolicyConfig`` flags this sampler needs set -> what each adds to the policy."""
-        return {flag: what for flag, what, need in (
-            ("noise_head", "a noise head (the Flow-Noise std)", cls.needs_noise_head),
-            ("noise_prior", "an initial-noise prior head", cls.needs_noise_prior)) if need}
+        return {"noise_head": "a noise head (the Flow-Noise std)"} if cls.needs_noise_head else {}
 
     def num_stochastic(self, step_mask):
-        """[B, S] step mask (numpy or torch) -> [B]: stochastic transitions per sample, the prior's
-        draw of the initial noise counted as one (``needs_noise_prior``)."""
-        return step_mask.sum(1) + int(self.needs_noise_prior)
+        """[B, S] step mask (numpy or torch) -> [B]: stochastic transitions per sample."""
+        return step_mask.sum(1)
 
     def stochastic(
         self, x: torch.Tensor, v: torch.Tensor, t: torch.Tensor, dt: float, num_steps: int,
@@ -104,25 +97,19 @@ class ODE(Sampler):
 
 @dataclass(frozen=True)
 class FlowSDE(Sampler):
-    """One stochastic transition per sample (its index stored): drawn uniformly (``step="uniform"``,
-    optionally never the last), always the last (``step="last"``: the one transition whose noise the
-    later Euler steps cannot pull back toward the policy's mean action), or a fixed index (an int:
-    benchmarks/noise_survival.py measures each step's in turn)."""
+    """One stochastic transition per sample, its index drawn uniformly (optionally never the last)
+    and stored with the chain."""
 
     noise_level: float = 0.5
     exclude_last_step: bool = False
-    step: str | int = "uniform"
 
     @classmethod
     def from_config(cls, cfg) -> Sampler:
-        return cls(noise_level=cfg.noise_level, exclude_last_step=cfg.exclude_last_step, step=cfg.stochastic_step)
+        return cls(noise_level=cfg.noise_level, exclude_last_step=cfg.exclude_last_step)
 
     def step_mask(self, batch: int, num_steps: int, generator: torch.Generator | None) -> torch.Tensor:
-        if self.step == "uniform":
-            high = num_steps - 1 if self.exclude_last_step and num_steps > 1 else num_steps
-            k = torch.randint(0, high, (batch,), generator=generator)
-        else:
-            k = torch.full((batch,), num_steps - 1 if self.step == "last" else int(self.step), dtype=torch.long)
+        high = num_steps - 1 if self.exclude_last_step and num_steps > 1 else num_steps
+        k = torch.randint(0, high, (batch,), generator=generator)
         return torch.nn.functional.one_hot(k, num_steps).bool()
 
     def stochastic(self, x, v, t, dt, num_steps, noise_h):
@@ -153,20 +140,6 @@ class FlowNoise(Sampler):
         if noise_h is None:
             raise ValueError("FlowNoise needs the policy's noise head (policy.noise_head: true)")
         return x - dt * v, torch.exp(self.log_var(noise_h.float()) / 2.0)
-
-
-@dataclass(frozen=True)
-class LatentNoise(Sampler):
-    """Latent-noise policy (noise-space RL, as DSRL steers a diffusion policy): the initial noise
-    ``x_0 ~ N(mean(obs), std(obs)^2)`` from the policy's prior head is the one stochastic draw and
-    every denoising step is the deterministic Euler step, so the action is a function of ``x_0``.
-
-    The Gaussian transitions of Flow-SDE / Flow-Noise credit only the noise injected inside the
-    chain; the outcome also varies with ``x_0``, which they treat as part of the environment. Here
-    the log-prob is ``log N(x_0; mean, std^2)`` and PPO moves the distribution of ``x_0``.
-    """
-
-    needs_noise_prior = True
 
 
 def transition(

@@ -37,33 +37,27 @@ EXPLAINED_VARIANCE = "learner/explained_variance"
 GRAD_NORM = "learner/grad_norm"
 EPOCHS_RUN = "learner/epochs_run"  # epochs (fractional) the update ran before algo.target_kl stopped it
 CRITIC_EPOCHS_RUN = "learner/critic_epochs_run"  # the critic's epochs (target_kl does not stop them)
-KL_REF = "learner/kl_ref"  # per-element KL to the starting policy (the algo.ref_kl_coef anchor)
 SAMPLES = "learner/samples"
 SAMPLES_PER_S = "learner/samples_per_s"
 STALENESS_MAX = "learner/staleness_max"
 STALE_REJECTED = "learner/stale_rejected"
 WEIGHT_VERSION = "learner/weight_version"
-# decoupled PPO on stale samples (algo.decoupled): the mean advantage weight min(pi_start / pi_rollout,
-# cap) and the fraction of samples at the cap
-BEHAVIOUR_WEIGHT = "learner/behaviour_weight_mean"
-BEHAVIOUR_CAPPED = "learner/behaviour_weight_capped"
 # torch CPU threads the update ran on (placement.learner_threads; the actor's inference runs on 1)
 LEARNER_TORCH_THREADS = "learner/torch_threads"
 LEARNER_GPU_MEMORY_GB = "learner/gpu_memory_gb"  # peak CUDA memory of the update (0 on the CPU)
-SIL_LOSS = "learner/sil_loss"  # flow-matching loss on the self-imitation memory (algo.sil_coef > 0)
+SIL_LOSS = "learner/sil_loss"  # flow-matching loss on the imitation memory (rft, ppo_rft)
 SIL_MEMORY_CHUNKS = "learner/sil_memory_chunks"  # chunks of successful episodes held for self-imitation
 SIL_EPISODES = "learner/sil_episodes"  # successful episodes that entered the memory so far
-SIL_STEPS_RUN = "learner/sil_steps_run"  # self-imitation-only steps after the PPO epochs (algo.sil_steps)
-CFM_ERROR = "learner/cfm_error"  # fpo: flow-matching error of the sampled chunks per (t, eps) draw
+SIL_STEPS_RUN = "learner/sil_steps_run"  # imitation-only steps after any PPO epochs (imitation.steps)
 # grpo: fraction of groups whose rollouts disagree (not all failed, not all succeeded): the groups
-# that carry a learning signal; the rest are dropped by algo.filter_groups or have zero advantage
+# that carry a learning signal; the rest are dropped by grpo.filter_groups or have zero advantage
 GROUPS_INFORMATIVE = "learner/groups_informative"
 BROADCAST_S = "time/broadcast_s"
 COLLECT_S = "time/collect_s"  # collecting the segments this iteration trains on
 # the driver's wait for the update: with rollout.overlap it also covers collecting the next segments
 UPDATE_S = "time/update_s"
 LEARNER_S = "time/learner_s"  # the update itself, in the learner (time/update_s less any waiting)
-SIL_S = "time/sil_s"  # the part of time/learner_s spent in the self-imitation-only steps (algo.sil_steps)
+SIL_S = "time/sil_s"  # the part of time/learner_s spent in the imitation-only steps (imitation.steps)
 # with rollout.overlap: the part of the iteration in which collection and the update ran at once
 OVERLAP_S = "time/overlap_s"
 ITERATION_S = "time/iteration_s"
@@ -73,13 +67,12 @@ LEARNER_KEYS = {
     "policy_loss": POLICY_LOSS, "value_loss": VALUE_LOSS, "entropy": ENTROPY, "approx_kl": APPROX_KL,
     "clip_fraction": CLIP_FRACTION, "ratio_mean": RATIO_MEAN, "ratio_max": RATIO_MAX,
     "first_minibatch_ratio_dev": FIRST_RATIO_DEV, "explained_variance": EXPLAINED_VARIANCE,
-    "grad_norm": GRAD_NORM, "epochs_run": EPOCHS_RUN, "critic_epochs_run": CRITIC_EPOCHS_RUN, "kl_ref": KL_REF,
+    "grad_norm": GRAD_NORM, "epochs_run": EPOCHS_RUN, "critic_epochs_run": CRITIC_EPOCHS_RUN,
     "samples": SAMPLES, "samples_per_s": SAMPLES_PER_S,
     "staleness_max": STALENESS_MAX, "stale_rejected": STALE_REJECTED, "gpu_memory_gb": LEARNER_GPU_MEMORY_GB,
     "sil_loss": SIL_LOSS, "sil_memory_chunks": SIL_MEMORY_CHUNKS, "sil_episodes": SIL_EPISODES,
-    "sil_steps_run": SIL_STEPS_RUN, "sil_seconds": SIL_S, "update_seconds": LEARNER_S, "cfm_error": CFM_ERROR,
-    "groups_informative": GROUPS_INFORMATIVE, "behaviour_weight_mean": BEHAVIOUR_WEIGHT,
-    "behaviour_weight_capped": BEHAVIOUR_CAPPED, "torch_threads": LEARNER_TORCH_THREADS,
+    "sil_steps_run": SIL_STEPS_RUN, "sil_seconds": SIL_S, "update_seconds": LEARNER_S,
+    "groups_informative": GROUPS_INFORMATIVE, "torch_threads": LEARNER_TORCH_THREADS,
 }
 
 

@@ -80,10 +80,10 @@ class Run:
     def _policy(self, system: Any) -> Any:
         import ray
 
-        from rlsys.actors.inference import load_numpy_state
         from rlsys.policy.flow_policy import FlowPolicy
+        from rlsys.weights import load_numpy_state
 
-        version, (ref,) = ray.get(system.learner.publish_eval.remote())  # the weight average, if any
+        version, (ref,) = ray.get(system.learner.publish.remote())
         policy = FlowPolicy(self.cfg.policy)
         load_numpy_state(policy, ray.get(ref))
         return policy, version
@@ -104,29 +104,21 @@ class Run:
     def checkpoint(self, system: Any, iteration: int) -> Path:
         import ray
 
-        from rlsys.actors.inference import load_numpy_state
         from rlsys.policy.flow_policy import FlowPolicy
+        from rlsys.weights import load_numpy_state
 
         st = ray.get(system.learner.training_state.remote())
-        ema = st.get("ema") is not None
-        # model.safetensors holds the weights to use (the average where algo.ema_decay is set: what
-        # eval / serve load); the trained weights go beside it for --resume
         policy = FlowPolicy(self.cfg.policy)
-        load_numpy_state(policy, st["ema"] if ema else st["policy"])
+        load_numpy_state(policy, st["policy"])
         trainer = {"iteration": iteration, "version": st["version"], "learner_iteration": st["iteration"],
-                   "optimizer": st["optimizer_scalars"], "rng": st["rng"], "ema_updates": st.get("ema_updates", 0)}
+                   "optimizer": st["optimizer_scalars"], "rng": st["rng"]}
         extra = {"optimizer.safetensors": save_np(st["optimizer"]) if st["optimizer"] else save_np({}),
                  "trainer.json": json.dumps(trainer).encode()}
-        if st.get("reference") is not None:  # the KL anchor's weights (algo.ref_kl_coef > 0)
-            extra["reference.safetensors"] = save_np(st["reference"])
-        if ema:
-            extra["online.safetensors"] = save_np(st["policy"])
-        meta = {"stage": "rl", "iteration": iteration, "version": st["version"],
-                "weights": f"ema {self.cfg.algo.ema_decay}" if ema else "online"}
+        meta = {"stage": "rl", "iteration": iteration, "version": st["version"]}
         return save_policy(self.dir / "checkpoint", policy, self.cfg.env, self.embodiment, meta=meta, extra=extra)
 
     def load_checkpoint(self) -> tuple[dict[str, np.ndarray], dict[str, Any], int]:
-        from rlsys.actors.inference import state_to_numpy
+        from rlsys.weights import state_to_numpy
 
         ck = self.dir / "checkpoint"
         policy, _, self.embodiment, _ = load_policy(ck, expect=self.cfg.policy)
@@ -134,18 +126,13 @@ class Run:
         state = {"policy": state_to_numpy(policy), "optimizer": load_np(str(ck / "optimizer.safetensors")),
                  "optimizer_scalars": trainer["optimizer"], "version": trainer["version"],
                  "iteration": trainer["learner_iteration"], "rng": trainer["rng"]}
-        if (ck / "online.safetensors").exists():  # model.safetensors is the weight average (algo.ema_decay)
-            state["ema"], state["ema_updates"] = state["policy"], int(trainer.get("ema_updates", 0))
-            state["policy"] = load_np(str(ck / "online.safetensors"))
-        if (ck / "reference.safetensors").exists():
-            state["reference"] = load_np(str(ck / "reference.safetensors"))
         return state["policy"], state, int(trainer["iteration"])
 
 
 def initial_policy_state(run: Run) -> dict[str, np.ndarray]:
     """From ``init_checkpoint``, else run the few-shot SFT into ``RUN_DIR/sft`` first."""
-    from rlsys.actors.inference import state_to_numpy
     from rlsys.sft import run_sft
+    from rlsys.weights import state_to_numpy
 
     cfg = run.cfg
     ckpt = cfg.init_checkpoint
@@ -155,13 +142,12 @@ def initial_policy_state(run: Run) -> dict[str, np.ndarray]:
         ckpt = str(run.dir / "sft")
         run_sft(cfg, ckpt)
     policy, _, run.embodiment, _ = load_policy(ckpt, expect=cfg.policy, critic=cfg.policy.critic,
-                                               noise_head=cfg.policy.noise_head,
-                                               noise_prior=cfg.policy.noise_prior)
+                                               noise_head=cfg.policy.noise_head)
     return state_to_numpy(policy)
 
 
-def sil_demo_dir(cfg: TrainConfig, run_dir: Path) -> Path:
-    """The demos of ``algo.sil_demos``: ``sft.demos``, else the folder the init checkpoint's meta
+def imitation_demo_dir(cfg: TrainConfig, run_dir: Path) -> Path:
+    """The demos of ``imitation.demos``: ``sft.demos``, else the folder the init checkpoint's meta
     names, else the run's own few-shot SFT's."""
     from rlsys.checkpoint import read_config
 
@@ -170,30 +156,35 @@ def sil_demo_dir(cfg: TrainConfig, run_dir: Path) -> Path:
     elif cfg.init_checkpoint:
         named = read_config(cfg.init_checkpoint)["meta"].get("demos")
         if not named:
-            raise ValueError(f"algo.sil_demos=true: init_checkpoint {cfg.init_checkpoint} names no demo folder in "
+            raise ValueError(f"imitation.demos=true: init_checkpoint {cfg.init_checkpoint} names no demo folder in "
                              "its meta; set sft.demos=DIR (the demos it was trained on)")
         d, source = Path(named), f"init_checkpoint {cfg.init_checkpoint}"
     else:
         d, source = run_dir / "sft_demos", "the run's own few-shot SFT"
     if not (d / "meta" / "info.json").exists():
-        raise FileNotFoundError(f"algo.sil_demos=true: {d} (from {source}) is not a demo folder (no meta/info.json); "
-                                "set sft.demos=DIR or algo.sil_demos=false")
+        raise FileNotFoundError(f"imitation.demos=true: {d} (from {source}) is not a demo folder (no meta/info.json); "
+                                "set sft.demos=DIR or imitation.demos=false")
     return d
 
 
-def sil_demo_frames(cfg: TrainConfig, run: Run) -> tuple[Any, np.ndarray, np.ndarray] | None:
-    """(obs, actions [F, H, A], valid [F, H]) of every demo frame for ``algo.sil_demos``, else None."""
-    if not (cfg.algo.sil_coef > 0 and cfg.algo.sil_demos):
+def uses_demo_frames(cfg: TrainConfig) -> bool:
+    """The algorithm imitates and ``imitation.demos`` puts the SFT demos in its memory."""
+    return bool(ALGORITHMS.get(cfg.algo.name).imitates and cfg.imitation.demos)
+
+
+def imitation_demo_frames(cfg: TrainConfig, run: Run) -> tuple[Any, np.ndarray, np.ndarray] | None:
+    """(obs, actions [F, H, A], valid [F, H]) of every demo frame for ``imitation.demos``, else None."""
+    if not uses_demo_frames(cfg):
         return None
     from rlsys.envs.demos import load_demos
     from rlsys.prompt import ObservationBuilder
     from rlsys.sft import SFTData, check_demos_match
 
-    d = sil_demo_dir(cfg, run.dir)
+    d = imitation_demo_dir(cfg, run.dir)
     ds = load_demos(d)
     check_demos_match(ds, cfg, d)
     data = SFTData(ds, ObservationBuilder(cfg.policy, run.embodiment), cfg.policy.action_horizon)
-    print(f"train: self-imitation memory starts with {len(data)} demo frames from {d}", flush=True)
+    print(f"train: imitation memory starts with {len(data)} demo frames from {d}", flush=True)
     return data.obs, data.actions, data.valid
 
 
@@ -206,15 +197,15 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict[str, Any]:
         start_ray(run.cfg)
         init_state, training_state, start = run.load_checkpoint()
     else:
-        if cfg.algo.sil_coef > 0 and cfg.algo.sil_demos and (cfg.sft.demos or cfg.init_checkpoint):
-            sil_demo_dir(cfg, Path(cfg.run_dir))  # a missing demo folder fails before any run directory
+        if uses_demo_frames(cfg) and (cfg.sft.demos or cfg.init_checkpoint):
+            imitation_demo_dir(cfg, Path(cfg.run_dir))  # a missing demo folder fails before any run directory
         start_ray(cfg)
         run = Run.create(cfg)
         init_state, training_state, start = initial_policy_state(run), None, 0
     cfg = run.cfg
     print(f"train: run directory {run.dir}", flush=True)
     system = RaySystem(cfg, init_state, episodic=ALGORITHMS.get(cfg.algo.name).episodic,
-                       sil_base=sil_demo_frames(cfg, run))
+                       demo_frames=imitation_demo_frames(cfg, run))
     try:
         if training_state is not None:
             import ray

@@ -1,5 +1,4 @@
-"""``FlowPolicy`` = backbone + DiT action expert + value head (+ noise head for Flow-Noise, + initial-noise
-prior head for the latent-noise policy).
+"""``FlowPolicy`` = backbone + DiT action expert + value head (+ noise head for Flow-Noise).
 
 The plug-in surface is three methods: ``sample(obs, sampler) -> ActionChunk`` (rollout, keeps
 every denoising state), ``log_prob_and_value(...)`` (learner recompute from stored chains) and
@@ -18,13 +17,11 @@ from torch import nn
 
 from rlsys import flow  # sampling and recompute both go through flow.time_grid / flow.transition
 from rlsys.config import PolicyConfig
-from rlsys.flow import Sampler, gaussian_entropy, gaussian_kl, gaussian_log_prob, reduce_log_prob
+from rlsys.flow import Sampler, gaussian_entropy, gaussian_log_prob, reduce_log_prob
 from rlsys.policy.backbone import Prefix
 from rlsys.policy.dit import ActionExpert
 from rlsys.registry import BACKBONES
 from rlsys.types import ActionChunk, ContractError, Observation
-
-PRIOR_LOG_STD = 2.0  # bound on |log std| of the learned initial-noise prior
 
 
 @dataclass
@@ -33,8 +30,7 @@ class Recompute:
 
     logp: torch.Tensor
     value: torch.Tensor
-    entropy: torch.Tensor | None  # None where the surrogate has none in closed form (fpo)
-    kl_ref: torch.Tensor | None = None  # per-element KL to a reference policy, when one was given
+    entropy: torch.Tensor
 
 
 @dataclass
@@ -87,13 +83,6 @@ class FlowPolicy(nn.Module):
         if self.noise_head is not None:
             nn.init.zeros_(self.noise_head.weight)
             nn.init.zeros_(self.noise_head.bias)
-        # prior head: [mean | std pre-activation] of the initial noise per (horizon step, channel);
-        # the last layer starts at zero, so a fresh head is exactly N(0, I), the SFT policy's prior
-        self.prior_head = (nn.Sequential(nn.Linear(w, w), nn.GELU(), nn.Linear(w, 2 * cfg.action_horizon * k))
-                           if cfg.noise_prior else None)
-        if self.prior_head is not None:
-            nn.init.zeros_(self.prior_head[-1].weight)
-            nn.init.zeros_(self.prior_head[-1].bias)
         self.register_buffer("action_mean", torch.zeros(k))
         self.register_buffer("action_std", torch.ones(k))
         self.register_buffer("proprio_mean", torch.zeros(cfg.proprio_dim))
@@ -174,21 +163,6 @@ class FlowPolicy(nn.Module):
             h = self.noise_head(feat)
         return v, h
 
-    def noise_prior(self, prefix: Prefix) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, std) [B, H, K] of the initial noise from the prior head, float32.
-
-        ``std = exp(PRIOR_LOG_STD * tanh(h / PRIOR_LOG_STD))``: log-std kept smoothly inside
-        +-PRIOR_LOG_STD (std 0.135 .. 7.4), exactly 1 at a fresh head's h = 0."""
-        b, h, k = prefix.pooled.shape[0], self.cfg.action_horizon, self.cfg.action_channels
-        out = self.prior_head(prefix.pooled).float()
-        mean, pre = out[:, : h * k].view(b, h, k), out[:, h * k:].view(b, h, k)
-        return mean, torch.exp(PRIOR_LOG_STD * torch.tanh(pre / PRIOR_LOG_STD))
-
-    def _check_prior(self, sampler: Sampler) -> None:
-        if sampler.needs_noise_prior and self.prior_head is None:
-            raise ContractError(f"sampler {type(sampler).__name__} needs the initial-noise prior head: "
-                                "set policy.noise_prior: true")
-
     def value_of(self, prefix: Prefix) -> torch.Tensor:
         detach = self.cfg.detach_critic_input
         if self.cfg.critic == "attention":
@@ -215,15 +189,8 @@ class FlowPolicy(nn.Module):
         cmask = self.channel_mask(inputs["action_dim"])
         grid, step_mask, noise = inputs["grid"], inputs["step_mask"], inputs["noise"]
         b, s = step_mask.shape
-        self._check_prior(sampler)
-        x = inputs["x0"]
+        x = inputs["x0"] * cmask[:, None]
         logp_steps = torch.zeros(b, self.cfg.action_horizon, device=x.device)
-        if self.prior_head is not None:  # x0 ~ N(mean(obs), std(obs)^2) instead of N(0, I)
-            mean0, std0 = self.noise_prior(prefix)
-            x = mean0 + std0 * x
-            if sampler.needs_noise_prior:  # the initial noise is the stochastic action (LatentNoise)
-                logp_steps = (gaussian_log_prob(x, mean0, std0) * cmask[:, None]).sum(-1)
-        x = x * cmask[:, None]
         chain = [x]
         for i in range(s):
             kk = torch.full((b,), i, dtype=torch.long, device=x.device)
@@ -280,8 +247,7 @@ class FlowPolicy(nn.Module):
         """(mean, std) of every stored stochastic transition under the current weights.
 
         chain [B, S+1, H, K], step_mask [B, S] (numpy, as stored by rollout). Rows are the
-        transitions ``step_mask.nonzero()``, in that order for any policy given the same mask; with a
-        latent-noise sampler, one row per sample: the draw of ``chain[:, 0]`` from the prior head.
+        transitions ``step_mask.nonzero()``, in that order for any policy given the same mask.
         """
         dev = self.device
         prefix, action_dim = self._prefix_and_action_dim(obs, prefix)
@@ -289,13 +255,6 @@ class FlowPolicy(nn.Module):
         smask = torch.as_tensor(step_mask, device=dev)
         s = smask.shape[1]
         cmask = self.channel_mask(action_dim)
-        self._check_prior(sampler)
-        if sampler.needs_noise_prior:
-            mean, std = self.noise_prior(prefix)
-            on = cmask[:, None, :].expand_as(mean)
-            return Transitions(rows=torch.arange(mean.shape[0], device=dev), x_next=chain_t[:, 0], mean=mean,
-                               std=torch.where(on, std, torch.ones_like(std)), on=on, prefix=prefix,
-                               action_dim=action_dim, num_stochastic=sampler.num_stochastic(smask))
         bi, ki = smask.nonzero(as_tuple=True)  # one row per stochastic transition
         x_k, x_next = chain_t[bi, ki], chain_t[bi, ki + 1]
         if bi.numel():
@@ -310,15 +269,12 @@ class FlowPolicy(nn.Module):
 
     def log_prob_and_value(self, obs: Observation, chain: np.ndarray, step_mask: np.ndarray,
                            exec_mask: np.ndarray, sampler: Sampler, mode: str,
-                           prefix: Prefix | None = None, reference: Transitions | None = None) -> Recompute:
+                           prefix: Prefix | None = None) -> Recompute:
         """Recompute the log-prob of the stored stochastic transitions under the current weights.
 
         chain [B, S+1, H, K], step_mask [B, S], exec_mask [B, H] (numpy, as stored by rollout).
         ``prefix``: the backbone's output for ``obs`` if already computed (a frozen backbone's is
         the same in every epoch, so the learner encodes each sample once per update).
-        ``reference``: another policy's ``transitions`` of the same rows; ``kl_ref`` is then the exact
-        Gaussian KL(current || reference) of each transition, averaged per element like a
-        token-level log-prob.
         """
         tr = self.transitions(obs, chain, step_mask, sampler, prefix)
         dev = self.device
@@ -329,17 +285,10 @@ class FlowPolicy(nn.Module):
             steps = torch.zeros(b, h, device=dev).index_add(0, tr.rows, (elementwise * tr.on).sum(-1))
             return reduce_log_prob(steps, emask, tr.action_dim, tr.num_stochastic, how)
 
-        kl = None
-        if reference is not None:
-            if not torch.equal(reference.rows, tr.rows):
-                raise ContractError("reference transitions are not the same rows as this batch")
-            kl = per_sample(gaussian_kl(tr.mean, tr.std, reference.mean.detach(), reference.std.detach()),
-                            "token_level")
         return Recompute(
             logp=per_sample(gaussian_log_prob(tr.x_next, tr.mean, tr.std), mode),
             value=self.value_of(tr.prefix),
             entropy=per_sample(gaussian_entropy(tr.std), "token_level"),
-            kl_ref=kl,
         )
 
     def _fm_sq_error(self, a: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, prefix: Prefix) -> torch.Tensor:
@@ -348,27 +297,6 @@ class FlowPolicy(nn.Module):
         tt = t.view(-1, 1, 1)
         v, _ = self.expert(tt * eps + (1 - tt) * a, t, prefix)
         return (v - (eps - a)) ** 2
-
-    def cfm_errors(self, obs: Observation, actions: np.ndarray, valid: np.ndarray, t: torch.Tensor,
-                   eps: torch.Tensor, prefix: Prefix | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Conditional flow-matching errors of given action chunks under fixed draws (FPO's ratio).
-
-        actions [B, H, K]: normalised chunks (the stored ``chain[:, S]``); valid [B, H] bool (the
-        executed steps); t [B, N] flow times in (0, 1]; eps [B, N, H, K] noise. With
-        ``x_t = t eps + (1 - t) a`` the error of draw i is ``||v(x_t, t) - (eps - a)||^2`` summed over
-        valid steps and real channels. Returns (errors [B, N], value [B]).
-        """
-        dev = self.device
-        prefix, action_dim = self._prefix_and_action_dim(obs, prefix)
-        cmask = self.channel_mask(action_dim)
-        b, n = t.shape
-        a = torch.as_tensor(np.array(actions), device=dev).float() * cmask[:, None]
-        e = eps.to(dev).float() * cmask[:, None, None]
-        rows = torch.arange(b, device=dev).repeat_interleave(n)  # draw j of sample i is row i * n + j
-        err = self._fm_sq_error(a[rows], e.reshape(b * n, *a.shape[1:]), t.to(dev).float().reshape(-1),
-                                prefix.index(rows)).reshape(e.shape)
-        m = torch.as_tensor(np.array(valid), device=dev)[:, :, None] & cmask[:, None, :]
-        return (err * m[:, None]).sum((-1, -2)), self.value_of(prefix)
 
     @torch.no_grad()
     def encode_batch(self, obs: Observation, block: int = 256) -> Prefix:
