@@ -1,6 +1,6 @@
 """``InferenceEngine``: a policy copy that turns observation batches into ``ActionChunk``s.
 
-Plain class; ``rlsys.actors.system.PolicyActor`` wraps it with cross-request batching.
+Plain class; ``rlsys.actors.system.InferenceActor`` (and ``CollocatedActor``) wrap it with cross-request batching.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The Ray layer: actors, placement, weight broadcast, restarts. Everything else is plain classes.
 
 - ``EnvWorker`` wraps ``EnvWorkerCore`` (CPU, custom resource ``sim`` when disaggregated).
-- ``PolicyActor`` wraps an ``InferenceEngine`` (role ``infer``) or a ``Learner`` (role
-  ``learner``; in ``collocated`` placement it also serves inference with the same weights).
-  Inference requests from all env workers are batched (``max_batch`` / ``max_wait_ms``).
+- ``InferenceActor`` wraps an ``InferenceEngine`` and batches the requests of all env workers
+  (``max_batch`` / ``max_wait_ms``); ``LearnerActor`` wraps a ``Learner``; in ``collocated``
+  placement ``CollocatedActor`` composes both roles on one copy of the weights.
 - Weights: the learner ``ray.put``s its state once per version; the same ObjectRef goes to
   every inference worker. Chunks carry the version; the learner enforces ``max_staleness``.
 - Faults: env and inference actors restart automatically (``max_restarts=-1``). A segment from an
@@ -25,9 +25,14 @@ import ray
 import torch
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
+from rlsys.actors.env_worker import EnvWorkerCore
+from rlsys.actors.inference import InferenceEngine
 from rlsys.actors.transport import TransportError, ZmqClient, ZmqServer
 from rlsys.config import TrainConfig
+from rlsys.learner.learner import Learner
+from rlsys.policy.flow_policy import FlowPolicy
 from rlsys.types import ActionChunk, Observation, Segment
+from rlsys.weights import load_numpy_state, state_to_numpy
 
 RESTART = {"max_restarts": -1}
 RETRY = {"max_restarts": -1, "max_task_retries": -1}
@@ -117,12 +122,18 @@ def check_local_gpus(cfg: TrainConfig) -> None:
 @ray.remote
 class EnvWorker:
     def __init__(self, cfg: TrainConfig, index: int, episodic: bool) -> None:
-        from rlsys.actors.env_worker import EnvWorkerCore
-
         torch.set_num_threads(1)
         self.core = EnvWorkerCore(cfg, index, episodic)
         self.index = index
         self._clients: dict[str, ZmqClient] = {}
+        self.transport_fallbacks = 0  # requests re-sent through Ray after the zmq channel failed
+
+    def _fell_back(self, why: str) -> None:
+        """Counted (``rollout/transport_fallbacks``) and said once per worker, never silent."""
+        if self.transport_fallbacks == 0:
+            print(f"rlsys: env worker {self.index}: zmq transport unavailable ({why}); this and later failures "
+                  "re-send through Ray actor calls (counted as rollout/transport_fallbacks)", flush=True)
+        self.transport_fallbacks += 1
 
     def rollout(self, policy_actors: list[Any]) -> Segment:
         """Requests go out asynchronously (so env groups overlap with inference); a request whose
@@ -150,7 +161,8 @@ class EnvWorker:
                 return call("infer", obs, ref)
             try:
                 return z.wait(ref)
-            except TransportError:  # worker gone or restarting: Ray path, fresh endpoint next segment
+            except TransportError as e:  # worker gone or restarting: Ray path, fresh endpoint next segment
+                self._fell_back(str(e))
                 self._clients.pop(z.endpoint, None)
                 live["zmq"] = None
                 return call("infer", obs)
@@ -160,14 +172,15 @@ class EnvWorker:
     def _zmq_client(self, actor: Any) -> ZmqClient | None:
         try:
             endpoint = ray.get(actor.zmq_endpoint.remote(), timeout=60)
-        except (RayActorError, RayTaskError, ActorUnavailableError, ray.exceptions.GetTimeoutError):
+        except (RayActorError, RayTaskError, ActorUnavailableError, ray.exceptions.GetTimeoutError) as e:
+            self._fell_back(f"no endpoint: {type(e).__name__}")
             return None  # this segment goes through Ray
         if endpoint not in self._clients:
             self._clients[endpoint] = ZmqClient(endpoint, ActionChunk, self.core.cfg.rollout.zmq_timeout_s)
         return self._clients[endpoint]
 
     def stats(self) -> dict[str, Any]:
-        return self.core.stats()
+        return {**self.core.stats(), "transport_fallbacks": self.transport_fallbacks}
 
     def null_rollout(self, chunks: int) -> tuple[int, float]:
         return self.core.null_rollout(chunks)
@@ -176,65 +189,65 @@ class EnvWorker:
         return os.getpid()
 
 
-@ray.remote
-class PolicyActor:
-    """Inference (batched across env workers) and/or learning on one copy of the weights."""
+class _TorchThread:
+    """Every torch call of an actor runs on this one thread. A second thread that runs OpenMP regions in
+    the same process (the actor's constructor on the main thread, say) slowed every later learner step
+    ~1.5x on 2 cores, so nothing torch touches runs anywhere else. Inference runs on 1 torch thread (in
+    collocated placement the env workers step on the other cores meanwhile); updates on
+    ``placement.learner_threads``."""
 
-    def __init__(self, cfg: TrainConfig, role: str, init_state: dict[str, np.ndarray] | None = None,
-                 learner: Any = None, seed: int = 0, demo_frames: Any = None) -> None:
-        from rlsys.actors.inference import InferenceEngine
-        from rlsys.learner.learner import Learner
-        from rlsys.policy.flow_policy import FlowPolicy
-        from rlsys.weights import load_numpy_state
+    def __init__(self, role: str) -> None:
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix=f"torch-{role}", initializer=torch.set_num_threads,
+                                       initargs=(1,))
 
-        # Every torch call of this actor runs on the one thread of self._exec. A second thread that
-        # runs OpenMP regions in the same process (this actor's constructor on the main thread, say)
-        # slowed every later learner step ~1.5x on 2 cores, down to ~1.4 busy cores
-        # (benchmarks/thread_teams.py), so nothing torch touches runs anywhere else.
-        # Inference runs on 1 thread (in collocated placement the env workers step on the other cores
-        # meanwhile); the learner's steps on placement.learner_threads.
-        self._learner_threads = cfg.placement.learner_threads if role == "learner" else 1
-        self._exec = ThreadPoolExecutor(1, thread_name_prefix=f"torch-{role}", initializer=torch.set_num_threads,
-                                        initargs=(1,))
-        self.cfg, self.role = cfg, role
-        device = "cpu"
-        if cfg.placement.use_gpu:  # no silent fall-back to the CPU: that would be a slow run nobody asked for
-            if torch.cuda.is_available():
-                device = "cuda"
-            elif not cfg.placement.allow_cpu_fallback:
-                raise RuntimeError(
-                    f"placement.use_gpu=true but this {role} actor's torch sees no CUDA device (torch "
-                    f"{torch.__version__}, CUDA build {torch.version.cuda}, CUDA_VISIBLE_DEVICES="
-                    f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}); install a CUDA build of torch on the GPU nodes, "
-                    f"or set placement.allow_cpu_fallback=true to run it on the CPU")
+    def run(self, fn: Any, *args: Any) -> Any:
+        """Blocking: ``fn(*args)`` on the torch thread (constructors)."""
+        return self.pool.submit(fn, *args).result()
 
-        def build() -> None:
-            torch.manual_seed(seed)
-            policy = FlowPolicy(cfg.policy).to(device)
-            self.learner = None
-            if role == "learner":
-                if init_state is not None:
-                    load_numpy_state(policy, init_state)
-                self.learner = Learner(cfg, policy, seed, demo_frames=demo_frames)
-            self.engine = InferenceEngine(cfg, policy, seed=seed, device=device)
+    def call(self, fn: Any, *args: Any, threads: int = 1) -> asyncio.Future:
+        """Awaitable: ``fn(*args)`` on the torch thread with ``threads`` torch threads."""
+        def call() -> Any:
+            if torch.get_num_threads() != threads:  # only this thread sets it in this process
+                torch.set_num_threads(threads)
+            return fn(*args)
 
-        self._exec.submit(build).result()
-        if role == "learner":
-            self.engine.version = 0
-        elif learner is not None:  # (re)started inference worker: pull the current weights
-            version, (ref,) = ray.get(learner.publish.remote())
-            self._exec.submit(self.engine.set_weights, ray.get(ref), version).result()
+        return asyncio.get_running_loop().run_in_executor(self.pool, call)
+
+
+def _device(cfg: TrainConfig, role: str) -> str:
+    """cuda where placement.use_gpu asks for it; no silent fall-back to the CPU (a slow run nobody asked for)."""
+    if not cfg.placement.use_gpu:
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    if cfg.placement.allow_cpu_fallback:
+        print(f"rlsys: placement.allow_cpu_fallback: this {role} actor runs on the CPU (torch sees no CUDA)",
+              flush=True)
+        return "cpu"
+    raise RuntimeError(
+        f"placement.use_gpu=true but this {role} actor's torch sees no CUDA device (torch {torch.__version__}, "
+        f"CUDA build {torch.version.cuda}, CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); "
+        "install a CUDA build of torch on the GPU nodes, or set placement.allow_cpu_fallback=true to run it on the CPU")
+
+
+class _InferenceRole:
+    """Batched inference: requests from all env workers (Ray calls or the zmq channel) wait in one queue
+    and are answered ``rollout.max_batch`` at a time, or after ``rollout.max_wait_ms``."""
+
+    cfg: TrainConfig
+    engine: InferenceEngine
+    torch_thread: _TorchThread
+
+    def _init_inference(self) -> None:
         self._queue: list[tuple[Observation, asyncio.Future]] = []
         self._full = asyncio.Event()
         self._flusher: asyncio.Task | None = None
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # one torch job at a time: inference, weight loads, updates
         self.batch_sizes: list[int] = []
         self.latencies: list[float] = []
         self.queue_peak = 0
-        self._published: tuple[int, list[Any]] | None = None
         self._zmq: ZmqServer | None = None
 
-    # ---------------------------------------------------------------- inference
     async def zmq_endpoint(self) -> str:
         """Start (once) the zmq channel that feeds the same batching queue as ``infer``."""
         if self._zmq is None:
@@ -268,7 +281,7 @@ class PolicyActor:
             t0 = time.perf_counter()
             async with self._lock:
                 try:
-                    chunk = await self._torch(self.engine.infer, obs)
+                    chunk = await self.torch_thread.call(self.engine.infer, obs)
                 except Exception as e:  # hand the error to every waiting request
                     for _, fut in batch:
                         fut.set_exception(e)
@@ -282,23 +295,9 @@ class PolicyActor:
 
     async def values(self, obs: Observation) -> np.ndarray:
         async with self._lock:
-            return await self._torch(self.engine.values, obs)
+            return await self.torch_thread.call(self.engine.values, obs)
 
-    async def set_weights(self, state: dict[str, np.ndarray], version: int) -> int:
-        async with self._lock:
-            await self._torch(self.engine.set_weights, state, version)
-        return version
-
-    def _torch(self, fn: Any, *args: Any, threads: int = 1) -> asyncio.Future:
-        """Run ``fn`` on the actor's torch thread (see ``__init__``) with ``threads`` torch threads."""
-        def call() -> Any:
-            if torch.get_num_threads() != threads:  # only this thread sets it in this process
-                torch.set_num_threads(threads)
-            return fn(*args)
-
-        return asyncio.get_running_loop().run_in_executor(self._exec, call)
-
-    async def infer_stats(self) -> dict[str, float]:
+    async def infer_stats(self) -> dict[str, Any]:
         b, lat, peak = self.batch_sizes, self.latencies, self.queue_peak
         self.batch_sizes, self.latencies, self.queue_peak = [], [], 0
         dev = self.engine.policy.device
@@ -307,24 +306,42 @@ class PolicyActor:
                 "batches": float(len(b)), "version": float(self.engine.version), "queue_peak": float(peak),
                 "latencies": lat, "gpu_memory_gb": gpu_gb}
 
-    # ---------------------------------------------------------------- learner
+    async def pid(self) -> int:
+        return os.getpid()
+
+
+class _LearnerRole:
+    """The learner: updates, the published weights (one ``ray.put`` per version) and the training state."""
+
+    cfg: TrainConfig
+    learner: Learner
+    torch_thread: _TorchThread
+    _lock: asyncio.Lock
+
+    def _init_learner(self, init_state: dict[str, np.ndarray] | None, seed: int, demo_frames: Any,
+                      device: str) -> FlowPolicy:
+        torch.manual_seed(seed)
+        policy = FlowPolicy(self.cfg.policy).to(device)
+        if init_state is not None:
+            load_numpy_state(policy, init_state)
+        self.learner = Learner(self.cfg, policy, seed, demo_frames=demo_frames)
+        self._published: tuple[int, list[Any]] | None = None
+        return policy
+
     async def publish(self) -> tuple[int, list[Any]]:
         """(version, [ObjectRef of the state]) -- ray.put once per version. The version moves only when
         an update has finished its steps, so a call during an update (an inference worker restarted
         while rollout.overlap collects) gets the weights the other workers hold, never a torn copy."""
-        from rlsys.weights import state_to_numpy
-
-        assert self.learner is not None
         if self._published is None or self._published[0] != self.learner.version:
-            version, state = await self._torch(lambda: (self.learner.version, state_to_numpy(self.learner.policy)))
+            version, state = await self.torch_thread.call(lambda: (self.learner.version,
+                                                                   state_to_numpy(self.learner.policy)))
             self._published = (version, [ray.put(state)])
         return self._published
 
     async def update(self, segments: list[Segment]) -> dict[str, float]:
-        assert self.learner is not None
         async with self._lock:
-            metrics = await self._torch(self._update, segments, threads=self._learner_threads)
-        self.engine.version = self.learner.version  # collocated: inference uses the new weights at once
+            metrics = await self.torch_thread.call(self._update, segments, threads=self.cfg.placement.learner_threads)
+        self._updated()
         return metrics
 
     def _update(self, segments: list[Segment]) -> dict[str, float]:
@@ -332,35 +349,84 @@ class PolicyActor:
         metrics["torch_threads"] = float(torch.get_num_threads())  # placement.learner_threads, as set
         return metrics
 
+    def _updated(self) -> None:
+        """After an update or a loaded state: nothing to do unless this actor also serves inference."""
+
     async def training_state(self) -> dict[str, Any]:
-        assert self.learner is not None
-        return await self._torch(self._training_state)
+        return await self.torch_thread.call(self._training_state)
 
     def _training_state(self) -> dict[str, Any]:
-        from rlsys.weights import state_to_numpy
-
         tensors, scalars = self.learner.optimizer_state()
         return {"policy": state_to_numpy(self.learner.policy),
-                "optimizer": {k: v.numpy() for k, v in tensors.items()}, "optimizer_scalars": scalars,
+                "optimizer": tensors, "optimizer_scalars": scalars,
                 "version": self.learner.version, "iteration": self.learner.iteration,
                 "rng": self.learner.rng.bit_generator.state}
 
     async def load_training_state(self, state: dict[str, Any]) -> None:
-        assert self.learner is not None
-        await self._torch(self._load_training_state, state)
-        self.engine.version = self.learner.version
+        await self.torch_thread.call(self._load_training_state, state)
+        self._updated()
 
     def _load_training_state(self, state: dict[str, Any]) -> None:
-        from rlsys.weights import load_numpy_state
-
         load_numpy_state(self.learner.policy, state["policy"])
-        self.learner.load_optimizer_state({k: torch.from_numpy(v) for k, v in state["optimizer"].items()},
-                                          state["optimizer_scalars"])
+        self.learner.load_optimizer_state(state["optimizer"], state["optimizer_scalars"])
         self.learner.version, self.learner.iteration = state["version"], state["iteration"]
         self.learner.rng.bit_generator.state = state["rng"]
 
+
+@ray.remote
+class InferenceActor(_InferenceRole):
+    """An inference worker with its own copy of the weights; a (re)started one pulls the learner's."""
+
+    def __init__(self, cfg: TrainConfig, learner: Any = None, seed: int = 0) -> None:
+        self.cfg, self.torch_thread = cfg, _TorchThread("infer")
+        device = _device(cfg, "inference")
+        self.engine = self.torch_thread.run(lambda: InferenceEngine(cfg, seed=seed, device=device))
+        self._init_inference()
+        if learner is not None:
+            version, (ref,) = ray.get(learner.publish.remote())
+            self.torch_thread.run(self.engine.set_weights, ray.get(ref), version)
+
+    async def set_weights(self, state: dict[str, np.ndarray], version: int) -> int:
+        async with self._lock:
+            await self.torch_thread.call(self.engine.set_weights, state, version)
+        return version
+
+
+@ray.remote
+class LearnerActor(_LearnerRole):
+    """The learner apart from inference (disaggregated and pipelined placement)."""
+
+    def __init__(self, cfg: TrainConfig, init_state: dict[str, np.ndarray] | None = None, seed: int = 0,
+                 demo_frames: Any = None) -> None:
+        self.cfg, self.torch_thread = cfg, _TorchThread("learner")
+        device = _device(cfg, "learner")
+        self.torch_thread.run(self._init_learner, init_state, seed, demo_frames, device)
+        self._lock = asyncio.Lock()
+
     async def pid(self) -> int:
         return os.getpid()
+
+
+@ray.remote
+class CollocatedActor(_LearnerRole, _InferenceRole):
+    """Collocated placement: the learner and an inference server on one copy of the weights, time-sliced
+    on one torch thread; inference answers with the new weights as soon as an update ends."""
+
+    def __init__(self, cfg: TrainConfig, init_state: dict[str, np.ndarray] | None = None, seed: int = 0,
+                 demo_frames: Any = None) -> None:
+        self.cfg, self.torch_thread = cfg, _TorchThread("learner")
+        device = _device(cfg, "learner")
+
+        def build() -> None:
+            policy = self._init_learner(init_state, seed, demo_frames, device)
+            self.engine = InferenceEngine(cfg, policy, seed=seed, device=device)
+
+        self.torch_thread.run(build)
+        self._init_inference()
+        self._updated()
+
+    def _updated(self) -> None:
+        self.engine.version = self.learner.version
 
 
 class RaySystem:
@@ -375,17 +441,20 @@ class RaySystem:
         # The learner is not restarted automatically: a fresh one would silently start over from
         # init_state. A learner crash ends the run; `rlsys train --resume` continues from the last
         # (atomic) checkpoint.
-        self.learner = PolicyActor.options(**actor_options(cfg, "learner")).remote(
-            cfg, "learner", init_state, seed=cfg.seed, demo_frames=demo_frames)
-        if cfg.placement.mode == "collocated":
+        collocated = cfg.placement.mode == "collocated"
+        learner_cls = CollocatedActor if collocated else LearnerActor
+        self.learner = learner_cls.options(**actor_options(cfg, "learner")).remote(
+            cfg, init_state, seed=cfg.seed, demo_frames=demo_frames)
+        if collocated:
             self.infer = [self.learner]
         else:
-            self.infer = [PolicyActor.options(**actor_options(cfg, "infer"), **RETRY).remote(
-                cfg, "infer", learner=self.learner, seed=cfg.seed + 1 + i) for i in range(r.num_inference_workers)]
+            self.infer = [InferenceActor.options(**actor_options(cfg, "infer"), **RETRY).remote(
+                cfg, learner=self.learner, seed=cfg.seed + 1 + i) for i in range(r.num_inference_workers)]
         self.env_workers = [EnvWorker.options(**actor_options(cfg, "env"), **RESTART).remote(cfg, i, episodic)
                             for i in range(r.num_env_workers)]
         self.worker_restarts = 0
         self.discarded_segments = 0
+        self.stats_unavailable = 0  # env workers that could not report their counters (restarting)
 
     def sync_weights(self) -> tuple[int, float]:
         """Broadcast the learner's current weights (one ray.put, same ref to all). -> (version, seconds)."""
@@ -422,8 +491,12 @@ class RaySystem:
         for w in self.env_workers:
             try:
                 env.append(ray.get(w.stats.remote(), timeout=60))
-            except (RayActorError, RayTaskError, ActorUnavailableError, ray.exceptions.GetTimeoutError):
-                pass  # restarting: its counters start again with the new process
+            except (RayActorError, RayTaskError, ActorUnavailableError, ray.exceptions.GetTimeoutError) as e:
+                # restarting: its counters start again with the new process
+                if self.stats_unavailable == 0:
+                    print(f"rlsys: an env worker's stats are unavailable ({type(e).__name__}); counted as "
+                          "rollout/stats_unavailable", flush=True)
+                self.stats_unavailable += 1
         infer = ray.get([w.infer_stats.remote() for w in self.infer])
         return {"env": env, "infer": infer}
 

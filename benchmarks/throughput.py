@@ -86,12 +86,12 @@ def random_observation(cfg, n: int, rng: np.random.Generator):
 
 def hot_path_round_trip(cfg, state, requests: int = 60) -> dict:
     """Median seconds per obs -> ActionChunk round trip to one inference actor, Ray vs zmq."""
-    from rlsys.actors.system import PolicyActor
+    from rlsys.actors.system import InferenceActor
     from rlsys.actors.transport import ZmqClient
     from rlsys.types import ActionChunk
 
     obs = random_observation(cfg, cfg.env.num_envs, np.random.default_rng(0))
-    actor = PolicyActor.options(**actor_options(cfg, "infer")).remote(cfg, "infer", seed=0)
+    actor = InferenceActor.options(**actor_options(cfg, "infer")).remote(cfg, seed=0)
     ray.get(actor.set_weights.remote(state, 0))
     client = ZmqClient(ray.get(actor.zmq_endpoint.remote()), ActionChunk, timeout_s=60)
     calls = {"ray": lambda: ray.get(actor.infer.remote(obs)), "zmq": lambda: client.wait(client.submit(obs))}

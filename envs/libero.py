@@ -77,6 +77,30 @@ def import_libero() -> tuple[Any, Any, Any]:
     return benchmark, get_libero_path, OffScreenRenderEnv
 
 
+SUITE_SIZES = {"libero_spatial": 10, "libero_object": 10, "libero_goal": 10, "libero_10": 10, "libero_90": 90}
+
+
+def preflight(cfg: Any, host: bool = True) -> None:
+    """Config-time check of a LIBERO ``EnvConfig``: cameras; tasks given as indices against the suite's
+    size, by name against LIBERO's own list (on this host: it imports LIBERO, ~1.5 s)."""
+    for c in cfg.cameras:
+        if c not in CAMERAS:
+            raise ConfigError(f"env.cameras: unsupported LIBERO camera {c!r}. {suggest(c, CAMERAS)} "
+                              f"Allowed: {', '.join(CAMERAS)}")
+    size = SUITE_SIZES[cfg.name]
+    for t in cfg.tasks:
+        if str(t).isdigit() and int(t) >= size:
+            raise ConfigError(f"env.tasks: {cfg.name} has tasks 0..{size - 1}; got {t!r}")
+    names = [t for t in cfg.tasks if not str(t).isdigit()]
+    if names and host:
+        by_name = [t.name for t in suite_tasks(cfg.name)]
+        for t in names:
+            if t not in by_name:
+                listing = "\n  ".join(f"{i}: {x}" for i, x in enumerate(by_name))
+                raise ConfigError(f"env.tasks: unknown {cfg.name} task {t!r} (give a name or an index 0.."
+                                  f"{size - 1}). {suggest(str(t), by_name)}\n  {listing}")
+
+
 def suite_tasks(suite: str) -> list[Any]:
     """The suite's LIBERO ``Task`` records in the standard order (task order index 0)."""
     if suite not in MAX_STEPS:

@@ -109,19 +109,24 @@ def check_tasks(tasks: tuple[str, ...], root: Path) -> dict[str, Any]:
     return result
 
 
-def preflight(cfg: Any) -> None:
-    """Checks of an ``EnvConfig(name="robotwin")`` that need no simulator: tasks vs assets, where the
-    runtime lives, the Vulkan device, cameras. Raises ``ConfigError`` naming what is wrong."""
+def preflight(cfg: Any, host: bool = True) -> None:
+    """Checks of an ``EnvConfig(name="robotwin")`` that need no simulator: task and camera names, and on
+    this host tasks vs assets, where the runtime lives, the Vulkan device. Raises ``ConfigError``."""
     import importlib.util
 
+    for t in cfg.tasks:
+        if t not in STEP_LIMITS:
+            raise ConfigError(f"env.tasks: unknown RoboTwin task {t!r}. {suggest(t, STEP_LIMITS)}")
+    for c in cfg.cameras:
+        if c not in CAMERAS:
+            raise ConfigError(f"env.cameras: unsupported RoboTwin camera {c!r}. Allowed: {', '.join(CAMERAS)}")
+    if not host:
+        return
     try:
         root = assets_root(None)
     except FileNotFoundError as e:
         raise ConfigError(str(e)) from None
     check_tasks(tuple(cfg.tasks) or tuple(STEP_LIMITS), root)
-    for c in cfg.cameras:
-        if c not in CAMERAS:
-            raise ConfigError(f"env.cameras: unsupported RoboTwin camera {c!r}. Allowed: {', '.join(CAMERAS)}")
     if not cfg.python and importlib.util.find_spec("robotwin") is None:
         raise ConfigError(f"env.python: {INSTALL_HINT}")
     system_icd = Path("/usr/share/vulkan/icd.d").is_dir()

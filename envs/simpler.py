@@ -57,6 +57,21 @@ EMBODIMENT = Embodiment(
 )
 
 
+def check_names(tasks: tuple[str, ...] | list[str], cameras: tuple[str, ...] | list[str]) -> None:
+    for t in tasks:
+        if t not in TASKS:
+            raise ConfigError(f"env.tasks: unknown SimplerEnv task {t!r}. {suggest(t, TASKS)} "
+                              f"Tasks: {', '.join(TASKS)}")
+    for c in cameras:
+        if c not in CAMERAS:
+            raise ConfigError(f"env.cameras: unsupported SimplerEnv camera {c!r}. Allowed: {', '.join(CAMERAS)}")
+
+
+def preflight(cfg: Any, host: bool = True) -> None:
+    """Config-time check of an ``EnvConfig(name="simpler_bridge")``: task and camera names."""
+    check_names(cfg.tasks, cfg.cameras)
+
+
 def import_maniskill(asset_dir: str | None) -> Any:
     """Set up Vulkan + asset env vars, import mani_skill's envs; clear errors for what is missing."""
     if "VK_ICD_FILENAMES" not in os.environ and DEFAULT_ICD.is_file():
@@ -124,13 +139,7 @@ class SimplerEnv(RobotEnv):
         init_states: tuple[int, ...] | list[int] = (),
         placement: str = "grid",
     ) -> None:
-        for t in tasks:
-            if t not in TASKS:
-                raise ConfigError(f"env.tasks: unknown SimplerEnv task {t!r}. {suggest(t, TASKS)} "
-                                  f"Tasks: {', '.join(TASKS)}")
-        for c in cameras:
-            if c not in CAMERAS:
-                raise ConfigError(f"env.cameras: unsupported SimplerEnv camera {c!r}. Allowed: {', '.join(CAMERAS)}")
+        check_names(tasks, cameras)
         self.asset_status = import_maniskill(asset_dir)
         self.task_names = tuple(tasks) or tuple(TASKS)
         self.cameras = tuple(cameras)

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from rlsys.augment import random_shift
 from rlsys.config import TrainConfig
 from rlsys.policy.flow_policy import FlowPolicy
-from rlsys.sft import random_shift
 from rlsys.types import Observation, Segment
 
 

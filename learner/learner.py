@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlsys.checkpoint import load_optimizer_state, optimizer_state
 from rlsys.config import TrainConfig
 from rlsys.flow import build_sampler, reduce_log_prob
 from rlsys.learner.algorithms import Algorithm, Loss, Minibatch
@@ -201,27 +202,12 @@ class Learner:
         return out.metrics["value_loss"]
 
     # ------------------------------------------------------------------ state
-    def optimizer_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Optimizer state as flat tensors (safetensors) + JSON-able scalars."""
-        sd = self.optimizer.state_dict()
-        tensors: dict[str, torch.Tensor] = {}
-        scalars: dict[str, Any] = {"param_groups": sd["param_groups"], "steps": {}}
-        for pid, st in sd["state"].items():
-            for k, v in st.items():
-                if k == "step":
-                    scalars["steps"][str(pid)] = float(v)
-                else:
-                    tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous()
-        return tensors, scalars
+    def optimizer_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Optimizer state as flat numpy arrays (safetensors) + JSON-able scalars."""
+        return optimizer_state(self.optimizer)
 
-    def load_optimizer_state(self, tensors: dict[str, torch.Tensor], scalars: dict[str, Any]) -> None:
-        state: dict[int, dict[str, Any]] = {}
-        for key, v in tensors.items():
-            pid, name = key.split(".", 1)
-            state.setdefault(int(pid), {})[name] = v
-        for pid, step in scalars["steps"].items():
-            state.setdefault(int(pid), {})["step"] = torch.tensor(step)
-        self.optimizer.load_state_dict({"state": state, "param_groups": scalars["param_groups"]})
+    def load_optimizer_state(self, tensors: dict[str, np.ndarray], scalars: dict[str, Any]) -> None:
+        load_optimizer_state(self.optimizer, tensors, scalars)
 
 
 def build_optimizer(cfg: TrainConfig, policy: FlowPolicy, backbone_trains: bool

@@ -2,10 +2,9 @@
 
 With ``rollout.overlap`` the driver collects the next iteration's segments while the learner's
 update runs (in its own actor), under the weights the update started from: those segments arrive
-one version stale, which ``rollout.max_staleness >= 1`` accepts and decoupled PPO
-(``algo.decoupled``) corrects for.
+one version stale, which ``rollout.max_staleness >= 1`` accepts.
 
-Read this first. Everything it calls is one step of the data flow in ARCHITECTURE.md.
+Read this first. Each line is one phase of an iteration (docs/algorithms.md, section 8).
 """
 
 from __future__ import annotations
@@ -36,7 +35,8 @@ def train_loop(run: Any, system: Any, start_iteration: int) -> dict[str, Any]:
                 segments, collect_s = ahead
                 ahead = None
             t2 = time.perf_counter()
-            update = system.start_update(segments)  # 3-5 advantages + PPO/GRPO epochs on recomputed logp
+            # 3-5 in the learner: the algorithm's advantages, then epochs x minibatches of its loss (Learner.update)
+            update = system.start_update(segments)
             overlap_s = None
             if cfg.rollout.overlap and it + 1 < cfg.iterations and not _out_of_time(cfg, start):
                 tc = time.perf_counter()

@@ -1,5 +1,8 @@
-"""Policy checkpoints: ``model.safetensors`` + ``config.json`` (+ ``normalization.json``).
+"""Checkpoints, the one module that writes and reads them.
 
+A policy checkpoint is ``model.safetensors`` + ``config.json`` (+ ``normalization.json``); a training
+checkpoint (an RL run's ``checkpoint/``, an SFT's progress) adds ``optimizer.safetensors`` and
+``trainer.json`` (step or iteration, versions, RNG states) so a run continues where it stopped.
 Writes are atomic: everything goes to a temporary sibling folder that is renamed into place, so
 a crash never leaves a half-written checkpoint. Loading never unpickles: only safetensors + JSON.
 """
@@ -14,11 +17,15 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from safetensors.numpy import load_file as load_numpy_file
+from safetensors.numpy import save as save_numpy
 from safetensors.torch import load_file, save_file
 
 from rlsys.config import EnvConfig, PolicyConfig, stored_config, to_dict
 from rlsys.configtools import ConfigError, from_dict
 from rlsys.envs.api import Embodiment
+from rlsys.policy.flow_policy import FlowPolicy
 
 FORMAT = "rlsys-policy-v1"
 
@@ -90,7 +97,6 @@ def load_policy(path: str | os.PathLike, expect: PolicyConfig | None = None, dev
     an SFT checkpoint, whose value head SFT never trains. ``noise_head``: add a fresh (zero, so
     mid-range std) Flow-Noise head when the checkpoint has none: Flow-Noise RL from an SFT checkpoint.
     """
-    from rlsys.policy.flow_policy import FlowPolicy
 
     data = read_config(path)
     weight_file = Path(path) / "model.safetensors"
@@ -128,3 +134,53 @@ def load_policy(path: str | os.PathLike, expect: PolicyConfig | None = None, dev
     emb = dict(data["embodiment"])
     emb["action_names"] = tuple(emb["action_names"])
     return policy.to(device), ecfg, Embodiment(**emb), data["meta"]
+
+
+def save_training_checkpoint(path: str | os.PathLike, policy: Any, env_cfg: EnvConfig, embodiment: Embodiment,
+                             trainer: dict[str, Any], optimizer: dict[str, np.ndarray],
+                             meta: dict[str, Any] | None = None, files: dict[str, bytes] | None = None) -> Path:
+    """A policy checkpoint plus what continuing needs: ``trainer`` (JSON: step or iteration, versions,
+    RNG states, optimiser scalars) and ``optimizer`` (its tensors); ``files``: more files (name -> bytes)."""
+    extra = {"optimizer.safetensors": save_numpy(optimizer), "trainer.json": json.dumps(trainer).encode(),
+             **(files or {})}
+    return save_policy(path, policy, env_cfg, embodiment, meta=meta, extra=extra)
+
+
+def load_training_checkpoint(path: str | os.PathLike, expect: PolicyConfig | None = None, device: str = "cpu"
+                             ) -> tuple[Any, Embodiment, dict[str, Any], dict[str, np.ndarray]]:
+    """-> (policy, embodiment, trainer JSON, optimizer tensors) of a ``save_training_checkpoint`` folder."""
+    path = Path(path)
+    for name in ("trainer.json", "optimizer.safetensors"):
+        if not (path / name).is_file():
+            raise CheckpointError(f"{path}: no {name}: a policy checkpoint, not a training checkpoint to resume")
+    policy, _, embodiment, _ = load_policy(path, expect=expect, device=device)
+    trainer = json.loads((path / "trainer.json").read_text())
+    return policy, embodiment, trainer, load_numpy_file(str(path / "optimizer.safetensors"))
+
+
+def optimizer_state(optimizer: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A torch optimiser's state as flat numpy arrays (``"<param>.<name>"``, for safetensors) + JSON-able
+    scalars (param groups, step counts)."""
+    sd = optimizer.state_dict()
+    tensors: dict[str, np.ndarray] = {}
+    scalars: dict[str, Any] = {"param_groups": sd["param_groups"], "steps": {}}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if k == "step":
+                scalars["steps"][str(pid)] = float(v)
+            else:
+                tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous().numpy()
+    return tensors, scalars
+
+
+def load_optimizer_state(optimizer: Any, tensors: dict[str, np.ndarray], scalars: dict[str, Any]) -> None:
+    """Inverse of ``optimizer_state`` (tensors land on the device of the optimiser's parameters)."""
+    import torch
+
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = torch.from_numpy(np.array(v))
+    for pid, step in scalars["steps"].items():
+        state.setdefault(int(pid), {})["step"] = torch.tensor(step)
+    optimizer.load_state_dict({"state": state, "param_groups": scalars["param_groups"]})

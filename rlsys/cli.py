@@ -51,13 +51,20 @@ def cmd_demos(args: argparse.Namespace) -> None:
         env_cfg = replace(env_cfg, name=args.env)
     report = expert_demos(env_cfg, args.out, args.episodes, workers=args.workers)
     print(json.dumps(report, indent=2))
-    print(f"wrote {sum(r['kept'] for r in report.values())} episodes to {args.out}")
+    print(f"demos: wrote {sum(r['kept'] for r in report.values())} episodes to {args.out} (LeRobotDataset layout)")
 
 
 def cmd_sft(args: argparse.Namespace) -> None:
     from rlsys.sft import run_sft
 
+    if args.resume:
+        from rlsys.sft import resume_sft
+
+        resume_sft(args.resume)
+        return
     cfg = _load(args)
+    if not args.out:
+        raise SystemExit("rlsys sft: --out DIR is required (or --resume DIR to continue an interrupted SFT)")
     run_sft(cfg, out_dir=args.out, demos=args.demos)
 
 
@@ -65,9 +72,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from rlsys.evaluation import run_eval_command
 
     cfg = _load(args)
-    run_eval_command(cfg, ckpt=args.ckpt, out_dir=args.out, episodes=args.episodes, tasks=args.tasks,
-                     env=args.env, init_state_offset=args.init_state_offset, workers=args.workers,
-                     sampler=args.sampler)
+    res = run_eval_command(cfg, ckpt=args.ckpt, out_dir=args.out, episodes=args.episodes, tasks=args.tasks,
+                           env=args.env, init_state_offset=args.init_state_offset, workers=args.workers,
+                           sampler=args.sampler)
+    print(f"eval: results in {res['out_dir']} (eval.json, eval.md, videos/)")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -143,11 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     ps = {name: sub.add_parser(name, help=h, description=h) for name, (_, h) in commands.items()}
     for name, p in ps.items():
         p.set_defaults(func=commands[name][0])
-    _config_args(ps["train"], "tabletop_ppo")
+    _config_args(ps["train"], "tabletop_quickstart")
     ps["train"].add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     _config_args(ps["sft"], "tabletop_sft")
     ps["sft"].add_argument("--demos", help="demo folder (default: sft.demos, else generate expert demos)")
-    ps["sft"].add_argument("--out", required=True, help="checkpoint folder to write")
+    ps["sft"].add_argument("--out", help="checkpoint folder to write (checkpoints on the way: OUT.partial)")
+    ps["sft"].add_argument("--resume", metavar="OUT", help="continue an interrupted SFT (OUT.partial) with its config")
     _config_args(ps["eval"], "tabletop_sft")
     ps["eval"].add_argument("--ckpt", required=True, help="checkpoint folder (safetensors + JSON)")
     ps["eval"].add_argument("--env", help="env name (default: the checkpoint's env)")
@@ -198,5 +207,5 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # python -m rlsys.cli (python -m rlsys is the same)
     main()

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 
 from rlsys.configtools import ConfigError, check, from_dict, merge, parse_override, suggest, to_dict
+from rlsys.registry import ALGORITHMS, BACKBONES, SAMPLERS, preflight_env
 
 __all__ = [
     "ConfigError", "RenderConfig", "EnvConfig", "PolicyConfig", "SamplerConfig", "SFTConfig",
@@ -69,9 +70,7 @@ class EnvConfig:
     init_states: tuple[int, ...] = ()
     # "sparse": 1 on success (every benchmark's reward). "shaped" (tabletop lift): plus the change of a
     # progress potential (reach, hold, raise) each step; success and evaluation are unchanged.
-    # "probe" (tabletop, any task): 10 x the hand height gained this step and nothing for success: a
-    # reward any policy earns at once, the RL pipeline's positive control (benchmarks/probe_reward.py).
-    reward: Literal["sparse", "shaped", "probe"] = "sparse"
+    reward: Literal["sparse", "shaped"] = "sparse"
     # "grid": training resets use the suite's fixed init states. "random" (SimplerEnv): a training reset
     # (no explicit init state) places the objects anywhere on the grid's area, seeded by the reset seed,
     # so demos and RL rollouts never repeat an evaluation episode; evaluation keeps the official grid.
@@ -91,7 +90,6 @@ class EnvConfig:
             check(os.access(self.python, os.X_OK), "python",
                   "an executable interpreter (RoboTwin: scripts/setup_robotwin.sh VENV -> VENV/bin/python)",
                   self.python)
-        from rlsys.registry import preflight_env
 
         preflight_env(self, host=host)  # simulator checks (assets, runtime), before any actor starts
 
@@ -118,7 +116,6 @@ class PolicyConfig:
     noise_head: bool = False  # learned exploration std (Flow-Noise)
 
     def __post_init__(self) -> None:
-        from rlsys.registry import BACKBONES
 
         BACKBONES.check_name(self.backbone, "backbone")
         check(self.width % self.heads == 0, "width", f"a multiple of heads={self.heads}", self.width)
@@ -144,7 +141,6 @@ class SamplerConfig:
     logprob: Literal["chunk_level", "token_level"] = "chunk_level"
 
     def __post_init__(self) -> None:
-        from rlsys.registry import SAMPLERS
 
         SAMPLERS.check_name(self.name, "name")
         check(self.noise_level >= 0, "noise_level", ">= 0", self.noise_level)
@@ -163,6 +159,7 @@ class SFTConfig:
     timestep_sampling: Literal["uniform", "beta", "logit_normal"] = "beta"
     eval_episodes: int = 10  # per task, ODE sampling, at the end
     log_every: int = 100
+    checkpoint_every: int = 250  # steps between SFT checkpoints (OUT.partial; resume continues from there)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA where torch sees a GPU, else the CPU
 
     def __post_init__(self) -> None:
@@ -172,6 +169,7 @@ class SFTConfig:
         check(self.demos_per_task >= 1, "demos_per_task", ">= 1", self.demos_per_task)
         check(self.demo_workers >= 1, "demo_workers", ">= 1", self.demo_workers)
         check(self.eval_episodes >= 0, "eval_episodes", ">= 0", self.eval_episodes)
+        check(self.checkpoint_every >= 1, "checkpoint_every", ">= 1 (steps)", self.checkpoint_every)
 
 
 @dataclass(frozen=True)
@@ -192,7 +190,6 @@ class AlgoConfig:
     critic_warmup_iters: int = 3
 
     def __post_init__(self) -> None:
-        from rlsys.registry import ALGORITHMS
 
         ALGORITHMS.check_name(self.name, "name")
         check(self.epochs >= 1, "epochs", ">= 1", self.epochs)
@@ -409,7 +406,6 @@ class TrainConfig:
             "learner, which is busy updating while the next segments are collected)",
             self.placement.mode,
         )
-        from rlsys.registry import SAMPLERS
 
         for flag, what in SAMPLERS.get(self.sampler.name).required_heads().items():
             check(getattr(self.policy, flag), f"policy.{flag}",

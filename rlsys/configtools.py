@@ -41,7 +41,7 @@ def _type_name(tp: Any) -> str:
 
 def _coerce(value: Any, tp: Any, path: str) -> Any:
     origin = get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
@@ -100,8 +100,9 @@ def from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
         kwargs[key] = _coerce(value, hints[key], where)
     try:
         return cls(**kwargs)
-    except ConfigError as e:
-        raise ConfigError(f"{path}.{e}" if path else str(e)) from None
+    except ConfigError as e:  # the field's path in front, once (env checks name theirs already)
+        msg = str(e)
+        raise ConfigError(f"{path}.{msg}" if path and not msg.startswith(f"{path}.") else msg) from None
 
 
 def to_dict(cfg: Any) -> Any:

@@ -22,9 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlsys.checkpoint import load_policy
 from rlsys.config import EnvConfig
-from rlsys.flow import ODE, Sampler
+from rlsys.envs.pool import EnvPool, make_single_env
+from rlsys.flow import ODE, Sampler, build_sampler
+from rlsys.policy.flow_policy import FlowPolicy
+from rlsys.progress import Progress
 from rlsys.prompt import ObservationBuilder
+from rlsys.weights import load_numpy_state, state_to_numpy
 
 EVAL_SEED_BASE = 2_000_000
 
@@ -71,7 +76,6 @@ def evaluate(policy: Any, env_cfg: EnvConfig, embodiment: Any, episodes_per_task
              seed: int = 0, video_dir: str | Path | None = None, progress: Any = None,
              init_state_offset: int = 0, init_states: Sequence[int] = ()) -> dict[str, Any]:
     """Success rate per task (ODE sampling by default), episodes run ``num_envs`` at a time."""
-    from rlsys.envs.pool import EnvPool
 
     sampler = sampler or ODE()
     builder = ObservationBuilder(policy.cfg, embodiment)
@@ -126,7 +130,6 @@ def evaluate_on_ray(policy: Any, env_cfg: EnvConfig, embodiment: Any, episodes_p
     time (a cluster's sim pool)."""
     import ray
 
-    from rlsys.weights import state_to_numpy
 
     sampler = sampler or ODE()
     n = max(1, min(num_envs, episodes_per_task))
@@ -165,9 +168,6 @@ def evaluate_on_ray(policy: Any, env_cfg: EnvConfig, embodiment: Any, episodes_p
 def _eval_block(policy_cfg: Any, state: dict[str, np.ndarray], env_cfg: EnvConfig, embodiment: Any, task: str,
                 seeds: list[int], inits: list[int], count: int, frames: bool, sampler: Sampler,
                 block: tuple[int, int, int]) -> tuple[list[bool], list | None, list]:
-    from rlsys.envs.pool import EnvPool
-    from rlsys.policy.flow_policy import FlowPolicy
-    from rlsys.weights import load_numpy_state
 
     torch.set_num_threads(1)
     policy = FlowPolicy(policy_cfg)
@@ -214,7 +214,6 @@ def write_result(out_dir: str | Path, result: dict[str, Any], title: str) -> Non
 def env_spec(env_cfg: EnvConfig) -> tuple[tuple[str, ...], Any]:
     """(task names, embodiment) of ``env_cfg`` from one env: built here, or for a simulator that lives
     in its own interpreter (env.python) asked there. Fails on a bad env / task / camera."""
-    from rlsys.envs.pool import EnvPool, make_single_env
 
     if env_cfg.python:
         with EnvPool(env_cfg, num_envs=1) as pool:
@@ -240,9 +239,6 @@ def run_eval_command(cfg: Any, ckpt: str, out_dir: str | None, episodes: int, ta
     ``sampler``: ``ode`` (deterministic, the default protocol) or ``rollout`` (``cfg.sampler``, the
     stochastic policy RL trains, e.g. Flow-SDE at ``sampler.noise_level``).
     """
-    from rlsys.checkpoint import load_policy
-    from rlsys.flow import build_sampler
-    from rlsys.progress import Progress
 
     if sampler not in ("ode", "rollout"):
         raise ValueError(f"--sampler {sampler!r}: allowed: ode, rollout")
@@ -275,6 +271,7 @@ def run_eval_command(cfg: Any, ckpt: str, out_dir: str | None, episodes: int, ta
                               video_dir=out / "videos", progress=bar.advance, init_state_offset=init_state_offset,
                               init_states=cfg.eval_init_states)
     result["checkpoint"] = str(ckpt)
+    result["out_dir"] = str(out)
     write_result(out, result, f"{env_cfg.name}: {ckpt}")
     print(markdown_table(result, f"{env_cfg.name}: {ckpt}"))
     return result

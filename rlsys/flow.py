@@ -1,4 +1,4 @@
-"""Flow-matching math shared by rollout sampling and learner recompute (docs: FLOW_PPO.md).
+"""Flow-matching math shared by rollout sampling and learner recompute (derivation: docs/algorithms.md).
 
 Convention (pi0 style): ``x_t = t * eps + (1 - t) * a``, velocity target ``u = eps - a``;
 sampling integrates from ``t = 1`` (noise) to ``t = 0`` (action) on the grid ``t_k = 1 - k/S``,
@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+
+from rlsys.registry import SAMPLERS
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -196,6 +198,5 @@ def reduce_log_prob(
 
 def build_sampler(cfg) -> Sampler:  # cfg: rlsys.config.SamplerConfig
     """Build the sampler strategy named in ``cfg`` through the registry."""
-    from rlsys.registry import SAMPLERS
 
     return SAMPLERS.get(cfg.name).from_config(cfg)

@@ -22,6 +22,9 @@ BAD_EPISODES = "rollout/bad_episodes"
 INFER_BATCH_SIZE = "infer/batch_size"
 INFER_LATENCY_S = "infer/latency_s"
 INFER_QUEUE_DEPTH = "infer/queue_depth"  # peak pending requests in a policy actor this iteration
+# requests re-sent through Ray actor calls after the zmq channel failed (summed over env workers)
+TRANSPORT_FALLBACKS = "rollout/transport_fallbacks"
+STATS_UNAVAILABLE = "rollout/stats_unavailable"  # env workers whose counters could not be read (restarting)
 INFER_LATENCY_HIST = "infer/batch_latency_s"  # histogram of every inference batch's latency
 INFER_GPU_MEMORY_GB = "infer/gpu_memory_gb"  # peak CUDA memory of the busiest policy actor (0 on the CPU)
 # learner

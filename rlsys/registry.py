@@ -89,9 +89,12 @@ for _suite in LIBERO_SUITES:
     ENVS.register(_suite, f"rlsys.envs.libero:make_{_suite}")
 ENVS.register("simpler_bridge", "rlsys.envs.simpler:make_env")
 ENVS.register("robotwin", "rlsys.envs.robotwin:make_env")
-# Optional per-env checks of an EnvConfig, run when the config is built (bad input fails before any
-# actor or simulator starts). Light imports only: the simulator itself may live in another venv.
-ENV_PREFLIGHT = {"robotwin": "rlsys.envs.robotwin:preflight"}
+# Per-env checks of an EnvConfig, run when the config is built (bad input fails before Ray, SFT or a
+# run directory exist): ``fn(cfg, host)`` checks task and camera names, and with host=True what this
+# machine must have. Light imports only: the simulator itself may live in another venv.
+ENV_PREFLIGHT = {"tabletop": "rlsys.envs.tabletop.env:preflight", "simpler_bridge": "rlsys.envs.simpler:preflight",
+                 "robotwin": "rlsys.envs.robotwin:preflight",
+                 **{suite: "rlsys.envs.libero:preflight" for suite in LIBERO_SUITES}}
 # Envs whose factory takes ``init_states`` (fixed initial-state suites; see EnvConfig.init_states).
 ENV_FIXED_INIT_STATES = {"simpler_bridge", "robotwin", *LIBERO_SUITES}
 # Envs whose factory takes ``placement="random"`` (training placements off the evaluation grid).
@@ -101,6 +104,7 @@ ENV_RANDOM_PLACEMENT = {"simpler_bridge"}
 def preflight_env(cfg: Any, host: bool = True) -> None:
     """Env-config checks before any actor starts. ``host=False``: only those that do not depend on
     this machine (a config read back from a checkpoint; see ``rlsys.config.stored_config``)."""
+    ENVS.check_name(cfg.name, "name")
     if cfg.init_states and cfg.name not in ENV_FIXED_INIT_STATES:
         raise ConfigError(f"init_states: env {cfg.name!r} has no fixed initial states (allowed with "
                           f"{', '.join(sorted(ENV_FIXED_INIT_STATES))}); leave it empty")
@@ -113,9 +117,9 @@ def preflight_env(cfg: Any, host: bool = True) -> None:
     if cfg.reward != "sparse" and cfg.name != "tabletop":
         raise ConfigError(f"reward: {cfg.reward!r} is defined for the tabletop env only; {cfg.name} is sparse")
     target = ENV_PREFLIGHT.get(cfg.name)
-    if target and host:
+    if target:
         module, _, attr = target.partition(":")
-        getattr(importlib.import_module(module), attr)(cfg)
+        getattr(importlib.import_module(module), attr)(cfg, host)
 
 
 BACKBONES.register("tiny", "rlsys.policy.backbone:TinyBackbone")

@@ -1,30 +1,44 @@
-"""``rlsys train`` / ``python -m rlsys.train``: a run directory around the training spine.
+"""``rlsys train``: a run directory around the training spine (``rlsys.learner.loop.train_loop``).
 
 A run directory holds ``config.yaml``, ``metrics.jsonl``, ``tb/`` (TensorBoard), ``sft/`` (the
-few-shot SFT start when no ``init_checkpoint`` is given), ``eval/iter_NNNNNN/`` (tables + videos)
-and ``checkpoint/`` (policy safetensors + optimizer state + trainer JSON; written atomically).
-``rlsys train --resume RUN_DIR`` continues at the saved iteration with the saved config.
+few-shot SFT start when no ``init_checkpoint`` is given; ``sft.partial/`` while it runs),
+``eval/iter_NNNNNN/`` (tables + videos), ``checkpoint/`` (policy safetensors + optimizer state +
+trainer JSON; written atomically) and, at the end, ``report.png`` / ``report.html`` and
+``summary.json``. ``rlsys train --resume RUN_DIR`` continues where the run stopped, with the saved
+config: inside the SFT stage from its last SFT checkpoint, else at the saved iteration.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray
 import yaml
-from safetensors.numpy import load_file as load_np
-from safetensors.numpy import save as save_np
 
 from rlsys import metrics as M
-from rlsys.checkpoint import load_policy, save_policy
+from rlsys.actors.system import RaySystem, start_ray
+from rlsys.checkpoint import (
+    load_policy,
+    load_training_checkpoint,
+    read_config,
+    save_training_checkpoint,
+)
 from rlsys.config import TrainConfig, to_dict
 from rlsys.configtools import from_dict
 from rlsys.envs.api import Embodiment
+from rlsys.envs.demos import load_demos
+from rlsys.evaluation import evaluate, write_result
+from rlsys.learner.loop import train_loop
+from rlsys.policy.flow_policy import FlowPolicy
+from rlsys.prompt import ObservationBuilder
 from rlsys.registry import ALGORITHMS
+from rlsys.report import make_report
+from rlsys.sft import SFTData, check_demos_match, run_sft, sft_plan
+from rlsys.weights import load_numpy_state, state_to_numpy
 
 
 class Run:
@@ -69,29 +83,20 @@ class Run:
             M.SUCCESS_RATE: wins / ended if ended else 0.0, M.REWARD_PER_STEP: reward / max(steps, 1),
             M.ACTOR_RESTARTS: float(system.worker_restarts), M.DISCARDED_SEGMENTS: float(system.discarded_segments),
             M.BAD_EPISODES: float(sum(e["bad_episodes"] for e in st["env"])),
+            M.TRANSPORT_FALLBACKS: float(sum(e["transport_fallbacks"] for e in st["env"])),
+            M.STATS_UNAVAILABLE: float(system.stats_unavailable),
             M.INFER_BATCH_SIZE: float(np.mean([i["batch_size"] for i in infer])),
             M.INFER_LATENCY_S: float(np.mean([i["latency_s"] for i in infer])),
             M.INFER_QUEUE_DEPTH: float(max(i["queue_peak"] for i in infer)),
             M.INFER_LATENCY_HIST: [x for i in infer for x in i["latencies"]],
-            M.INFER_GPU_MEMORY_GB: float(max(i.get("gpu_memory_gb", 0.0) for i in infer)),
+            M.INFER_GPU_MEMORY_GB: float(max(i["gpu_memory_gb"] for i in infer)),
         }
 
     # ---------------------------------------------------------------- eval + checkpoints
-    def _policy(self, system: Any) -> Any:
-        import ray
-
-        from rlsys.policy.flow_policy import FlowPolicy
-        from rlsys.weights import load_numpy_state
-
+    def evaluate(self, system: Any, iteration: int) -> float:
         version, (ref,) = ray.get(system.learner.publish.remote())
         policy = FlowPolicy(self.cfg.policy)
         load_numpy_state(policy, ray.get(ref))
-        return policy, version
-
-    def evaluate(self, system: Any, iteration: int) -> float:
-        from rlsys.evaluation import evaluate, write_result
-
-        policy, version = self._policy(system)
         out = self.dir / "eval" / f"iter_{iteration:06d}"
         res = evaluate(policy, self.cfg.env, self.embodiment, self.cfg.eval_episodes, seed=self.cfg.seed,
                        num_envs=self.cfg.eval_num_envs,
@@ -102,45 +107,35 @@ class Run:
         return float(res["mean_success"])
 
     def checkpoint(self, system: Any, iteration: int) -> Path:
-        import ray
-
-        from rlsys.policy.flow_policy import FlowPolicy
-        from rlsys.weights import load_numpy_state
-
         st = ray.get(system.learner.training_state.remote())
         policy = FlowPolicy(self.cfg.policy)
         load_numpy_state(policy, st["policy"])
         trainer = {"iteration": iteration, "version": st["version"], "learner_iteration": st["iteration"],
                    "optimizer": st["optimizer_scalars"], "rng": st["rng"]}
-        extra = {"optimizer.safetensors": save_np(st["optimizer"]) if st["optimizer"] else save_np({}),
-                 "trainer.json": json.dumps(trainer).encode()}
         meta = {"stage": "rl", "iteration": iteration, "version": st["version"]}
-        return save_policy(self.dir / "checkpoint", policy, self.cfg.env, self.embodiment, meta=meta, extra=extra)
+        return save_training_checkpoint(self.dir / "checkpoint", policy, self.cfg.env, self.embodiment, trainer,
+                                        st["optimizer"], meta=meta)
 
     def load_checkpoint(self) -> tuple[dict[str, np.ndarray], dict[str, Any], int]:
-        from rlsys.weights import state_to_numpy
-
-        ck = self.dir / "checkpoint"
-        policy, _, self.embodiment, _ = load_policy(ck, expect=self.cfg.policy)
-        trainer = json.loads((ck / "trainer.json").read_text())
-        state = {"policy": state_to_numpy(policy), "optimizer": load_np(str(ck / "optimizer.safetensors")),
-                 "optimizer_scalars": trainer["optimizer"], "version": trainer["version"],
-                 "iteration": trainer["learner_iteration"], "rng": trainer["rng"]}
-        return state["policy"], state, int(trainer["iteration"])
+        policy, self.embodiment, trainer, optimizer = load_training_checkpoint(self.dir / "checkpoint",
+                                                                              expect=self.cfg.policy)
+        weights = state_to_numpy(policy)
+        state = {"policy": weights, "optimizer": optimizer, "optimizer_scalars": trainer["optimizer"],
+                 "version": trainer["version"], "iteration": trainer["learner_iteration"], "rng": trainer["rng"]}
+        return weights, state, int(trainer["iteration"])
 
 
 def initial_policy_state(run: Run) -> dict[str, np.ndarray]:
-    """From ``init_checkpoint``, else run the few-shot SFT into ``RUN_DIR/sft`` first."""
-    from rlsys.sft import run_sft
-    from rlsys.weights import state_to_numpy
-
+    """From ``init_checkpoint``, else the few-shot SFT in ``RUN_DIR/sft`` (run now, continued from its
+    last SFT checkpoint where an earlier attempt was interrupted, or kept where it finished)."""
     cfg = run.cfg
     ckpt = cfg.init_checkpoint
     if not ckpt:
-        print(f"train: no init_checkpoint; running few-shot SFT ({cfg.sft.demos_per_task} demos/task) first",
-              flush=True)
         ckpt = str(run.dir / "sft")
-        run_sft(cfg, ckpt)
+        if not (run.dir / "sft" / "model.safetensors").exists():
+            print(f"train: no init_checkpoint; few-shot SFT ({cfg.sft.demos_per_task} demos/task) first -> {ckpt}",
+                  flush=True)
+            run_sft(cfg, ckpt, resume=True)
     policy, _, run.embodiment, _ = load_policy(ckpt, expect=cfg.policy, critic=cfg.policy.critic,
                                                noise_head=cfg.policy.noise_head)
     return state_to_numpy(policy)
@@ -149,8 +144,6 @@ def initial_policy_state(run: Run) -> dict[str, np.ndarray]:
 def imitation_demo_dir(cfg: TrainConfig, run_dir: Path) -> Path:
     """The demos of ``imitation.demos``: ``sft.demos``, else the folder the init checkpoint's meta
     names, else the run's own few-shot SFT's."""
-    from rlsys.checkpoint import read_config
-
     if cfg.sft.demos:
         d, source = Path(cfg.sft.demos), "sft.demos"
     elif cfg.init_checkpoint:
@@ -176,10 +169,6 @@ def imitation_demo_frames(cfg: TrainConfig, run: Run) -> tuple[Any, np.ndarray, 
     """(obs, actions [F, H, A], valid [F, H]) of every demo frame for ``imitation.demos``, else None."""
     if not uses_demo_frames(cfg):
         return None
-    from rlsys.envs.demos import load_demos
-    from rlsys.prompt import ObservationBuilder
-    from rlsys.sft import SFTData, check_demos_match
-
     d = imitation_demo_dir(cfg, run.dir)
     ds = load_demos(d)
     check_demos_match(ds, cfg, d)
@@ -188,40 +177,86 @@ def imitation_demo_frames(cfg: TrainConfig, run: Run) -> tuple[Any, np.ndarray, 
     return data.obs, data.actions, data.valid
 
 
-def train(cfg: TrainConfig, resume: str | None = None) -> dict[str, Any]:
-    from rlsys.actors.system import RaySystem, start_ray
+# seconds per RL iteration on 2 idle CPU cores for the tabletop presets (README: Numbers), for the plan
+RL_ITERATION_S_2CORES = 28.0
 
-    # placement the machine cannot hold fails in start_ray: before a run directory, the SFT or any actor
+
+def print_plan(run: Run, start: int, resumed: bool) -> None:
+    """The run directory and its stages, with the time each is expected to take on 2 idle CPU cores."""
+    cfg = run.cfg
+    lines = [f"train: run directory {run.dir}" + (" (resumed)" if resumed else "")]
+    if not cfg.init_checkpoint and not (run.dir / "sft" / "model.safetensors").exists():
+        lines += [f"  stage SFT: {line}" for line in sft_plan(cfg)]
+    rl = f"{cfg.iterations - start} iterations"
+    if cfg.max_minutes:
+        rl += f" or {cfg.max_minutes:g} min, whichever comes first"
+    elif cfg.env.name == "tabletop":
+        rl += f" (~{(cfg.iterations - start) * RL_ITERATION_S_2CORES / 60:.0f} min on 2 CPU cores)"
+    lines.append(f"  stage RL: {cfg.algo.name} on {cfg.env.name}, {rl}; evaluation every {cfg.eval_every} "
+                 f"iterations ({cfg.eval_episodes} episodes/task), checkpoint every {cfg.checkpoint_every}")
+    print("\n".join(lines), flush=True)
+
+
+def summarise(run: Run, wall_s: float) -> dict[str, Any]:
+    """Success before (the SFT start's evaluation, where this run measured one) and after, the wall
+    time and where the outputs went; writes summary.json, report.png and report.html."""
+    before = _read_eval(run.dir / "sft" / "eval" / "eval.json")
+    evals = sorted((run.dir / "eval").glob("iter_*/eval.json"))
+    after = _read_eval(evals[-1]) if evals else None
+    png, html = make_report(run.dir)
+    out = {"run_dir": str(run.dir), "wall_s": wall_s, "before": before, "after": after,
+           "checkpoint": str(run.dir / "checkpoint"), "report": [str(png), str(html)]}
+    (run.dir / "summary.json").write_text(json.dumps(out, indent=2))
+
+    def fmt(e: dict[str, Any] | None) -> str:
+        return "not measured" if e is None else f"{100 * e['success']:.1f}% of {e['episodes']} episodes (ODE)"
+
+    print(f"train: done in {wall_s / 60:.1f} min\n  success before RL: {fmt(before)}\n  success after RL:  {fmt(after)}"
+          f"\n  checkpoint: {out['checkpoint']}\n  report: {png} and {html}\n  metrics: {run.dir / 'metrics.jsonl'}",
+          flush=True)
+    return out
+
+
+def _read_eval(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    res = json.loads(path.read_text())
+    episodes = sum(t["episodes"] for t in res["tasks"].values())
+    return {"success": res["mean_success"], "episodes": episodes, "file": str(path)}
+
+
+def train(cfg: TrainConfig, resume: str | None = None) -> dict[str, Any]:
+    """``rlsys train``: the plan, the SFT start (unless given), the RL loop, the summary. The config was
+    checked when it was built; a placement the machine cannot hold fails in start_ray, before a run
+    directory, the SFT or any actor."""
+    t0 = time.time()
     if resume:
         run = Run.resume(resume)
         start_ray(run.cfg)
-        init_state, training_state, start = run.load_checkpoint()
+        resumed_rl = (run.dir / "checkpoint" / "trainer.json").exists()
     else:
         if uses_demo_frames(cfg) and (cfg.sft.demos or cfg.init_checkpoint):
             imitation_demo_dir(cfg, Path(cfg.run_dir))  # a missing demo folder fails before any run directory
         start_ray(cfg)
         run = Run.create(cfg)
-        init_state, training_state, start = initial_policy_state(run), None, 0
+        resumed_rl = False
     cfg = run.cfg
-    print(f"train: run directory {run.dir}", flush=True)
+    if resumed_rl:
+        init_state, training_state, start = run.load_checkpoint()
+    else:  # a new run, or one stopped before its first RL checkpoint (during its SFT stage, say)
+        training_state, start = None, 0
+    print_plan(run, start, bool(resume))
+    if not resumed_rl:
+        init_state = initial_policy_state(run)
     system = RaySystem(cfg, init_state, episodic=ALGORITHMS.get(cfg.algo.name).episodic,
                        demo_frames=imitation_demo_frames(cfg, run))
     try:
         if training_state is not None:
-            import ray
-
             ray.get(system.learner.load_training_state.remote(training_state))
-        from rlsys.learner.loop import train_loop
-
         run.start_clock()
         last = train_loop(run, system, start)
     finally:
         system.shutdown()
         run.logger.close()
-    return {"run_dir": str(run.dir), "last": last}
-
-
-if __name__ == "__main__":
-    from rlsys.cli import main
-
-    main(["train", *sys.argv[1:]])
+    summary = summarise(run, time.time() - t0)
+    return {"run_dir": str(run.dir), "last": last, "summary": summary}

@@ -35,7 +35,6 @@ CAMERAS = ("agentview", "wrist", "frontview")
 SUBSTEPS = 20
 DEFAULT_MAX_STEPS = 100
 YAW_STEP = 0.15
-PROBE_SCALE = 10.0  # env.reward=probe: reward per metre of hand height gained (an action of 1 moves 2 cm)
 WORKSPACE_LO = np.array([-0.28, -0.33, 0.02])
 WORKSPACE_HI = np.array([0.28, 0.33, 0.3])
 EMBODIMENT = Embodiment(
@@ -46,6 +45,30 @@ EMBODIMENT = Embodiment(
     proprio_dim=8,
     action_names=("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"),
 )
+
+
+def check_names(tasks: tuple[str, ...] | list[str], cameras: tuple[str, ...] | list[str], reward: str
+                ) -> tuple[str, ...]:
+    """The tasks (all where none are named), after checking tasks, cameras and the reward kind."""
+    tasks = tuple(tasks) or tuple(TASKS)
+    for t in tasks:
+        if t not in TASKS:
+            raise ConfigError(f"env.tasks: unknown tabletop task {t!r}. {suggest(t, TASKS)} Tasks: {', '.join(TASKS)}")
+    if reward not in ("sparse", "shaped"):
+        raise ConfigError(f"env.reward: {reward!r}; allowed: sparse, shaped")
+    if reward == "shaped" and not set(tasks) <= set(PROGRESS):
+        raise ConfigError(f"env.reward: shaped rewards are defined for {', '.join(PROGRESS)} only, "
+                          f"not {', '.join(sorted(set(tasks) - set(PROGRESS)))}")
+    for c in cameras:
+        if c not in CAMERAS:
+            raise ConfigError(f"env.cameras: unknown tabletop camera {c!r}. {suggest(c, CAMERAS)} "
+                              f"Cameras: {', '.join(CAMERAS)}")
+    return tasks
+
+
+def preflight(cfg: Any, host: bool = True) -> None:
+    """Config-time check of an ``EnvConfig(name="tabletop")``: task, camera and reward names."""
+    check_names(cfg.tasks, cfg.cameras, cfg.reward)
 
 
 class TabletopEnv(RobotEnv):
@@ -61,19 +84,8 @@ class TabletopEnv(RobotEnv):
         render_mode: str | None = "rgb_array",
         reward: str = "sparse",
     ) -> None:
-        tasks = tuple(tasks) or tuple(TASKS)
-        for t in tasks:
-            if t not in TASKS:
-                raise ConfigError(f"env.tasks: unknown tabletop task {t!r}. {suggest(t, TASKS)}")
-        if reward not in ("sparse", "shaped", "probe"):
-            raise ConfigError(f"env.reward: {reward!r}; allowed: sparse, shaped, probe")
-        if reward == "shaped" and not set(tasks) <= set(PROGRESS):
-            raise ConfigError(f"env.reward: shaped rewards are defined for {', '.join(PROGRESS)} only, "
-                              f"not {', '.join(sorted(set(tasks) - set(PROGRESS)))}")
+        tasks = check_names(tasks, cameras, reward)
         self.reward_mode = reward
-        for c in cameras:
-            if c not in CAMERAS:
-                raise ConfigError(f"env.cameras: unknown tabletop camera {c!r}. {suggest(c, CAMERAS)}")
         self.task_names = tasks
         self.cameras = tuple(cameras)
         self.image_size = int(image_size)
@@ -172,8 +184,6 @@ class TabletopEnv(RobotEnv):
     def _potential(self, state: dict[str, Any]) -> float:
         if self.reward_mode == "sparse":
             return 0.0
-        if self.reward_mode == "probe":
-            return PROBE_SCALE * float(state["hand"][2])
         return PROGRESS[self._task](state, self._roles)
 
     def _place_objects(self, rng: np.random.Generator) -> None:
@@ -209,7 +219,7 @@ class TabletopEnv(RobotEnv):
         self._steps += 1
         state = self.privileged_state()
         success = TASKS[self._task].success(state, self._roles)
-        reward = 1.0 if success and not self._succeeded and self.reward_mode != "probe" else 0.0
+        reward = 1.0 if success and not self._succeeded else 0.0
         if self.reward_mode != "sparse":  # progress made this step (potential difference)
             progress = self._potential(state)
             reward += progress - self._progress

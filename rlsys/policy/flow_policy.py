@@ -83,6 +83,11 @@ class FlowPolicy(nn.Module):
         if self.noise_head is not None:
             nn.init.zeros_(self.noise_head.weight)
             nn.init.zeros_(self.noise_head.bias)
+        # normalisation statistics (buffers: saved with the weights, moved with .to(device))
+        self.action_mean: torch.Tensor
+        self.action_std: torch.Tensor
+        self.proprio_mean: torch.Tensor
+        self.proprio_std: torch.Tensor
         self.register_buffer("action_mean", torch.zeros(k))
         self.register_buffer("action_std", torch.ones(k))
         self.register_buffer("proprio_mean", torch.zeros(cfg.proprio_dim))
@@ -281,7 +286,7 @@ class FlowPolicy(nn.Module):
         emask = torch.as_tensor(exec_mask, device=dev)
         b, h = emask.shape
 
-        def per_sample(elementwise: torch.Tensor, how: str) -> torch.Tensor:
+        def per_sample(elementwise: torch.Tensor, how: Any) -> torch.Tensor:
             steps = torch.zeros(b, h, device=dev).index_add(0, tr.rows, (elementwise * tr.on).sum(-1))
             return reduce_log_prob(steps, emask, tr.action_dim, tr.num_stochastic, how)
 

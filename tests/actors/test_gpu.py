@@ -238,7 +238,7 @@ def test_learner_update_on_cuda(tmp_path, algo):
     assert any(k.startswith("value_head.") for k in moved) and any(k.startswith("expert") for k in moved)
     assert all(p.is_cuda for p in policy.parameters())
     tensors, _ = learner.optimizer_state()
-    assert tensors and all(t.device.type == "cpu" for t in tensors.values())
+    assert tensors and all(isinstance(t, np.ndarray) for t in tensors.values())  # host copies
     save_policy(tmp_path / "ck", policy, cfg.env, EMBODIMENT, meta={"stage": "test"})
     back, *_ = load_policy(tmp_path / "ck", device="cuda")
     assert all(torch.equal(v, back.state_dict()[k]) for k, v in policy.state_dict().items())

@@ -46,6 +46,11 @@ def test_short_run_per_placement_preset(ray_local, init_ckpt, tmp_path, mode, ex
     assert "eval/success_rate" in rows[1]
     assert (run_dir / "checkpoint" / "model.safetensors").exists()
     assert (run_dir / "eval" / "iter_000002" / "eval.json").exists()
+    # the run ends with its summary and report, written automatically
+    summary = out["summary"]
+    assert summary["before"] is None and summary["after"]["episodes"] == 1  # an init checkpoint: no SFT eval here
+    assert json.loads((run_dir / "summary.json").read_text())["checkpoint"] == str(run_dir / "checkpoint")
+    assert (run_dir / "report.png").stat().st_size > 10_000 and (run_dir / "report.html").exists()
 
 
 def test_grpo_run(ray_local, init_ckpt, tmp_path):
@@ -202,7 +207,7 @@ def test_inference_worker_killed_requests_are_retried(ray_local, init_ckpt, tmp_
 def test_resume_after_kill_continues_at_the_same_iteration(init_ckpt, tmp_path):
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     env.pop("RAY_ADDRESS", None)
-    args = [sys.executable, "-m", "rlsys.train", "--preset", "tabletop_ppo"]
+    args = [sys.executable, "-m", "rlsys", "train", "--preset", "tabletop_ppo"]
     for s in (*SMALL, f"run_dir={tmp_path}", f"init_checkpoint={init_ckpt}", "iterations=4", "eval_every=100"):
         args += ["--set", s]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -222,7 +227,7 @@ def test_resume_after_kill_continues_at_the_same_iteration(init_ckpt, tmp_path):
         proc.wait()
     done = json.loads((run_dir / "checkpoint" / "trainer.json").read_text())["iteration"]
     config_before = (run_dir / "config.yaml").read_text()
-    out = subprocess.run([sys.executable, "-m", "rlsys.train", "--resume", str(run_dir)], env=env,
+    out = subprocess.run([sys.executable, "-m", "rlsys", "train", "--resume", str(run_dir)], env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = read_metrics(run_dir)

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from rlsys.config import load_config
+from rlsys.config import list_presets, load_config
 
 
 def test_sft_never_builds_a_simulator_that_lives_in_another_interpreter(tmp_path, monkeypatch):
@@ -59,3 +59,36 @@ def test_report_writes_png_and_html(tmp_path):
     assert png.stat().st_size > 10_000 and "data:image/png;base64" in page.read_text()
     with pytest.raises(FileNotFoundError, match="no metrics.jsonl"):
         make_report(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("override,match", [
+    ("env.name=libreo_spatial", "env.name: got 'libreo_spatial'; allowed: one of libero_10"),
+    ("env.tasks=[lfit]", "env.tasks: unknown tabletop task 'lfit'.*Did you mean 'lift'"),
+    ("env.cameras=[agentvew,wrist]", "env.cameras: unknown tabletop camera 'agentvew'.*Did you mean 'agentview'"),
+    ("sampler.name=flow_sd", "sampler.name: got 'flow_sd'; allowed: one of flow_noise, flow_sde, ode"),
+    ("algo.name=ppo_rtf", "algo.name: got 'ppo_rtf'; allowed: one of grpo, ppo, ppo_rft, rft"),
+    ("policy.backbone=tinny", "policy.backbone: got 'tinny'; allowed: one of tiny"),
+    ("ppo.gamma=2", r"ppo.gamma: got 2.0; allowed: \(0, 1\]"),
+])
+@pytest.mark.parametrize("command", ["train", "sft", "eval", "demos"])
+def test_every_command_rejects_a_typo_before_anything_starts(tmp_path, command, override, match):
+    """A typo in any registry name or a value out of range: exit 2 with the field and what is allowed,
+    before Ray, demos, SFT or a run directory exist (and --print-config says the same)."""
+    import re
+
+    extra = {"train": ["--set", f"run_dir={tmp_path / 'runs'}"], "sft": ["--out", str(tmp_path / "sft")],
+             "eval": ["--ckpt", str(tmp_path / "none")], "demos": ["--episodes", "1", "--out", str(tmp_path / "d")]}
+    for args in ([command, "--set", override, *extra[command]],
+                 [command, "--print-config", "--set", override, *extra[command]]):
+        out = subprocess.run([sys.executable, "-m", "rlsys", *args], capture_output=True, text=True, timeout=120,
+                             cwd=tmp_path)
+        assert out.returncode == 2 and re.search(match, out.stderr), (args, out.stderr[-800:])
+        assert "Ray" not in out.stderr + out.stdout and not any(tmp_path.iterdir()), list(tmp_path.iterdir())
+
+
+def test_presets_print_a_menu():
+    out = subprocess.run([sys.executable, "-m", "rlsys", "presets"], capture_output=True, text=True, timeout=60)
+    rows = out.stdout.strip().splitlines()
+    assert out.returncode == 0 and len(rows) == len(list_presets()) <= 11
+    assert all(len(r.split(None, 1)) == 2 for r in rows)  # name, then its description
+    assert any(r.startswith("tabletop_quickstart ") and "min" in r for r in rows)

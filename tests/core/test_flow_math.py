@@ -1,4 +1,5 @@
-"""FLOW_PPO.md section 8, items 1-7 and 10: the policy/sampler math contract."""
+"""The policy and sampler math contract (docs/algorithms.md sections 1-4): recompute at the rollout weights,
+one grid for sampling and recompute, the SDE limits, densities, masks, gradients, deterministic evaluation."""
 
 import math
 

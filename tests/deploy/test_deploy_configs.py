@@ -53,4 +53,4 @@ def test_kuberay_manifests_have_the_pools(name):
     gpu = groups["gpu-pool"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert gpu["nvidia.com/gpu"] == 1
     if doc["kind"] == "RayJob":
-        assert "rlsys.train" in doc["spec"]["entrypoint"]
+        assert "rlsys train" in doc["spec"]["entrypoint"]

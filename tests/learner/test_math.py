@@ -1,4 +1,5 @@
-"""FLOW_PPO.md section 8, items 8, 9 and 11, plus GRPO advantages and the value loss."""
+"""The learner math contract (docs/algorithms.md sections 5-6): the PPO clip, chunk-level GAE on hand-worked
+examples, GRPO advantages, the value loss, and a 1-D bandit the flow-PPO update must solve."""
 
 import numpy as np
 import pytest
