@@ -114,8 +114,10 @@ def preflight(cfg: Any, host: bool = True) -> None:
     this host tasks vs assets, where the runtime lives, the Vulkan device. Raises ``ConfigError``."""
     import importlib.util
 
+    from rlsys.envs import robotwin_assets as ra
+
     for t in cfg.tasks:
-        if t not in STEP_LIMITS:
+        if t not in STEP_LIMITS and t not in ra.OBJECT_TASKS:
             raise ConfigError(f"env.tasks: unknown RoboTwin task {t!r}. {suggest(t, STEP_LIMITS)}")
     for c in cfg.cameras:
         if c not in CAMERAS:

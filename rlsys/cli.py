@@ -43,13 +43,10 @@ def cmd_presets(args: argparse.Namespace) -> None:
 def cmd_demos(args: argparse.Namespace) -> None:
     from rlsys.envs.demos import expert_demos
 
+    if args.env:  # before the other overrides are checked: env.tasks names that env's tasks
+        args.overrides = [f"env.name={args.env}", *args.overrides]
     cfg = _load(args)
-    env_cfg = cfg.env
-    if args.env:
-        from dataclasses import replace
-
-        env_cfg = replace(env_cfg, name=args.env)
-    report = expert_demos(env_cfg, args.out, args.episodes, workers=args.workers)
+    report = expert_demos(cfg.env, args.out, args.episodes, workers=args.workers)
     print(json.dumps(report, indent=2))
     print(f"demos: wrote {sum(r['kept'] for r in report.values())} episodes to {args.out} (LeRobotDataset layout)")
 

@@ -92,7 +92,7 @@ ENVS.register("robotwin", "rlsys.envs.robotwin:make_env")
 # Per-env checks of an EnvConfig, run when the config is built (bad input fails before Ray, SFT or a
 # run directory exist): ``fn(cfg, host)`` checks task and camera names, and with host=True what this
 # machine must have. Light imports only: the simulator itself may live in another venv.
-ENV_PREFLIGHT = {"tabletop": "rlsys.envs.tabletop.env:preflight", "simpler_bridge": "rlsys.envs.simpler:preflight",
+ENV_PREFLIGHT = {"tabletop": "rlsys.envs.tabletop.tasks:preflight", "simpler_bridge": "rlsys.envs.simpler:preflight",
                  "robotwin": "rlsys.envs.robotwin:preflight",
                  **{suite: "rlsys.envs.libero:preflight" for suite in LIBERO_SUITES}}
 # Envs whose factory takes ``init_states`` (fixed initial-state suites; see EnvConfig.init_states).

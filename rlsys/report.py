@@ -47,12 +47,16 @@ def make_report(run_dir: str | Path) -> tuple[Path, Path]:
 
     run_dir = Path(run_dir)
     rows = load_metrics(run_dir)
+    start_eval = run_dir / "sft" / "eval" / "eval.json"
+    start = json.loads(start_eval.read_text())["mean_success"] if start_eval.exists() else None
     fig, axes = plt.subplots(2, 3, figsize=(15, 7.5))
     for ax, (title, series) in zip(axes.flat, PANELS):
         for key, label in series:
             pts = [(r["iteration"], r[key]) for r in rows if key in r]
             if pts:
                 ax.plot(*zip(*pts), "o-" if len(pts) < 30 else "-", ms=3, label=label)
+        if title == "success" and start is not None:  # the SFT start this run measured, at iteration 0
+            ax.plot([0], [start], "s", color="C1", label="SFT start (ODE)")
         ax.set(title=title, xlabel="iteration")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)

@@ -22,16 +22,15 @@ import gymnasium as gym
 import numpy as np
 
 from rlsys.config import RenderConfig
-from rlsys.configtools import ConfigError, suggest
+from rlsys.configtools import ConfigError
 from rlsys.envs.api import Embodiment, RobotEnv, validate_action
 from rlsys.envs.render import Renderer, configure_gl
 from rlsys.envs.tabletop import scene
-from rlsys.envs.tabletop.tasks import CUBES, PLATES, PROGRESS, STEP_M, TASKS, Expert
+from rlsys.envs.tabletop.tasks import CUBES, PLATES, PROGRESS, STEP_M, TASKS, Expert, check_names
 
 configure_gl()
 import mujoco  # noqa: E402  (after MUJOCO_GL is settled)
 
-CAMERAS = ("agentview", "wrist", "frontview")
 SUBSTEPS = 20
 DEFAULT_MAX_STEPS = 100
 YAW_STEP = 0.15
@@ -45,30 +44,6 @@ EMBODIMENT = Embodiment(
     proprio_dim=8,
     action_names=("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"),
 )
-
-
-def check_names(tasks: tuple[str, ...] | list[str], cameras: tuple[str, ...] | list[str], reward: str
-                ) -> tuple[str, ...]:
-    """The tasks (all where none are named), after checking tasks, cameras and the reward kind."""
-    tasks = tuple(tasks) or tuple(TASKS)
-    for t in tasks:
-        if t not in TASKS:
-            raise ConfigError(f"env.tasks: unknown tabletop task {t!r}. {suggest(t, TASKS)} Tasks: {', '.join(TASKS)}")
-    if reward not in ("sparse", "shaped"):
-        raise ConfigError(f"env.reward: {reward!r}; allowed: sparse, shaped")
-    if reward == "shaped" and not set(tasks) <= set(PROGRESS):
-        raise ConfigError(f"env.reward: shaped rewards are defined for {', '.join(PROGRESS)} only, "
-                          f"not {', '.join(sorted(set(tasks) - set(PROGRESS)))}")
-    for c in cameras:
-        if c not in CAMERAS:
-            raise ConfigError(f"env.cameras: unknown tabletop camera {c!r}. {suggest(c, CAMERAS)} "
-                              f"Cameras: {', '.join(CAMERAS)}")
-    return tasks
-
-
-def preflight(cfg: Any, host: bool = True) -> None:
-    """Config-time check of an ``EnvConfig(name="tabletop")``: task, camera and reward names."""
-    check_names(cfg.tasks, cfg.cameras, cfg.reward)
 
 
 class TabletopEnv(RobotEnv):

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from rlsys.configtools import ConfigError, suggest
 from rlsys.envs.tabletop.scene import CUBE_COLORS, CUBE_HALF, PLATE_COLORS, PLATE_RADIUS
 
 CUBES = tuple(CUBE_COLORS)
@@ -234,3 +235,30 @@ _PLANS = {
     "push_right": _plan_push(-1.0),
     "place_next_to": _plan_next_to,
 }
+
+
+CAMERAS = ("agentview", "wrist", "frontview")
+
+
+def check_names(tasks: tuple[str, ...] | list[str], cameras: tuple[str, ...] | list[str], reward: str
+                ) -> tuple[str, ...]:
+    """The tasks (all where none are named), after checking tasks, cameras and the reward kind."""
+    tasks = tuple(tasks) or tuple(TASKS)
+    for t in tasks:
+        if t not in TASKS:
+            raise ConfigError(f"env.tasks: unknown tabletop task {t!r}. {suggest(t, TASKS)} Tasks: {', '.join(TASKS)}")
+    if reward not in ("sparse", "shaped"):
+        raise ConfigError(f"env.reward: {reward!r}; allowed: sparse, shaped")
+    if reward == "shaped" and not set(tasks) <= set(PROGRESS):
+        raise ConfigError(f"env.reward: shaped rewards are defined for {', '.join(PROGRESS)} only, "
+                          f"not {', '.join(sorted(set(tasks) - set(PROGRESS)))}")
+    for c in cameras:
+        if c not in CAMERAS:
+            raise ConfigError(f"env.cameras: unknown tabletop camera {c!r}. {suggest(c, CAMERAS)} "
+                              f"Cameras: {', '.join(CAMERAS)}")
+    return tasks
+
+
+def preflight(cfg: Any, host: bool = True) -> None:
+    """Config-time check of an ``EnvConfig(name="tabletop")``: task, camera and reward names."""
+    check_names(cfg.tasks, cfg.cameras, cfg.reward)
