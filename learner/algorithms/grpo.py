@@ -4,10 +4,9 @@ normalised within the group, PPO's clipped ratio, no critic (settings: ``grpo``)
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from rlsys.learner.algorithms import Advantages, Algorithm, Loss, Minibatch
-from rlsys.learner.losses import grpo_advantages, masked_mean, ppo_policy_loss
+from rlsys.learner.algorithms import Advantages, Algorithm, Loss, Minibatch, clipped_surrogate
+from rlsys.learner.losses import grpo_advantages
 from rlsys.types import Segment
 
 
@@ -33,12 +32,4 @@ class GRPO(Algorithm):
 
     def loss(self, mb: Minibatch) -> Loss:
         g = self.cfg.grpo
-        rc = self.policy.log_prob_and_value(mb.obs, mb.chain, mb.step_mask, mb.exec_mask, self.sampler,
-                                            self.cfg.sampler.logprob, mb.prefix)
-        mask = torch.ones_like(mb.advantages, dtype=torch.bool)
-        pl = ppo_policy_loss(rc.logp, mb.old_logp, mb.advantages, mask, g.clip_low, g.clip_high)
-        entropy = masked_mean(rc.entropy, mask)
-        actor = pl.loss - g.entropy_coef * entropy if g.entropy_coef else pl.loss
-        metrics = {"policy_loss": pl.loss.item(), "clip_fraction": pl.clip_fraction, "ratio_mean": pl.ratio_mean,
-                   "ratio_max": pl.ratio_max, "entropy": entropy.item(), "first_ratio_dev": pl.ratio_dev}
-        return Loss(actor=actor, critic=None, approx_kl=pl.approx_kl, metrics=metrics)
+        return clipped_surrogate(self, mb, g.clip_low, g.clip_high, g.entropy_coef)[1]

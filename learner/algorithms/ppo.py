@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rlsys.learner.algorithms import Advantages, Algorithm, Loss, Minibatch
-from rlsys.learner.losses import chunk_gae, masked_mean, normalize, ppo_policy_loss, value_loss
+from rlsys.learner.algorithms import Advantages, Algorithm, Loss, Minibatch, clipped_surrogate
+from rlsys.learner.losses import chunk_gae, normalize, value_loss
 from rlsys.types import Segment
 
 
@@ -34,17 +34,11 @@ class PPO(Algorithm):
 
     def loss(self, mb: Minibatch) -> Loss:
         p = self.cfg.ppo
-        rc = self.policy.log_prob_and_value(mb.obs, mb.chain, mb.step_mask, mb.exec_mask, self.sampler,
-                                            self.cfg.sampler.logprob, mb.prefix)
-        mask = torch.ones_like(mb.advantages, dtype=torch.bool)
-        pl = ppo_policy_loss(rc.logp, mb.old_logp, mb.advantages, mask, p.clip_low, p.clip_high)
-        entropy = masked_mean(rc.entropy, mask)
-        actor = pl.loss - p.entropy_coef * entropy if p.entropy_coef else pl.loss
+        rc, out = clipped_surrogate(self, mb, p.clip_low, p.clip_high, p.entropy_coef)
         critic = self.critic_loss(rc.value, mb)
-        metrics = {"policy_loss": pl.loss.item(), **critic.metrics,
-                   "clip_fraction": pl.clip_fraction, "ratio_mean": pl.ratio_mean, "ratio_max": pl.ratio_max,
-                   "entropy": entropy.item(), "first_ratio_dev": pl.ratio_dev}
-        return Loss(actor=actor, critic=critic.critic, approx_kl=pl.approx_kl, metrics=metrics)
+        out.critic = critic.critic
+        out.metrics.update(critic.metrics)
+        return out
 
     def critic_loss(self, value: torch.Tensor, mb: Minibatch) -> Loss:
         p = self.cfg.ppo
