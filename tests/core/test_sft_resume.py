@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,6 +88,9 @@ def test_train_interrupted_in_its_sft_stage_resumes_there(tmp_path):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     assert f"sft: resuming at step {step}" in res.stdout
     assert (run_dir / "sft" / "model.safetensors").exists() and not (run_dir / "sft.partial").exists()
+    # the SFT names its demo folder absolutely, so an RL start from it in another directory finds them
+    demos = json.loads((run_dir / "sft" / "config.json").read_text())["meta"]["demos"]
+    assert os.path.isabs(demos) and (run_dir / "sft_demos").resolve() == Path(demos)
     assert [r["step"] for r in json.loads((run_dir / "sft" / "sft_log.json").read_text())][-1] == 400
     assert [r["iteration"] for r in read_metrics(run_dir)] == [1]
     summary = json.loads((run_dir / "summary.json").read_text())
