@@ -66,8 +66,10 @@ def test_train_interrupted_in_its_sft_stage_resumes_there(tmp_path):
     args = [sys.executable, "-m", "rlsys", "train", "--preset", "tabletop_ppo"]
     for s in sets:
         args += ["--set", s]
+    # SIGINT as a terminal delivers it: a runner that started the tests in the background (SIGINT
+    # ignored, which children inherit) must not make the Ctrl-C a no-op
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 300
         while time.time() < deadline and not list(tmp_path.glob("*/sft.partial/trainer.json")):
