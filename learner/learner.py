@@ -43,7 +43,6 @@ class Learner:
         self.version = 0  # weights version; bumped by every update that stepped the optimiser
         self.iteration = 0
         self.rng = np.random.default_rng(seed)
-        self.stale_rejected = 0
         # critic-only steps read one no-grad encoding of the batch where nothing else moves the backbone
         # (the critic's input is detached); False: a backbone pass per step (the same numbers; tests)
         self.cache_critic_input = policy.cfg.detach_critic_input
@@ -85,7 +84,6 @@ class Learner:
             stale = staleness > self.cfg.rollout.max_staleness
             rejected += int((stale & ok).sum())
             valid.append(ok & ~stale)
-        self.stale_rejected += rejected
         stats = {"staleness_max": float(staleness_max), "stale_rejected": float(rejected)}
         if not self.algo.policy_gradient or not segments:
             return None, stats
