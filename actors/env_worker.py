@@ -54,7 +54,7 @@ class EnvWorkerCore:
 
     def rollout(self, submit: Submit, wait: Wait, values: Callable[[Observation], np.ndarray]) -> Segment:
         """Collect one segment: T chunk-steps (PPO), or one full episode per env (episodic/GRPO)."""
-        h = self.cfg.policy.action_horizon
+        h = self.cfg.policy.exec_horizon  # actions run per chunk; the rest are masked out of the log-probs
         groups = len(self.pools)
         if self.episodic or any(o is None for o in self._obs):
             for g, pool in enumerate(self.pools):
@@ -143,7 +143,7 @@ class EnvWorkerCore:
     def null_rollout(self, chunks: int) -> tuple[int, float]:
         """Step every env with zero actions for ``chunks`` chunk-steps (no policy): the simulator's own
         speed on this worker. Returns (env steps, seconds)."""
-        h = self.cfg.policy.action_horizon
+        h = self.cfg.policy.exec_horizon
         for g, pool in enumerate(self.pools):
             if self._obs[g] is None:
                 self._obs[g] = pool.reset()[0]

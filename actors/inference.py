@@ -28,8 +28,9 @@ class InferenceEngine:
 
             self.denoiser = CudaGraphDenoiser(self.policy, self.sampler, cfg.rollout.max_batch)
 
-    def set_weights(self, state: dict[str, np.ndarray], version: int) -> None:
-        load_numpy_state(self.policy, state)
+    def set_weights(self, state: dict[str, np.ndarray], version: int, partial: bool = False) -> None:
+        """``partial``: ``state`` holds the trained entries only (the rest is loaded already)."""
+        load_numpy_state(self.policy, state, partial)
         self.version = int(version)
 
     def infer(self, obs: Observation) -> ActionChunk:

@@ -32,7 +32,7 @@ from rlsys.config import TrainConfig
 from rlsys.learner.learner import Learner
 from rlsys.policy.flow_policy import FlowPolicy
 from rlsys.types import ActionChunk, Observation, Segment
-from rlsys.weights import load_numpy_state, state_to_numpy
+from rlsys.weights import load_numpy_state, split_state, state_to_numpy
 
 RESTART = {"max_restarts": -1}
 RETRY = {"max_restarts": -1, "max_task_retries": -1}
@@ -325,17 +325,23 @@ class _LearnerRole:
         if init_state is not None:
             load_numpy_state(policy, init_state)
         self.learner = Learner(self.cfg, policy, seed, demo_frames=demo_frames)
+        self._trained = self.learner.trained_names()
         self._published: tuple[int, list[Any]] | None = None
+        self._rest: Any = None  # ObjectRef of what no optimizer changes, put once
         return policy
 
     async def publish(self) -> tuple[int, list[Any]]:
-        """(version, [ObjectRef of the state]) -- ray.put once per version. The version moves only when
-        an update has finished its steps, so a call during an update (an inference worker restarted
-        while rollout.overlap collects) gets the weights the other workers hold, never a torn copy."""
+        """(version, [ObjectRef of the trained entries, ObjectRef of the rest]) -- the trained part is
+        ``ray.put`` once per version, the rest (a frozen backbone, the normalisation) once per run
+        (a worker joins them). The version moves only when an update has
+        finished its steps, so a call during an update (an inference worker restarted while
+        rollout.overlap collects) gets the weights the other workers hold, never a torn copy."""
         if self._published is None or self._published[0] != self.learner.version:
-            version, state = await self.torch_thread.call(lambda: (self.learner.version,
-                                                                   state_to_numpy(self.learner.policy)))
-            self._published = (version, [ray.put(state)])
+            version, (trained, rest) = await self.torch_thread.call(
+                lambda: (self.learner.version, split_state(self.learner.policy, self._trained)))
+            if self._rest is None:
+                self._rest = ray.put(rest)
+            self._published = (version, [ray.put(trained), self._rest])
         return self._published
 
     async def update(self, segments: list[Segment]) -> dict[str, float]:
@@ -368,6 +374,7 @@ class _LearnerRole:
 
     def _load_training_state(self, state: dict[str, Any]) -> None:
         load_numpy_state(self.learner.policy, state["policy"])
+        self._published = self._rest = None  # every part may have changed
         self.learner.load_optimizer_state(state["optimizer"], state["optimizer_scalars"])
         self.learner.version, self.learner.iteration = state["version"], state["iteration"]
         self.learner.rng.bit_generator.state = state["rng"]
@@ -382,13 +389,22 @@ class InferenceActor(_InferenceRole):
         device = _device(cfg, "inference")
         self.engine = self.torch_thread.run(lambda: InferenceEngine(cfg, seed=seed, device=device))
         self._init_inference()
+        self._rest_id = ""  # the rest-of-the-weights object this worker holds
         if learner is not None:
-            version, (ref,) = ray.get(learner.publish.remote())
-            self.torch_thread.run(self.engine.set_weights, ray.get(ref), version)
+            version, (trained, rest) = ray.get(learner.publish.remote())
+            self.torch_thread.run(self.engine.set_weights, {**ray.get(rest), **ray.get(trained)}, version)
+            self._rest_id = rest.hex()
 
-    async def set_weights(self, state: dict[str, np.ndarray], version: int) -> int:
+    async def set_weights(self, trained: dict[str, np.ndarray], version: int, rest: list[Any]) -> int:
+        """``trained``: the entries updates change; ``rest``: [ObjectRef] of the others, fetched only
+        when it is not the one already loaded."""
         async with self._lock:
-            await self.torch_thread.call(self.engine.set_weights, state, version)
+            if rest[0].hex() != self._rest_id:
+                full = {**(await rest[0]), **trained}
+                await self.torch_thread.call(self.engine.set_weights, full, version)
+                self._rest_id = rest[0].hex()
+            else:
+                await self.torch_thread.call(self.engine.set_weights, trained, version, True)
         return version
 
 
@@ -459,9 +475,9 @@ class RaySystem:
     def sync_weights(self) -> tuple[int, float]:
         """Broadcast the learner's current weights (one ray.put, same ref to all). -> (version, seconds)."""
         t0 = time.perf_counter()
-        version, (ref,) = ray.get(self.learner.publish.remote())
+        version, (trained, rest) = ray.get(self.learner.publish.remote())
         if self.infer[0] is not self.learner:
-            ray.get([w.set_weights.remote(ref, version) for w in self.infer])
+            ray.get([w.set_weights.remote(trained, version, [rest]) for w in self.infer])
         return version, time.perf_counter() - t0
 
     def collect(self) -> list[Segment]:

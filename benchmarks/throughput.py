@@ -92,7 +92,7 @@ def hot_path_round_trip(cfg, state, requests: int = 60) -> dict:
 
     obs = random_observation(cfg, cfg.env.num_envs, np.random.default_rng(0))
     actor = InferenceActor.options(**actor_options(cfg, "infer")).remote(cfg, seed=0)
-    ray.get(actor.set_weights.remote(state, 0))
+    ray.get(actor.set_weights.remote(state, 0, [ray.put({})]))  # the whole state as the trained part
     client = ZmqClient(ray.get(actor.zmq_endpoint.remote()), ActionChunk, timeout_s=60)
     calls = {"ray": lambda: ray.get(actor.infer.remote(obs)), "zmq": lambda: client.wait(client.submit(obs))}
     times: dict[str, list[float]] = {"ray": [], "zmq": []}

@@ -98,6 +98,7 @@ class PolicyServer:
         self.spec = {"cameras": list(env_cfg.cameras), "image_size": env_cfg.image_size,
                      "proprio_dim": emb.proprio_dim, "action_dim": emb.action_dim,
                      "action_names": list(emb.action_names), "horizon": self.policy.cfg.action_horizon,
+                     "execute_steps": self.policy.cfg.exec_horizon,
                      "control_hz": emb.control_hz, "robot": emb.robot, "env": env_cfg.name}
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)

@@ -146,14 +146,14 @@ class Imitation:
             if self.cfg.lr:
                 for g in self.policy_groups:
                     g["lr"] = self.cfg.lr
-            self.policy.backbone.requires_grad_(self.cfg.train_backbone or self.backbone_in_pg)
+            self.policy.set_backbone_trainable(self.cfg.train_backbone or self.backbone_in_pg)
             try:
                 for _ in range(self.cfg.steps):
                     loss, norm = self._step()
                     losses.append(loss)
                     norms.append(norm)
             finally:  # policy-gradient steps see their own backbone setting and lrs again
-                self.policy.backbone.requires_grad_(self.backbone_in_pg)
+                self.policy.set_backbone_trainable(self.backbone_in_pg)
                 for g, lr in zip(self.policy_groups, lrs):
                     g["lr"] = lr
         out = {"sil_steps_run": float(len(losses)), "sil_seconds": time.perf_counter() - t0,

@@ -20,8 +20,8 @@ from rlsys.config import TrainConfig
 from rlsys.flow import build_sampler, reduce_log_prob
 from rlsys.learner.algorithms import Algorithm, Loss, Minibatch
 from rlsys.learner.imitation import Imitation
-from rlsys.policy.backbone import Prefix
 from rlsys.policy.flow_policy import FlowPolicy
+from rlsys.policy.model import Context
 from rlsys.registry import ALGORITHMS
 from rlsys.types import ActionChunk, Batch, Observation, Segment
 
@@ -46,6 +46,12 @@ class Learner:
         # critic-only steps read one no-grad encoding of the batch where nothing else moves the backbone
         # (the critic's input is detached); False: a backbone pass per step (the same numbers; tests)
         self.cache_critic_input = policy.cfg.detach_critic_input
+
+    def trained_names(self) -> set[str]:
+        """The policy's state entries an optimizer step can change: what a weight broadcast carries
+        (frozen parts and normalisation buffers travel once)."""
+        ids = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
+        return {n for n, p in self.policy.named_parameters(remove_duplicate=False) if id(p) in ids}
 
     # ------------------------------------------------------------------ the update
     def update(self, segments: list[Segment]) -> dict[str, float]:
@@ -168,7 +174,7 @@ class Learner:
                 for k in ("advantages", "returns", "old_logp", "old_value")}
 
     def _minibatch(self, batch: Batch, rows: np.ndarray, targets: dict[str, torch.Tensor],
-                   prefix: Prefix | None) -> Minibatch:
+                   prefix: Context | None) -> Minibatch:
         m = batch.index(rows)
         r = torch.from_numpy(rows).to(self.policy.device)
         return Minibatch(obs=m.obs, chain=m.chunk.chain, step_mask=m.chunk.step_mask, exec_mask=m.exec_mask,
@@ -213,14 +219,15 @@ def build_optimizer(cfg: TrainConfig, policy: FlowPolicy, backbone_trains: bool
     """AdamW with groups [action expert + heads, critic, (backbone)] -> (optimiser, the policy's groups).
     A backbone that policy-gradient steps do not train is frozen (no backward through it)."""
     o = cfg.optim
-    if not o.train_backbone:
-        policy.backbone.requires_grad_(False)
+    policy.set_backbone_trainable(o.train_backbone)
+    backbone = {id(p) for p in policy.model.backbone_parameters()}
     critic = [p for n, p in policy.named_parameters() if n.startswith("value_head.")]
     actor = [p for n, p in policy.named_parameters()
-             if not n.startswith(("value_head.", "backbone.")) and p.requires_grad]
+             if not n.startswith("value_head.") and id(p) not in backbone and p.requires_grad]
     groups = [{"params": actor, "lr": o.actor_lr}, {"params": critic, "lr": o.critic_lr}]
-    if backbone_trains:
-        groups.append({"params": list(policy.backbone.parameters()), "lr": o.backbone_lr or o.actor_lr})
+    if backbone_trains:  # policy.freeze'd parts never reach an optimizer
+        groups.append({"params": [p for p in policy.model.backbone_parameters() if id(p) not in policy.frozen_ids()],
+                       "lr": o.backbone_lr or o.actor_lr})
     optimizer = torch.optim.AdamW(groups, betas=(o.betas[0], o.betas[1]), weight_decay=o.weight_decay)
     return optimizer, [g for i, g in enumerate(optimizer.param_groups) if i != 1]
 
@@ -232,7 +239,7 @@ class _PrefixCache:
         self.policy, self.obs, self.idx = policy, obs, idx
         self.row = np.zeros(obs.batch_size, np.int64)  # batch index -> row of the cache
         self.row[idx] = np.arange(len(idx))
-        self.prefix: Prefix | None = None
+        self.prefix: Context | None = None
         if encode:
             self.encode()
 
@@ -240,7 +247,7 @@ class _PrefixCache:
         if self.prefix is None:
             self.prefix = self.policy.encode_batch(self.obs.index(self.idx))
 
-    def rows(self, rows: np.ndarray) -> Prefix | None:
+    def rows(self, rows: np.ndarray) -> Context | None:
         if self.prefix is None:
             return None
         return self.prefix.index(torch.from_numpy(self.row[rows]).to(self.policy.device))

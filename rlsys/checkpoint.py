@@ -26,8 +26,14 @@ from rlsys.config import EnvConfig, PolicyConfig, stored_config, to_dict
 from rlsys.configtools import ConfigError, from_dict
 from rlsys.envs.api import Embodiment
 from rlsys.policy.flow_policy import FlowPolicy
+from rlsys.policy.spec import TRANSFORMERS_MODELS, read_model_config, tokenizer_file
 
 FORMAT = "rlsys-policy-v1"
+MODEL_CONFIG = "model_config.json"  # a transformers model's config, in its checkpoint
+TOKENIZER = "tokenizer.json"
+# policy settings a checkpoint's weights do not depend on: a run may choose its own (where the model's
+# files come from: the checkpoint carries them; how many actions run; bf16; what trains)
+RUN_SETTINGS = ("pretrained", "model_config", "tokenizer", "execute_steps", "bf16", "freeze")
 
 
 class CheckpointError(ValueError):
@@ -64,14 +70,30 @@ def save_policy(path: str | os.PathLike, policy: Any, env_cfg: EnvConfig, embodi
               "embodiment": asdict(embodiment), "meta": meta or {}}
     norm = {k: state[k].tolist() for k in ("action_mean", "action_std", "proprio_mean", "proprio_std")}
 
+    model_files = self_contained_model_files(policy.cfg)
+
     def write(tmp: Path) -> None:
         save_file(state, str(tmp / "model.safetensors"))
+        for name, data in model_files.items():
+            (tmp / name).write_bytes(data)
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         (tmp / "normalization.json").write_text(json.dumps(norm, indent=2))
         for name, data in (extra or {}).items():
             (tmp / name).write_bytes(data)
 
     return atomic_dir_write(path, write)
+
+
+def self_contained_model_files(cfg: PolicyConfig) -> dict[str, bytes]:
+    """A transformers model's own config (and tokenizer) go into the checkpoint, so it loads where
+    the pretrained folder is absent (``rlsys eval`` / ``serve`` on another machine)."""
+    if cfg.model not in TRANSFORMERS_MODELS:
+        return {}
+    files = {MODEL_CONFIG: json.dumps(read_model_config(cfg), indent=1).encode()}
+    tok = tokenizer_file(cfg)
+    if tok is not None:
+        files[TOKENIZER] = tok.read_bytes()
+    return files
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -102,9 +124,12 @@ def load_policy(path: str | os.PathLike, expect: PolicyConfig | None = None, dev
     weight_file = Path(path) / "model.safetensors"
     if not weight_file.exists():
         raise CheckpointError(f"{path}: no model.safetensors")
+    stored = dict(data["policy"])
+    if "backbone" in stored:  # written before policy.model (the tiny model's only backbone)
+        stored["model"] = stored.pop("backbone")
     try:
-        pcfg = from_dict(PolicyConfig, data["policy"], "policy")
-        with stored_config():  # the policy loads without its simulator; running the env re-checks
+        with stored_config():  # the policy loads without its simulator (or pretrained folder); running re-checks
+            pcfg = from_dict(PolicyConfig, stored, "policy")
             ecfg = from_dict(EnvConfig, data["env"], "env")
     except ConfigError as e:
         raise CheckpointError(f"{path}: stored config is invalid: {e}") from e
@@ -114,12 +139,21 @@ def load_policy(path: str | os.PathLike, expect: PolicyConfig | None = None, dev
     fresh_noise = noise_head and not pcfg.noise_head
     if fresh_noise:
         pcfg = replace(pcfg, noise_head=True)
-    if expect is not None and expect != pcfg:
+    if expect is not None:
         diffs = [f"policy.{k}: checkpoint {v!r} vs requested {getattr(expect, k)!r}"
-                 for k, v in to_dict(pcfg).items() if to_dict(expect)[k] != v]
-        raise CheckpointError(f"{path}: incompatible policy config: " + "; ".join(diffs))
+                 for k, v in to_dict(pcfg).items() if to_dict(expect)[k] != v and k not in RUN_SETTINGS]
+        if diffs:
+            raise CheckpointError(f"{path}: incompatible policy config: " + "; ".join(diffs))
+    if pcfg.model in TRANSFORMERS_MODELS:  # the architecture from the checkpoint's own files
+        own = {"pretrained": "", "model_config": str(Path(path) / MODEL_CONFIG),
+               "tokenizer": str(Path(path) / TOKENIZER) if (Path(path) / TOKENIZER).is_file() else ""}
+        if not (Path(path) / MODEL_CONFIG).is_file():
+            raise CheckpointError(f"{path}: a {pcfg.model} checkpoint without its {MODEL_CONFIG}")
+        with stored_config():
+            pcfg = replace(pcfg, **own)
     policy = FlowPolicy(pcfg)
-    state = load_file(str(weight_file), device=device)
+    state = {("model." + k if k.startswith(("backbone.", "expert.")) else k): v  # keys before policy.model
+             for k, v in load_file(str(weight_file), device=device).items()}
     fresh = tuple(head for head, new in (("value_head.", fresh_critic), ("noise_head.", fresh_noise)) if new)
     if fresh:
         state = {k: v for k, v in state.items() if not k.startswith(fresh)}

@@ -1,4 +1,4 @@
-"""``rlsys`` command line: train, sft, eval, demos, report, serve, presets.
+"""``rlsys`` command line: train, sft, eval, demos, report, serve, import, presets.
 
 Every subcommand takes ``--preset NAME`` and ``--set dotted.key=value`` overrides where it uses
 the config; the config is validated before anything starts.
@@ -63,6 +63,12 @@ def cmd_sft(args: argparse.Namespace) -> None:
     if not args.out:
         raise SystemExit("rlsys sft: --out DIR is required (or --resume DIR to continue an interrupted SFT)")
     run_sft(cfg, out_dir=args.out, demos=args.demos)
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    from rlsys.pretrained import import_pretrained
+
+    import_pretrained(_load(args), args.out, demos=args.demos)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -142,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
         "demos": (cmd_demos, "write scripted-expert demonstrations (LeRobotDataset layout)"),
         "report": (cmd_report, "plot a run directory: report.png + self-contained report.html"),
         "serve": (cmd_serve, "serve a checkpoint with Ray Serve: HTTP JSON /act, websocket /ws"),
+        "import": (cmd_import, "a local pretrained pi0 / pi0.5 folder -> an rlsys checkpoint (reports missing "
+                               "and unexpected keys)"),
         "presets": (cmd_presets, "list the named config presets"),
         "assets": (cmd_assets, "stage / check simulator assets (SimplerEnv, RoboTwin) against official fingerprints"),
     }
@@ -169,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     ps["eval"].add_argument("--workers", type=int, default=0,
                             help="shard episodes over this many Ray tasks (each an env pool + policy copy); "
                                  "0 = one local env pool")
+    _config_args(ps["import"], None)
+    ps["import"].add_argument("--out", required=True, help="checkpoint folder to write")
+    ps["import"].add_argument("--demos", help="demo folder for the normalisation statistics when the pretrained "
+                                              "folder has no norm_stats.json")
     ps["report"].add_argument("run_dir", help="a run directory written by `rlsys train`")
     ps["serve"].add_argument("ckpt", help="checkpoint folder (safetensors + JSON)")
     ps["serve"].add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")

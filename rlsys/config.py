@@ -17,7 +17,8 @@ from typing import Any, Literal
 import yaml
 
 from rlsys.configtools import ConfigError, check, from_dict, merge, parse_override, suggest, to_dict
-from rlsys.registry import ALGORITHMS, BACKBONES, SAMPLERS, preflight_env
+from rlsys.policy.spec import PARTS, check_model
+from rlsys.registry import ALGORITHMS, MODELS, SAMPLERS, preflight_env
 
 __all__ = [
     "ConfigError", "RenderConfig", "EnvConfig", "PolicyConfig", "SamplerConfig", "SFTConfig",
@@ -96,7 +97,18 @@ class EnvConfig:
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    backbone: str = "tiny"
+    # The network (rlsys.registry.MODELS): "tiny" (rlsys's own, sized by width ... max_tokens below),
+    # "pi0" / "pi05" (transformers' PI0 / PI05, sized by their own config: see rlsys.policy.spec)
+    model: str = "tiny"
+    pretrained: str = ""  # pi0 / pi05: a local folder (config.json, *.safetensors, tokenizer.json)
+    model_config: str = ""  # pi0 / pi05 with random weights: a built-in name or a config .json
+    tokenizer: str = ""  # pi0 / pi05: a tokenizer.json ("": the pretrained folder's, else hashed words)
+    freeze: tuple[str, ...] = ()  # parts that never train: vision, language, expert
+    # actions of each chunk the env executes before the next chunk is sampled (0: all action_horizon);
+    # the rest are masked out of the log-probs, never cut from the model
+    execute_steps: int = 0
+    # on CUDA, run the network under bf16 autocast; chains, means, stds, log-probs and values stay fp32
+    bf16: bool = False
     width: int = 128
     heads: int = 4
     backbone_layers: int = 2
@@ -117,7 +129,11 @@ class PolicyConfig:
 
     def __post_init__(self) -> None:
 
-        BACKBONES.check_name(self.backbone, "backbone")
+        MODELS.check_name(self.model, "model")
+        check(set(self.freeze) <= set(PARTS), "freeze", f"a subset of {', '.join(PARTS)}", self.freeze)
+        check(0 <= self.execute_steps <= self.action_horizon, "execute_steps",
+              f"0..action_horizon ({self.action_horizon}; 0 = all)", self.execute_steps)
+        check_model(self, host=_HOST_CHECKS.get())
         check(self.width % self.heads == 0, "width", f"a multiple of heads={self.heads}", self.width)
         check(self.action_horizon >= 1, "action_horizon", ">= 1", self.action_horizon)
         check(self.action_channels >= 1, "action_channels", ">= 1", self.action_channels)
@@ -127,6 +143,11 @@ class PolicyConfig:
         check(self.max_tokens >= 8, "max_tokens", ">= 8", self.max_tokens)
         check(self.vocab_size >= 16, "vocab_size", ">= 16", self.vocab_size)
         check(self.critic in ("pooled", "attention"), "critic", "pooled | attention", self.critic)
+
+    @property
+    def exec_horizon(self) -> int:
+        """Actions of a chunk the env executes."""
+        return self.execute_steps or self.action_horizon
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ def run_episodes(policy: Any, pool: Any, builder: ObservationBuilder, task: str,
         infos.extend(reset_infos)
     done = np.zeros(n, bool)
     success = np.zeros(n, bool)
-    h = policy.cfg.action_horizon
+    h = policy.cfg.exec_horizon
     while not done.all():
         o = builder(obs["images"], obs["proprio"], pool.instructions)
         chunk = policy.sample(o, sampler, generator)

@@ -78,7 +78,7 @@ class Registry:
 
 
 ENVS = Registry("envs")
-BACKBONES = Registry("backbones")
+MODELS = Registry("models")
 SAMPLERS = Registry("samplers")
 ALGORITHMS = Registry("algorithms")
 
@@ -122,7 +122,9 @@ def preflight_env(cfg: Any, host: bool = True) -> None:
         getattr(importlib.import_module(module), attr)(cfg, host)
 
 
-BACKBONES.register("tiny", "rlsys.policy.backbone:TinyBackbone")
+MODELS.register("tiny", "rlsys.policy.tiny:TinyModel")
+MODELS.register("pi0", "rlsys.policy.pi0:PI0")
+MODELS.register("pi05", "rlsys.policy.pi0:PI05")
 SAMPLERS.register("ode", "rlsys.flow:ODE")
 SAMPLERS.register("flow_sde", "rlsys.flow:FlowSDE")
 SAMPLERS.register("flow_noise", "rlsys.flow:FlowNoise")

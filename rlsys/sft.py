@@ -23,11 +23,12 @@ from rlsys.checkpoint import (
     save_policy,
     save_training_checkpoint,
 )
-from rlsys.config import TrainConfig, to_dict
+from rlsys.config import ConfigError, TrainConfig, to_dict
 from rlsys.configtools import from_dict
 from rlsys.envs.demos import DemoSet, expert_demos, load_demos
 from rlsys.evaluation import evaluate, task_names, write_result
 from rlsys.policy.flow_policy import FlowPolicy
+from rlsys.policy.spec import pretrained_norm_stats
 from rlsys.progress import Progress
 from rlsys.prompt import ObservationBuilder
 from rlsys.types import Observation
@@ -66,6 +67,25 @@ def normalization_stats(demos: DemoSet) -> dict[str, np.ndarray]:
 
     return {"action_mean": demos.actions.mean(0), "action_std": std(demos.actions),
             "proprio_mean": demos.states.mean(0), "proprio_std": std(demos.states)}
+
+
+def load_pretrained(policy: FlowPolicy, demo_stats: dict[str, np.ndarray] | None, demo_dir: str | None
+                    ) -> dict[str, Any]:
+    """``policy.pretrained``'s weights into ``policy``, with the folder's norm_stats.json, else the demos'
+    statistics. -> {"missing": [...], "unexpected": [...], "normalization": where the statistics came from}."""
+    cfg = policy.cfg
+    report: dict[str, Any] = policy.model.load_pretrained(cfg.pretrained)
+    stats = pretrained_norm_stats(cfg)
+    if stats is not None:
+        report["normalization"] = str(Path(cfg.pretrained) / "norm_stats.json")
+        policy.set_normalization(**{k: np.asarray(v, np.float32) for k, v in stats.items()})
+    elif demo_stats is not None:
+        report["normalization"] = f"demos {demo_dir}"
+        policy.set_normalization(**demo_stats)
+    else:
+        raise ConfigError(f"policy.pretrained: {cfg.pretrained} has no norm_stats.json; give demos "
+                          "(--demos / sft.demos) to compute the action and state statistics from")
+    return report
 
 
 def lr_at(step: int, total: int, base: float, warmup: int = 100) -> float:
@@ -118,7 +138,8 @@ def train_sft(policy: FlowPolicy, data: SFTData, cfg: TrainConfig, seed: int = 0
     ``saver``: continues from its last checkpoint, saves one every ``sft.checkpoint_every`` steps and
     on Ctrl-C (then re-raises)."""
     s = cfg.sft
-    opt = torch.optim.AdamW(policy.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.95))
+    trainable = [p for p in policy.parameters() if p.requires_grad]  # policy.freeze'd parts stay as they are
+    opt = torch.optim.AdamW(trainable, lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.95))
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     done, history = saver.restore(policy, opt, rng, gen) if saver else (0, [])
@@ -216,8 +237,14 @@ def run_sft(cfg: TrainConfig, out_dir: str | Path, demos: str | None = None, res
     ds = load_demos(demo_dir)
     check_demos_match(ds, cfg, demo_dir)
     device = sft_device(cfg.sft.device)
-    policy = FlowPolicy(cfg.policy).to(device)
-    policy.set_normalization(**normalization_stats(ds))
+    policy = FlowPolicy(cfg.policy)
+    if cfg.policy.pretrained:  # the folder's weights (and its statistics where it has them)
+        report = load_pretrained(policy, normalization_stats(ds), demo_dir)
+        print(f"sft: {cfg.policy.model} weights from {cfg.policy.pretrained} ({len(report['missing'])} missing, "
+              f"{len(report['unexpected'])} unexpected keys); normalisation from {report['normalization']}", flush=True)
+    else:
+        policy.set_normalization(**normalization_stats(ds))
+    policy = policy.to(device)
     data = SFTData(ds, ObservationBuilder(cfg.policy, ds.embodiment), cfg.policy.action_horizon)
     print(f"sft: {len(ds.episode_lengths)} episodes, {len(data)} frames from {demo_dir} on {device}", flush=True)
     meta = {"stage": "sft", "demos": str(demo_dir), "episodes": len(ds.episode_lengths), "steps": cfg.sft.steps}

@@ -94,9 +94,9 @@ class Run:
 
     # ---------------------------------------------------------------- eval + checkpoints
     def evaluate(self, system: Any, iteration: int) -> float:
-        version, (ref,) = ray.get(system.learner.publish.remote())
+        version, (trained, rest) = ray.get(system.learner.publish.remote())
         policy = FlowPolicy(self.cfg.policy)
-        load_numpy_state(policy, ray.get(ref))
+        load_numpy_state(policy, {**ray.get(rest), **ray.get(trained)})
         out = self.dir / "eval" / f"iter_{iteration:06d}"
         res = evaluate(policy, self.cfg.env, self.embodiment, self.cfg.eval_episodes, seed=self.cfg.seed,
                        num_envs=self.cfg.eval_num_envs,

@@ -25,8 +25,8 @@ from rlsys.config import TrainConfig
 from rlsys.flow import Sampler
 from rlsys.learner.imitation import Imitation
 from rlsys.learner.losses import masked_mean, ppo_policy_loss
-from rlsys.policy.backbone import Prefix
 from rlsys.policy.flow_policy import FlowPolicy, Recompute
+from rlsys.policy.model import Context
 from rlsys.types import Observation, Segment
 
 
@@ -48,7 +48,7 @@ class Minibatch:
     chain: np.ndarray  # [B, S+1, H, K]
     step_mask: np.ndarray  # [B, S]
     exec_mask: np.ndarray  # [B, H]
-    prefix: Prefix | None
+    prefix: Context | None
     advantages: torch.Tensor  # [B]
     returns: torch.Tensor  # [B]
     old_logp: torch.Tensor  # [B]

@@ -1,1 +1,2 @@
-"""Flow-matching VLA policy: backbones, DiT action expert, value and noise heads."""
+"""Flow-matching VLA policy: the policy models (rlsys's tiny one, pi0 / pi0.5 from transformers), the flow
+policy around them (denoising loop, recompute, SFT loss), value and noise heads."""

@@ -1,4 +1,5 @@
-"""``FlowPolicy`` = backbone + DiT action expert + value head (+ noise head for Flow-Noise).
+"""``FlowPolicy`` = a policy model (``policy.model``: rlsys's tiny one, pi0, pi0.5) + value head
+(+ noise head for Flow-Noise), the samplers' denoising loop and the learner's recompute around it.
 
 The plug-in surface is three methods: ``sample(obs, sampler) -> ActionChunk`` (rollout, keeps
 every denoising state), ``log_prob_and_value(...)`` (learner recompute from stored chains) and
@@ -18,9 +19,8 @@ from torch import nn
 from rlsys import flow  # sampling and recompute both go through flow.time_grid / flow.transition
 from rlsys.config import PolicyConfig
 from rlsys.flow import Sampler, gaussian_entropy, gaussian_log_prob, reduce_log_prob
-from rlsys.policy.backbone import Prefix
-from rlsys.policy.dit import ActionExpert
-from rlsys.registry import BACKBONES
+from rlsys.policy.model import Context, PolicyModel
+from rlsys.registry import MODELS
 from rlsys.types import ActionChunk, ContractError, Observation
 
 
@@ -46,7 +46,7 @@ class Transitions:
     mean: torch.Tensor
     std: torch.Tensor
     on: torch.Tensor
-    prefix: Prefix
+    prefix: Context
     action_dim: torch.Tensor  # [B]
     num_stochastic: torch.Tensor  # [B] stochastic steps per sample
 
@@ -74,12 +74,16 @@ class FlowPolicy(nn.Module):
     def __init__(self, cfg: PolicyConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        w, k = cfg.width, cfg.action_channels
-        self.backbone = BACKBONES.build(cfg.backbone, cfg)
-        self.expert = ActionExpert(cfg)
-        self.value_head: nn.Module = (AttentionPoolValue(w, cfg.heads) if cfg.critic == "attention"
+        k = cfg.action_channels
+        self.model: PolicyModel = MODELS.build(cfg.model, cfg)
+        w = self.model.width
+        if self.model.horizon != cfg.action_horizon or self.model.channels != k:
+            raise ContractError(f"policy.model {cfg.model!r} predicts [{self.model.horizon}, {self.model.channels}] "
+                                f"chunks; policy.action_horizon / action_channels are {cfg.action_horizon} / {k}")
+        heads = cfg.heads if w % cfg.heads == 0 else 1
+        self.value_head: nn.Module = (AttentionPoolValue(w, heads) if cfg.critic == "attention"
                                       else nn.Sequential(nn.Linear(w, w), nn.GELU(), nn.Linear(w, 1)))
-        self.noise_head = nn.Linear(w, k) if cfg.noise_head else None
+        self.noise_head = nn.Linear(self.model.feature_width, k) if cfg.noise_head else None
         if self.noise_head is not None:
             nn.init.zeros_(self.noise_head.weight)
             nn.init.zeros_(self.noise_head.bias)
@@ -92,6 +96,26 @@ class FlowPolicy(nn.Module):
         self.register_buffer("action_std", torch.ones(k))
         self.register_buffer("proprio_mean", torch.zeros(cfg.proprio_dim))
         self.register_buffer("proprio_std", torch.ones(cfg.proprio_dim))
+        self.freeze()
+
+    def freeze(self) -> None:
+        """``policy.freeze``: those parts of the model never train (SFT, RL, imitation steps)."""
+        parts = self.model.parts()
+        for name in self.cfg.freeze:
+            for p in parts[name]:
+                p.requires_grad_(False)
+
+    def set_backbone_trainable(self, on: bool) -> None:
+        """Switch the backbone's gradients (the learner's ``optim.train_backbone``, imitation steps);
+        frozen parts stay frozen."""
+        parts = self.model.parts()
+        for name in ("vision", "language"):
+            for p in parts[name]:
+                p.requires_grad_(on and name not in self.cfg.freeze)
+
+    def frozen_ids(self) -> set[int]:
+        parts = self.model.parts()
+        return {id(p) for name in self.cfg.freeze for p in parts[name]}
 
     # ------------------------------------------------------------------ normalisation
     def set_normalization(self, action_mean: np.ndarray, action_std: np.ndarray,
@@ -150,17 +174,24 @@ class FlowPolicy(nn.Module):
             "action_dim": t(obs.action_dim),
         }
 
-    def encode(self, t: dict[str, torch.Tensor]) -> Prefix:
-        return self.backbone(t["images"], t["proprio"], t["tokens"], t["token_mask"])
+    def autocast(self) -> Any:
+        """bf16 autocast for the network on CUDA (``policy.bf16``); the flow math outside it is fp32."""
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cfg.bf16 and self.device.type == "cuda")
+
+    def encode(self, t: dict[str, torch.Tensor]) -> Context:
+        with self.autocast():
+            return self.model.encode(t)
 
     def channel_mask(self, action_dim: torch.Tensor) -> torch.Tensor:
         return torch.arange(self.cfg.action_channels, device=action_dim.device)[None] < action_dim[:, None]
 
-    def velocity(self, x: torch.Tensor, t: torch.Tensor, prefix: Prefix, cmask: torch.Tensor,
+    def velocity(self, x: torch.Tensor, t: torch.Tensor, prefix: Context, cmask: torch.Tensor,
                  sampler: Sampler) -> tuple[torch.Tensor, torch.Tensor | None]:
         """v(x, t) on real channels (padded inputs are zeroed), plus noise-head output if needed."""
         x = x * cmask[:, None]
-        v, feat = self.expert(x, t, prefix)
+        with self.autocast():
+            v, feat = self.model.velocity(prefix, x, t)
+        v, feat = v.float(), feat.float()
         h = None
         if sampler.needs_noise_head:
             if self.noise_head is None:
@@ -168,11 +199,13 @@ class FlowPolicy(nn.Module):
             h = self.noise_head(feat)
         return v, h
 
-    def value_of(self, prefix: Prefix) -> torch.Tensor:
+    def value_of(self, prefix: Context) -> torch.Tensor:
         detach = self.cfg.detach_critic_input
         if self.cfg.critic == "attention":
-            return self.value_head(prefix.tokens.detach() if detach else prefix.tokens, prefix.mask)
-        pooled = prefix.pooled.detach() if detach else prefix.pooled
+            tokens = prefix.tokens.float()
+            return self.value_head(tokens.detach() if detach else tokens, prefix.mask)
+        pooled = prefix.pooled.float()
+        pooled = pooled.detach() if detach else pooled
         return self.value_head(pooled).squeeze(-1)
 
     # ------------------------------------------------------------------ rollout
@@ -239,7 +272,7 @@ class FlowPolicy(nn.Module):
         )
 
     # ------------------------------------------------------------------ learner
-    def _prefix_and_action_dim(self, obs: Observation, prefix: Prefix | None) -> tuple[Prefix, torch.Tensor]:
+    def _prefix_and_action_dim(self, obs: Observation, prefix: Context | None) -> tuple[Context, torch.Tensor]:
         """The backbone's output for ``obs`` (encoded here unless given) and its action dims."""
         if prefix is None:
             t = self._tensors(obs)
@@ -248,7 +281,7 @@ class FlowPolicy(nn.Module):
         return prefix, torch.as_tensor(np.array(obs.action_dim), device=self.device)
 
     def transitions(self, obs: Observation, chain: np.ndarray, step_mask: np.ndarray, sampler: Sampler,
-                    prefix: Prefix | None = None) -> Transitions:
+                    prefix: Context | None = None) -> Transitions:
         """(mean, std) of every stored stochastic transition under the current weights.
 
         chain [B, S+1, H, K], step_mask [B, S] (numpy, as stored by rollout). Rows are the
@@ -274,7 +307,7 @@ class FlowPolicy(nn.Module):
 
     def log_prob_and_value(self, obs: Observation, chain: np.ndarray, step_mask: np.ndarray,
                            exec_mask: np.ndarray, sampler: Sampler, mode: str,
-                           prefix: Prefix | None = None) -> Recompute:
+                           prefix: Context | None = None) -> Recompute:
         """Recompute the log-prob of the stored stochastic transitions under the current weights.
 
         chain [B, S+1, H, K], step_mask [B, S], exec_mask [B, H] (numpy, as stored by rollout).
@@ -296,19 +329,20 @@ class FlowPolicy(nn.Module):
             entropy=per_sample(gaussian_entropy(tr.std), "token_level"),
         )
 
-    def _fm_sq_error(self, a: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, prefix: Prefix) -> torch.Tensor:
+    def _fm_sq_error(self, a: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, prefix: Context) -> torch.Tensor:
         """Element-wise flow-matching error ``(v(x_t, t) - (eps - a))^2`` at ``x_t = t eps + (1 - t) a``;
         a, eps [M, H, K] (padded channels zeroed), t [M], prefix of M rows."""
         tt = t.view(-1, 1, 1)
-        v, _ = self.expert(tt * eps + (1 - tt) * a, t, prefix)
+        with self.autocast():
+            v, _ = self.model.velocity(prefix, tt * eps + (1 - tt) * a, t)
+        v = v.float()
         return (v - (eps - a)) ** 2
 
     @torch.no_grad()
-    def encode_batch(self, obs: Observation, block: int = 256) -> Prefix:
+    def encode_batch(self, obs: Observation, block: int = 256) -> Context:
         """Backbone output for ``obs`` (no gradients), computed ``block`` rows at a time."""
-        parts = [self.encode(self._tensors(obs.index(np.arange(i, min(i + block, obs.batch_size)))))
-                 for i in range(0, obs.batch_size, block)]
-        return Prefix(*(torch.cat([getattr(p, f) for p in parts]) for f in ("tokens", "mask", "pooled")))
+        return self.model.cat([self.encode(self._tensors(obs.index(np.arange(i, min(i + block, obs.batch_size)))))
+                               for i in range(0, obs.batch_size, block)])
 
     def value(self, obs: Observation) -> torch.Tensor:
         return self.value_of(self.encode(self._tensors(obs)))

@@ -67,7 +67,7 @@ def test_report_writes_png_and_html(tmp_path):
     ("env.cameras=[agentvew,wrist]", "env.cameras: unknown tabletop camera 'agentvew'.*Did you mean 'agentview'"),
     ("sampler.name=flow_sd", "sampler.name: got 'flow_sd'; allowed: one of flow_noise, flow_sde, ode"),
     ("algo.name=ppo_rtf", "algo.name: got 'ppo_rtf'; allowed: one of grpo, ppo, ppo_rft, rft"),
-    ("policy.backbone=tinny", "policy.backbone: got 'tinny'; allowed: one of tiny"),
+    ("policy.model=tinny", "policy.model: got 'tinny'; allowed: one of pi0, pi05, tiny"),
     ("ppo.gamma=2", r"ppo.gamma: got 2.0; allowed: \(0, 1\]"),
 ])
 @pytest.mark.parametrize("command", ["train", "sft", "eval", "demos"])
@@ -89,6 +89,6 @@ def test_every_command_rejects_a_typo_before_anything_starts(tmp_path, command, 
 def test_presets_print_a_menu():
     out = subprocess.run([sys.executable, "-m", "rlsys", "presets"], capture_output=True, text=True, timeout=60)
     rows = out.stdout.strip().splitlines()
-    assert out.returncode == 0 and len(rows) == len(list_presets()) <= 11
+    assert out.returncode == 0 and len(rows) == len(list_presets()) <= 16  # a menu, not a results log
     assert all(len(r.split(None, 1)) == 2 for r in rows)  # name, then its description
     assert any(r.startswith("tabletop_quickstart ") and "min" in r for r in rows)

@@ -24,7 +24,7 @@ def test_presets_are_a_menu_one_level_deep():
     from rlsys.config import _preset_file, preset_description
 
     names = list_presets()
-    assert len(names) <= 11
+    assert len(names) <= 16
     for name in names:
         desc = preset_description(name)
         assert desc and "\n" not in desc and len(desc) <= 140, name
@@ -45,8 +45,21 @@ def test_a_two_level_preset_chain_is_refused(monkeypatch):
 
 
 @pytest.mark.parametrize("name", list_presets())
-def test_every_shipped_preset_validates(name, monkeypatch):
-    """A preset users can name must build a valid config (the checks run in the dataclasses)."""
+def test_every_shipped_preset_validates(name, monkeypatch, tmp_path):
+    """A preset users can name must build a valid config (the checks run in the dataclasses); one that
+    names a pretrained folder is refused without it, naming the field, and valid with one."""
+    from rlsys.config import _preset_data
+
+    folder = _preset_data(name).get("policy", {}).get("pretrained")
+    if folder:
+        with pytest.raises(ConfigError, match=f"policy.pretrained: {folder} is not a folder"):
+            load_config(name)
+        model = _preset_data(name)["policy"]["model"]
+        (tmp_path / "config.json").write_text(f'{{"model_type": "{model}"}}')  # the real size's defaults
+        (tmp_path / "model.safetensors").write_bytes(b"")
+        cfg = load_config(name, [f"policy.pretrained={tmp_path}"])
+        assert cfg.policy.action_horizon == 50 and cfg.placement.use_gpu
+        return
     if name.startswith("robotwin"):  # its interpreter and assets are checked at load
         from kit import ROBOTWIN_ASSETS as SHARED
         from kit import ROBOTWIN_PYTHON as PYTHON

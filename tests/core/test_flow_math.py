@@ -229,8 +229,8 @@ def test_gradients_reach_the_velocity_net_not_the_chain(sampler, noise_head):
     out = pol.log_prob_and_value(obs, chain, chunk.step_mask, np.ones((B, H), bool), sampler, "chunk_level")
     out.logp.sum().backward()
     assert chain.grad is None
-    assert pol.expert.out.weight.grad.abs().sum() > 0
-    assert pol.backbone.blocks[0].conv.weight.grad.abs().sum() > 0
+    assert pol.model.expert.out.weight.grad.abs().sum() > 0
+    assert pol.model.backbone.blocks[0].conv.weight.grad.abs().sum() > 0
     if noise_head:
         assert pol.noise_head.weight.grad.abs().sum() > 0
 
@@ -243,7 +243,7 @@ def test_detached_critic_input_keeps_critic_gradients_out_of_the_backbone(critic
         assert v.shape == (B,)
         v.sum().backward()
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in pol.value_head.parameters())
-        g = pol.backbone.blocks[0].conv.weight.grad
+        g = pol.model.backbone.blocks[0].conv.weight.grad
         assert (g is None or float(g.abs().sum()) == 0.0) == detach
 
 

@@ -136,11 +136,11 @@ def test_imitation_settings_are_checked():
 
 
 def test_component_names_are_checked_when_the_config_is_read():
-    """An unknown algorithm, sampler or backbone fails in load_config, naming the known ones, not
+    """An unknown algorithm, sampler or model fails in load_config, naming the known ones, not
     after Ray, the run directory and the few-shot SFT have started."""
     for key, bad, known in (("algo.name", "pppo", "grpo, ppo, ppo_rft, rft"),
                             ("sampler.name", "sde", "flow_noise, flow_sde, ode"),
-                            ("policy.backbone", "big", "tiny")):
+                            ("policy.model", "big", "pi0, pi05, tiny")):
         with pytest.raises(ConfigError, match=f"{key}: got '{bad}'; allowed: one of {known}"):
             load_config("tabletop_ppo", [f"{key}={bad}"])
 
@@ -204,15 +204,15 @@ def test_imitation_trains_the_backbone_in_its_own_steps_only(rollout):
     cfg, (s1, _), state = rollout
     base = demo_base(s1)
     seg = relabel(s1, [[1, 2], [1, 2], [1, 2]])  # no episode ends: the demo base feeds imitation
-    backbone = [k for k in state if k.startswith("backbone.")]
-    expert = [k for k in state if k.startswith("expert.")]
+    backbone = [k for k in state if k.startswith("model.backbone.")]
+    expert = [k for k in state if k.startswith("model.expert.")]
     assert backbone and expert
 
     def run(name="ppo_rft", steps=2, **sections):
         lr = make_learner(cfg, state, base, algo={"name": name}, imitation={"steps": steps, **sections.pop("im", {})},
                           **sections)
         m = lr.update([seg])
-        trainable = {p.requires_grad for p in lr.policy.backbone.parameters()}
+        trainable = {p.requires_grad for p in lr.policy.model.backbone.parameters()}
         assert trainable == {lr.cfg.optim.train_backbone}  # frozen again for PPO's steps
         after = state_to_numpy(lr.policy)
         return m, {k: after[k] - state[k] for k in state}

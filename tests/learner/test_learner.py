@@ -86,7 +86,7 @@ def test_critic_alone_reads_one_encoding_of_the_batch_with_the_same_result(overs
         lr = learner(cfg, state, algo={"epochs": 4, **stop}, optim={"train_backbone": True})
         lr.cache_critic_input = cached
         calls: list[int] = []
-        lr.policy.backbone.register_forward_hook(lambda mod, args, out, c=calls: c.append(len(args[0])))
+        lr.policy.model.backbone.register_forward_hook(lambda mod, args, out, c=calls: c.append(len(args[0])))
         m = lr.update([seg])
         runs[cached] = (m, calls, state_to_numpy(lr.policy))
     (m, calls, after), (m0, calls0, after0) = runs[True], runs[False]
@@ -122,7 +122,7 @@ def test_backbone_frozen_by_default_and_its_own_lr_when_trained(overshoot):
                         ("slow", {"train_backbone": True, "backbone_lr": 1e-7})):
         lr = learner(cfg, state, algo={"epochs": 2}, optim=optim)
         lr.update([seg])
-        runs[name] = (moved(lr, "backbone."), moved(lr, "expert."))
+        runs[name] = (moved(lr, "model.backbone."), moved(lr, "model.expert."))
     assert runs["frozen"][0] == 0.0 and runs["frozen"][1] > 0
     assert runs["same"][0] > 1e-4
     assert 0 < runs["slow"][0] < 0.01 * runs["same"][0] and runs["slow"][1] > 1e-4, runs
@@ -227,5 +227,5 @@ def test_a_new_algorithm_plugs_in_with_one_registration(tmp_path, monkeypatch):
     assert isinstance(lr.algo, Reinforce) and lr.version == 1
     assert m["reinforce_mean_return"] > 0 and "policy_loss" in m and "value_loss" not in m
     after = state_to_numpy(lr.policy)
-    assert any(not np.array_equal(before[k], after[k]) for k in before if k.startswith("expert."))
+    assert any(not np.array_equal(before[k], after[k]) for k in before if k.startswith("model.expert."))
     assert all(np.array_equal(before[k], after[k]) for k in before if k.startswith("value_head."))

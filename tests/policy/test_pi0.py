@@ -1,140 +1,248 @@
-"""pi0 from transformers under rlsys's samplers (tiny random-weight config, CPU): rlsys's ODE loop
-equals the model's own sampling with the same noise, the prefix cache is never written, a subset of
-rows recomputes the same transitions (Flow-SDE ratio 1), and gradients reach both halves."""
+"""pi0 and pi0.5 (transformers' models, tiny random-weight configs, CPU) as rlsys policy models:
+rlsys's ODE loop equals the model's own sampling with the same noise, the prefix cache is never
+written, recompute at rollout weights gives ratio 1 (Flow-SDE and Flow-Noise), gradients reach the
+vision-language model and the action expert and not frozen parts, LeRobot / openpi key names load."""
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers", reason="the vla extra: pip install -e '.[vla]'")
 
+from safetensors.torch import save_file  # noqa: E402
+
 from rlsys import flow  # noqa: E402
-from rlsys.flow import ODE, FlowSDE, gaussian_log_prob  # noqa: E402
-from rlsys.policy.pi0 import PI0Velocity  # noqa: E402
+from rlsys.config import ConfigError, PolicyConfig  # noqa: E402
+from rlsys.flow import ODE, FlowNoise, FlowSDE  # noqa: E402
+from rlsys.policy.flow_policy import FlowPolicy  # noqa: E402
+from rlsys.policy.spec import CONFIG_DIR  # noqa: E402
+from rlsys.types import Observation  # noqa: E402
 
-IMAGE = 32
-PATCH = 8
-TOKENS_PER_IMAGE = (IMAGE // PATCH) ** 2
-IMAGE_TOKEN = 299
+MODELS = ("pi0", "pi05")
 
 
-def tiny_pi0() -> PI0Velocity:
-    layers, heads, head_dim, width = 2, 2, 16, 32
-    gemma = {"hidden_size": width, "num_hidden_layers": layers, "intermediate_size": 64,
-             "num_attention_heads": heads, "num_key_value_heads": 1, "head_dim": head_dim}
-    cfg = transformers.PI0Config(
-        vlm_config={"text_config": {"model_type": "gemma", **gemma, "vocab_size": 300},
-                    "vision_config": {"model_type": "siglip_vision_model", "hidden_size": width,
-                                      "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-                                      "patch_size": PATCH, "image_size": IMAGE, "vision_use_head": False},
-                    "projection_dim": width, "image_token_id": IMAGE_TOKEN},
-        dit_config=gemma, chunk_size=5, max_state_dim=8, max_action_dim=7, num_inference_steps=4)
+def tiny_policy(model: str, **kw) -> FlowPolicy:
     torch.manual_seed(0)
-    model = transformers.PI0ForConditionalGeneration(cfg).eval()
-    with torch.no_grad():  # random weights at a scale where every input moves the output
-        for p in model.parameters():
+    pol = FlowPolicy(PolicyConfig(model=model, model_config=f"{model}_tiny", vocab_size=256, **kw))
+    with torch.no_grad():  # random weights at a scale where every input moves the output (pi0.5's
+        for p in pol.model.parameters():  # adaptive norms start at zero: it would ignore its inputs)
             p.add_(torch.randn_like(p) * 0.05)
-    return PI0Velocity(model)
+    return pol.eval()
 
 
-def inputs(batch: int = 3, cameras: int = 2, prompt: int = 6) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    text = torch.randint(1, 250, (batch, prompt), generator=g)
-    ids = torch.cat([torch.full((batch, cameras * TOKENS_PER_IMAGE), IMAGE_TOKEN), text], 1)
-    mask = torch.ones_like(ids)
-    mask[0, -2:] = 0  # a shorter prompt, padded
-    return {"input_ids": ids, "attention_mask": mask,
-            "pixel_values": torch.randn(batch, cameras, 3, IMAGE, IMAGE, generator=g),
-            "pixel_attention_mask": torch.ones(batch, cameras, dtype=torch.bool),
-            "state": torch.randn(batch, 8, generator=g)}
+def observation(batch: int = 3, seed: int = 1) -> Observation:
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((batch, 48), bool)
+    mask[:, :8] = True
+    mask[0, 6:] = False  # a shorter prompt, padded
+    return Observation(images=rng.integers(0, 256, (batch, 2, 64, 64, 3), dtype=np.uint8),
+                       proprio=rng.uniform(-1, 1, (batch, 8)).astype(np.float32),
+                       tokens=np.where(mask, rng.integers(1, 250, (batch, 48)), 0).astype(np.int64),
+                       token_mask=mask, action_dim=np.full(batch, 7, np.int64))
 
 
-def ode_chain(model: PI0Velocity, prefix, noise: torch.Tensor, steps: int, sampler=None) -> list[torch.Tensor]:
-    """rlsys's loop: flow.transition on the grid, the velocity from the wrapper."""
-    sampler = sampler or ODE()
-    b = noise.shape[0]
-    grid = flow.time_grid(steps)
-    cmask = torch.ones(b, model.channels, dtype=torch.bool)
-    chain = [noise]
-    g = torch.Generator().manual_seed(5)
-    for k in range(steps):
-        kk = torch.full((b,), k)
-        v = model.velocity(prefix, chain[-1], grid[kk])
-        mean, std = flow.transition(sampler, chain[-1], v, kk, steps, torch.ones(b, dtype=torch.bool), cmask)
-        chain.append(mean + std * torch.randn(mean.shape, generator=g))
-    return chain
-
-
-def test_rlsys_ode_loop_equals_the_models_own_sampling():
-    model, x = tiny_pi0(), inputs()
-    noise = torch.randn(3, model.horizon, model.channels, generator=torch.Generator().manual_seed(2))
+@pytest.mark.parametrize("model", MODELS)
+def test_rlsys_ode_loop_equals_the_models_own_sampling(model):
+    pol, obs = tiny_policy(model), observation()
+    inputs = pol.denoise_inputs(obs, ODE(), torch.Generator().manual_seed(2))
     with torch.no_grad():
-        ours = ode_chain(model, model.encode(**x), noise, 4)[-1]
-        theirs = model.model.sample_actions(state=x["state"], input_ids=x["input_ids"],
-                                            pixel_values=x["pixel_values"], noise=noise.clone(),
-                                            attention_mask=x["attention_mask"],
-                                            pixel_attention_mask=x["pixel_attention_mask"], num_steps=4)
-    assert float((ours - noise).abs().max()) > 1e-2  # the chain moved
+        ours = pol.denoise(inputs, ODE())["chain"][:, -1]
+        m = pol.model
+        ids, mask = m.prompt(inputs["tokens"], inputs["token_mask"], inputs["proprio"])
+        b = ids.shape[0]
+        ids = torch.cat([torch.full((b, 2 * m.tokens_per_image), m.image_token), ids], 1)
+        mask = torch.cat([torch.ones(b, 2 * m.tokens_per_image, dtype=torch.long), mask.long()], 1)
+        extra = {"state": m.state_input(inputs["proprio"])} if model == "pi0" else {}
+        theirs = m.net.sample_actions(input_ids=ids, pixel_values=m.pixels(inputs["images"]),
+                                      noise=inputs["x0"].clone(), attention_mask=mask,
+                                      pixel_attention_mask=torch.ones(b, 2, dtype=torch.bool),
+                                      num_steps=pol.cfg.denoise_steps, **extra)
+    assert float((ours - inputs["x0"]).abs().max()) > 1e-2  # the chain moved
     torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
 
 
-def test_the_prefix_cache_is_read_never_written():
-    model, x = tiny_pi0(), inputs()
+@pytest.mark.parametrize("model", MODELS)
+def test_the_prefix_cache_is_read_never_written(model):
+    pol, obs = tiny_policy(model), observation()
     with torch.no_grad():
-        prefix = model.encode(**x)
-        length = prefix.cache.get_seq_length()
-        keys = [layer.keys.clone() for layer in prefix.cache.layers]
-        xt = torch.randn(3, model.horizon, model.channels)
-        t = torch.full((3,), 0.5)
-        first, second = model.velocity(prefix, xt, t), model.velocity(prefix, xt, t)
+        ctx = pol.encode(pol._tensors(obs))
+        length = ctx.cache.get_seq_length()
+        keys = [layer.keys.clone() for layer in ctx.cache.layers]
+        xt, t = torch.randn(3, 5, 7), torch.full((3,), 0.5)
+        first, second = pol.model.velocity(ctx, xt, t)[0], pol.model.velocity(ctx, xt, t)[0]
     torch.testing.assert_close(first, second, atol=0, rtol=0)
-    assert prefix.cache.get_seq_length() == length
-    assert all(torch.equal(layer.keys, k) for layer, k in zip(prefix.cache.layers, keys))
+    assert ctx.cache.get_seq_length() == length
+    assert all(torch.equal(layer.keys, k) for layer, k in zip(ctx.cache.layers, keys))
 
 
-def test_inputs_move_the_velocity():
-    """A random-weight model that ignored its inputs would pass the tests above: it does not."""
-    model, x = tiny_pi0(), inputs()
-    xt, t = torch.randn(3, model.horizon, model.channels), torch.full((3,), 0.5)
+@pytest.mark.parametrize("model", MODELS)
+def test_images_state_prompt_and_time_move_the_velocity(model):
+    """A model that ignored an input would pass the equalities above: each one moves v."""
+    pol, obs = tiny_policy(model), observation()
+    xt, t = torch.randn(3, 5, 7), torch.full((3,), 0.5)
+
+    def v(o: Observation, tt: torch.Tensor = t) -> torch.Tensor:
+        with torch.no_grad():
+            return pol.model.velocity(pol.encode(pol._tensors(o)), xt, tt)[0]
+
+    base = v(obs)
+    moved = {"images": Observation(**{**obs.arrays(), "images": 255 - obs.images}),
+             "state": Observation(**{**obs.arrays(), "proprio": -obs.proprio}),
+             "prompt": Observation(**{**obs.arrays(), "tokens": np.where(obs.token_mask, 7, 0)})}
+    for name, o in moved.items():
+        assert float((v(o) - base).abs().max()) > 1e-4, name
+    assert float((v(obs, t * 0.5) - base).abs().max()) > 1e-4
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("sampler", [FlowSDE(0.5), FlowNoise()], ids=["flow_sde", "flow_noise"])
+def test_recompute_at_rollout_weights_gives_ratio_one(model, sampler):
+    """The learner's recompute of stored chains -- on the whole batch, and on a subset of rows of a
+    prefix encoded once in blocks (a frozen backbone's cache) -- gives the rollout's log-probs."""
+    pol, obs = tiny_policy(model, noise_head=True), observation(batch=5)
     with torch.no_grad():
-        base = model.velocity(model.encode(**x), xt, t)
-        for key in ("pixel_values", "state"):
-            moved = model.velocity(model.encode(**{**x, key: x[key] + 1.0}), xt, t)
-            assert float((moved - base).abs().max()) > 1e-4, key
-        assert float((model.velocity(model.encode(**x), xt, t * 0.5) - base).abs().max()) > 1e-4
+        pol.noise_head.weight.normal_(0, 0.05)  # a trained noise head: the std depends on the state
+        ch = pol.sample(obs, sampler, torch.Generator().manual_seed(3))
+        exec_mask = np.ones((5, 5), bool)
+        full = pol.log_prob_and_value(obs, ch.chain, ch.step_mask, exec_mask, sampler, "token_level")
+        rows = np.array([4, 1, 2])
+        cached = pol.encode_batch(obs, block=2).index(torch.from_numpy(rows))
+        sub = pol.log_prob_and_value(obs.index(rows), ch.chain[rows], ch.step_mask[rows], exec_mask[rows],
+                                     sampler, "token_level", prefix=cached)
+    steps = torch.from_numpy(ch.step_mask)
+    rollout = flow.reduce_log_prob(torch.from_numpy(ch.logp_steps), torch.from_numpy(exec_mask),
+                                   torch.from_numpy(obs.action_dim), sampler.num_stochastic(steps), "token_level")
+    torch.testing.assert_close(full.logp, rollout, atol=1e-5, rtol=0)
+    torch.testing.assert_close(sub.logp, full.logp[rows], atol=1e-5, rtol=0)
+    torch.testing.assert_close(sub.value, full.value[rows], atol=1e-5, rtol=0)
 
 
-def test_flow_sde_recompute_on_a_subset_of_rows_gives_ratio_one():
-    """The learner recomputes stored transitions row by row (a minibatch of samples, each at its own
-    stochastic step): on the prefix indexed by those rows the Gaussian log-prob is the rollout's."""
-    model, x = tiny_pi0(), inputs()
-    sde = FlowSDE(0.5)
-    with torch.no_grad():
-        prefix = model.encode(**x)
-        chain = ode_chain(model, prefix, torch.randn(3, model.horizon, model.channels), 4, sde)
-        k = 2
-        grid = flow.time_grid(4)
-        cmask = torch.ones(3, model.channels, dtype=torch.bool)
-        on = torch.ones(3, dtype=torch.bool)
-        kk = torch.full((3,), k)
-        mean, std = flow.transition(sde, chain[k], model.velocity(prefix, chain[k], grid[kk]), kk, 4, on, cmask)
-        rollout = gaussian_log_prob(chain[k + 1], mean, std).sum((1, 2))
-        rows = torch.tensor([2, 0])
-        sub = prefix.index(rows)
-        mean_r, std_r = flow.transition(sde, chain[k][rows], model.velocity(sub, chain[k][rows], grid[kk[rows]]),
-                                        kk[rows], 4, on[rows], cmask[rows])
-        recomputed = gaussian_log_prob(chain[k + 1][rows], mean_r, std_r).sum((1, 2))
-    torch.testing.assert_close(recomputed, rollout[rows], atol=1e-4, rtol=0)
+@pytest.mark.parametrize("model", MODELS)
+def test_gradients_reach_the_vlm_and_the_expert_and_not_frozen_parts(model):
+    for freeze in ((), ("vision",)):
+        pol, obs = tiny_policy(model, freeze=freeze), observation()
+        pol.train()
+        loss = pol.sft_loss(obs, np.random.default_rng(0).normal(size=(3, 5, 7)), np.ones((3, 5), bool))
+        loss.backward()
+        parts = pol.model.parts()
+        for name in ("vision", "language", "expert"):
+            grads = [p.grad for p in parts[name] if p.grad is not None and p.grad.abs().sum() > 0]
+            assert bool(grads) == (name not in freeze), (freeze, name)
 
 
-def test_gradients_reach_the_vision_language_model_and_the_action_expert():
-    model, x = tiny_pi0(), inputs()
-    model.train()
-    prefix = model.encode(**x)
-    xt = torch.randn(3, model.horizon, model.channels)
-    loss = (model.velocity(prefix, xt, torch.full((3,), 0.3)) ** 2).mean() + prefix.pooled.pow(2).mean()
-    loss.backward()
-    grads = {n: p.grad for n, p in model.model.named_parameters()}
-    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith("model.vlm."))
-    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith("model.dit."))
+@pytest.mark.parametrize("model", MODELS)
+def test_flow_policy_frames_reach_the_vision_tower_at_its_size(model):
+    pol = tiny_policy(model)
+    px = pol.model.pixels(torch.rand(3, 2, 64, 64, 3))
+    assert px.shape == (3, 2, 3, 32, 32) and -1.0 <= float(px.min()) and float(px.max()) <= 1.0
+
+
+def lerobot_name(key: str) -> str:
+    """transformers' pi0 key -> the LeRobot / openpi-PyTorch checkpoint's name for it."""
+    for ours, theirs in (("model.vlm.", "model.paligemma_with_expert.paligemma.model."),
+                         ("model.dit.", "model.paligemma_with_expert.gemma_expert.model."),
+                         ("embed_action_time.", "model."), ("action_out_proj", "model.action_out_proj")):
+        if key.startswith(ours):
+            return theirs + key[len(ours):]
+    raise AssertionError(key)
+
+
+def test_a_lerobot_named_pi0_checkpoint_loads(tmp_path):
+    """A folder as LeRobot / openpi-PyTorch write pi0 (``paligemma_with_expert.*`` names, config.json,
+    model.safetensors) loads into rlsys's pi0 with every weight in place."""
+    src = tiny_policy("pi0").model.net
+    state = {lerobot_name(k): v.clone().contiguous() for k, v in src.state_dict().items()
+             if "embed_tokens" not in k or "vlm" in k}
+    save_file(state, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text((CONFIG_DIR / "pi0_tiny.json").read_text())
+    pol = FlowPolicy(PolicyConfig(model="pi0", pretrained=str(tmp_path), vocab_size=256))
+    report = pol.model.load_pretrained(tmp_path)
+    assert report["unexpected"] == []
+    assert all(k.endswith("dit.embed_tokens.weight") for k in report["missing"])  # unused by the expert
+    for k, v in src.state_dict().items():
+        if "dit.embed_tokens" not in k:
+            torch.testing.assert_close(pol.model.net.state_dict()[k], v, atol=0, rtol=0)
+
+
+def test_bad_model_settings_fail_when_the_config_is_built(tmp_path):
+    cases = [({"model": "pi1"}, "model: got 'pi1'; allowed: one of pi0, pi05, tiny"),
+             ({"model": "pi0"}, "needs its weights"),
+             ({"model": "pi0", "model_config": "pi0_huge"}, "policy.model_config: got 'pi0_huge'"),
+             ({"model": "pi0", "model_config": "pi05_tiny", "vocab_size": 256}, "is a 'pi05' model"),
+             ({"model": "pi0", "pretrained": str(tmp_path / "nope")}, "is not a folder"),
+             ({"model": "pi0", "pretrained": str(tmp_path)}, "has no config.json and no *.safetensors"),
+             ({"model": "pi0", "model_config": "pi0_tiny", "vocab_size": 256, "action_horizon": 4},
+              "policy.action_horizon: got 4; the pi0 model predicts chunks of 5"),
+             ({"model": "pi0", "model_config": "pi0_tiny", "vocab_size": 256, "action_channels": 6},
+              "policy.action_channels: got 6"),
+             ({"model": "pi0", "model_config": "pi0_tiny"}, "policy.vocab_size: got 1024"),
+             ({"freeze": ("vision", "eyes")}, "freeze: got"),
+             ({"execute_steps": 9}, "execute_steps: got 9")]
+    for kw, msg in cases:
+        with pytest.raises(ConfigError, match=msg.replace("(", r"\(").replace("*", r"\*")):
+            PolicyConfig(**kw)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"model_type": "pi0", "chunk_size": 5, "max_action_dim": 3}))
+    with pytest.raises(ConfigError, match="policy.action_channels: got 7; the pi0 model has 3"):
+        PolicyConfig(model="pi0", model_config=str(bad), vocab_size=256)
+
+
+def test_flow_time_grid_matches_the_models_euler_steps():
+    """pi0's own loop steps t = 1, 1 - 1/S, ...: rlsys's grid is the same."""
+    torch.testing.assert_close(flow.time_grid(4)[:4], torch.tensor([1.0, 0.75, 0.5, 0.25]))
+
+
+def pretrained_folder(path, model: str = "pi0"):
+    """A local pretrained folder as users bring one: transformers' config.json, model.safetensors, a
+    tokenizer.json (a word-level tokenizer built here, offline) and openpi's norm_stats.json."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    path.mkdir()
+    net = tiny_policy(model).model.net
+    save_file({k: v.clone().contiguous() for k, v in net.state_dict().items()}, str(path / "model.safetensors"))
+    (path / "config.json").write_text((CONFIG_DIR / f"{model}_tiny.json").read_text())
+    words = ["[UNK]", "Task", ":", "lift", "the", "cube", ",", "State", ";", "Action", *map(str, range(256))]
+    tok = Tokenizer(models.WordLevel({w: i + 1 for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(path / "tokenizer.json"))
+    stats = {"mean": [0.1] * 8, "std": [2.0] * 8, "q01": [-3.0] * 8, "q99": [1.0] * 8}
+    (path / "norm_stats.json").write_text(json.dumps({"norm_stats": {"state": stats, "actions": {
+        **stats, "mean": [0.1] * 7, "std": [2.0] * 7, "q01": [-3.0] * 7, "q99": [1.0] * 7}}}))
+    return net
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_rlsys_import_writes_a_checkpoint_that_loads_without_the_folder(tmp_path, model, capsys):
+    """``rlsys import``: the folder's weights, tokenizer and statistics (pi0.5: its quantiles) into a
+    self-contained rlsys checkpoint that loads, tokenizes and samples after the folder is gone."""
+    import shutil
+
+    from rlsys.checkpoint import load_policy
+    from rlsys.cli import main
+
+    src = pretrained_folder(tmp_path / "pretrained", model)
+    main(["import", "--preset", "tabletop_pi0_tiny", "--set", f"policy.model={model}", "--set", "policy.model_config=",
+          "--set", f"policy.pretrained={tmp_path / 'pretrained'}", "--out", str(tmp_path / "ck")])
+    out = capsys.readouterr().out
+    assert "0 unexpected" in out and "norm_stats.json" in out
+    shutil.rmtree(tmp_path / "pretrained")
+    pol, env_cfg, emb, meta = load_policy(tmp_path / "ck")
+    assert meta["stage"] == "import" and pol.cfg.tokenizer.endswith("ck/tokenizer.json")
+    for k, v in src.state_dict().items():
+        if "dit.embed_tokens" not in k:
+            torch.testing.assert_close(pol.model.net.state_dict()[k], v, atol=0, rtol=0)
+    want_std = 2.0  # pi0: std; pi0.5: (q99 - q01) / 2, 2 as well
+    want_mean = 0.1 if model == "pi0" else -1.0  # pi0.5: the quantiles' midpoint
+    torch.testing.assert_close(pol.action_mean, torch.full((7,), want_mean))
+    torch.testing.assert_close(pol.proprio_std, torch.full((8,), want_std))
+    from rlsys.prompt import ObservationBuilder
+
+    builder = ObservationBuilder(pol.cfg, emb)
+    o = builder(np.zeros((2, 2, 64, 64, 3), np.uint8), np.zeros((2, 8), np.float32), ["lift the cube"] * 2)
+    prompt = [4, 5, 6] if model == "pi0" else [2, 3, 4, 5, 6]  # "lift the cube" / "Task: lift the cube"
+    assert o.tokens[0, : len(prompt) + 1].tolist() == [*prompt, 0] and o.token_mask[0].sum() == len(prompt)
+    assert pol.sample(o, FlowSDE(0.5)).actions.shape == (2, 5, 7)
