@@ -26,6 +26,7 @@ from rlsys.config import EnvConfig, PolicyConfig, stored_config, to_dict
 from rlsys.configtools import ConfigError, from_dict
 from rlsys.envs.api import Embodiment
 from rlsys.policy.flow_policy import FlowPolicy
+from rlsys.policy.lora import base_state_for_lora
 from rlsys.policy.spec import TRANSFORMERS_MODELS, read_model_config, tokenizer_file
 
 FORMAT = "rlsys-policy-v1"
@@ -33,6 +34,7 @@ MODEL_CONFIG = "model_config.json"  # a transformers model's config, in its chec
 TOKENIZER = "tokenizer.json"
 # policy settings a checkpoint's weights do not depend on: a run may choose its own (where the model's
 # files come from: the checkpoint carries them; how many actions run; bf16; what trains)
+LORA_SETTINGS = ("lora_rank", "lora_alpha", "lora_parts", "lora_targets")
 RUN_SETTINGS = ("pretrained", "model_config", "tokenizer", "execute_steps", "bf16", "freeze")
 
 
@@ -139,6 +141,12 @@ def load_policy(path: str | os.PathLike, expect: PolicyConfig | None = None, dev
     fresh_noise = noise_head and not pcfg.noise_head
     if fresh_noise:
         pcfg = replace(pcfg, noise_head=True)
+    # LoRA on a checkpoint written without it (an imported or SFT model): fresh, zero-effect adapters
+    fresh_lora = expect is not None and expect.lora_rank > 0 and pcfg.lora_rank == 0
+    if fresh_lora:
+        assert expect is not None
+        with stored_config():
+            pcfg = replace(pcfg, **{k: getattr(expect, k) for k in LORA_SETTINGS})
     if expect is not None:
         diffs = [f"policy.{k}: checkpoint {v!r} vs requested {getattr(expect, k)!r}"
                  for k, v in to_dict(pcfg).items() if to_dict(expect)[k] != v and k not in RUN_SETTINGS]
@@ -158,6 +166,8 @@ def load_policy(path: str | os.PathLike, expect: PolicyConfig | None = None, dev
     if fresh:
         state = {k: v for k, v in state.items() if not k.startswith(fresh)}
         state.update({k: v for k, v in policy.state_dict().items() if k.startswith(fresh)})
+    if fresh_lora:
+        state = base_state_for_lora(state, policy.state_dict())
     try:
         missing, unexpected = policy.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatch

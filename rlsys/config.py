@@ -109,6 +109,12 @@ class PolicyConfig:
     execute_steps: int = 0
     # on CUDA, run the network under bf16 autocast; chains, means, stds, log-probs and values stay fp32
     bf16: bool = False
+    # LoRA adapters (peft; pi0 / pi05): rank (0: off) on the linear layers named lora_targets inside
+    # lora_parts; in those parts only the adapters train (and travel), every other weight freezes
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_parts: tuple[str, ...] = ("language",)
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     width: int = 128
     heads: int = 4
     backbone_layers: int = 2
@@ -133,6 +139,7 @@ class PolicyConfig:
         check(set(self.freeze) <= set(PARTS), "freeze", f"a subset of {', '.join(PARTS)}", self.freeze)
         check(0 <= self.execute_steps <= self.action_horizon, "execute_steps",
               f"0..action_horizon ({self.action_horizon}; 0 = all)", self.execute_steps)
+        check(self.lora_rank >= 0, "lora_rank", ">= 0 (0: no LoRA)", self.lora_rank)
         check_model(self, host=_HOST_CHECKS.get())
         check(self.width % self.heads == 0, "width", f"a multiple of heads={self.heads}", self.width)
         check(self.action_horizon >= 1, "action_horizon", ">= 1", self.action_horizon)

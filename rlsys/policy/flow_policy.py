@@ -19,6 +19,7 @@ from torch import nn
 from rlsys import flow  # sampling and recompute both go through flow.time_grid / flow.transition
 from rlsys.config import PolicyConfig
 from rlsys.flow import Sampler, gaussian_entropy, gaussian_log_prob, reduce_log_prob
+from rlsys.policy.lora import apply_lora
 from rlsys.policy.model import Context, PolicyModel
 from rlsys.registry import MODELS
 from rlsys.types import ActionChunk, ContractError, Observation
@@ -76,6 +77,7 @@ class FlowPolicy(nn.Module):
         self.cfg = cfg
         k = cfg.action_channels
         self.model: PolicyModel = MODELS.build(cfg.model, cfg)
+        self.lora_frozen = apply_lora(self.model, cfg) if cfg.lora_rank else set()
         w = self.model.width
         if self.model.horizon != cfg.action_horizon or self.model.channels != k:
             raise ContractError(f"policy.model {cfg.model!r} predicts [{self.model.horizon}, {self.model.channels}] "
@@ -111,11 +113,12 @@ class FlowPolicy(nn.Module):
         parts = self.model.parts()
         for name in ("vision", "language"):
             for p in parts[name]:
-                p.requires_grad_(on and name not in self.cfg.freeze)
+                p.requires_grad_(on and name not in self.cfg.freeze and id(p) not in self.lora_frozen)
 
     def frozen_ids(self) -> set[int]:
+        """Parameters no optimizer may hold: policy.freeze'd parts, the weights of LoRA-adapted parts."""
         parts = self.model.parts()
-        return {id(p) for name in self.cfg.freeze for p in parts[name]}
+        return {id(p) for name in self.cfg.freeze for p in parts[name]} | self.lora_frozen
 
     # ------------------------------------------------------------------ normalisation
     def set_normalization(self, action_mean: np.ndarray, action_std: np.ndarray,

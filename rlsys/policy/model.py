@@ -41,6 +41,8 @@ class PolicyModel(nn.Module):
     channels: int
     width: int  # context features (the value head's input)
     feature_width: int  # velocity features (the noise head's input)
+    # parameter-name prefixes of each part, tried in this order (the first match names the part)
+    part_prefixes: dict[str, tuple[str, ...]]
 
     def encode(self, inputs: dict[str, torch.Tensor]) -> Any:
         raise NotImplementedError
@@ -54,7 +56,11 @@ class PolicyModel(nn.Module):
 
     def parts(self) -> dict[str, list[nn.Parameter]]:
         """Every parameter in exactly one of ``PARTS``."""
-        raise NotImplementedError
+        return split_parts(self, self.part_prefixes)
+
+    def part_of(self, name: str) -> str | None:
+        """The part a parameter or module name belongs to."""
+        return next((k for k, pre in self.part_prefixes.items() if (name + ".").startswith(pre)), None)
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         """What encodes the observation (vision + language)."""

@@ -24,11 +24,10 @@ from typing import Any
 
 import torch
 import transformers
-from torch import nn
 from torch.nn import functional as F
 
 from rlsys.config import PolicyConfig
-from rlsys.policy.model import PolicyModel, split_parts
+from rlsys.policy.model import PolicyModel
 from rlsys.policy.spec import read_model_config
 from rlsys.prompt import PromptTokenizer
 from rlsys.types import ContractError
@@ -83,6 +82,9 @@ class PI0(PolicyModel):
     config_class: Any = transformers.PI0Config
     model_class: Any = transformers.PI0ForConditionalGeneration
     state_in_prompt = False
+    part_prefixes = {"vision": ("net.model.vlm.vision_tower.", "net.model.vlm.multi_modal_projector."),
+                     "language": ("net.model.vlm.",),
+                     "expert": ("net.model.dit.", "net.embed_action_time.", "net.action_out_proj.")}
 
     def __init__(self, cfg: PolicyConfig) -> None:
         super().__init__()
@@ -166,10 +168,6 @@ class PI0(PolicyModel):
         features = out.last_hidden_state[:, -self.horizon:]
         return self.net.action_out_proj(features), features
 
-    def parts(self) -> dict[str, list[nn.Parameter]]:
-        return split_parts(self, {"vision": ("net.model.vlm.vision_tower.", "net.model.vlm.multi_modal_projector."),
-                                  "language": ("net.model.vlm.",),
-                                  "expert": ("net.model.dit.", "net.embed_action_time.", "net.action_out_proj.")})
 
     # ------------------------------------------------------------------ pretrained weights
     def load_pretrained(self, folder: str | Path) -> dict[str, list[str]]:

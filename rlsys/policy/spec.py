@@ -20,6 +20,8 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 BUILTIN_CONFIGS = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
 TRANSFORMERS_MODELS = ("pi0", "pi05")
 PARTS = ("vision", "language", "expert")  # what policy.freeze names
+# the linear layers LoRA can adapt (policy.lora_targets): PaliGemma / Gemma and SigLIP layer names
+LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "out_proj", "fc1", "fc2")
 
 
 def read_model_config(cfg: Any) -> dict[str, Any]:
@@ -71,6 +73,17 @@ def check_model(cfg: Any, host: bool = True) -> None:
     """The sizes rlsys's side of a transformers model must agree on (``cfg``: a PolicyConfig).
     ``host=False`` (a config read back from a checkpoint): a pretrained folder absent from this
     machine is not an error; the checkpoint carries the model's config (rlsys.checkpoint)."""
+    if cfg.lora_rank:
+        if cfg.model not in TRANSFORMERS_MODELS:
+            raise ConfigError(f"policy.lora_rank: LoRA adapts {', '.join(TRANSFORMERS_MODELS)}; policy.model is "
+                              f"{cfg.model!r} (set 0)")
+        bad = [t for t in cfg.lora_targets if t not in LORA_MODULES]
+        if bad or not cfg.lora_targets:
+            raise ConfigError(f"policy.lora_targets: got {list(cfg.lora_targets)}; allowed: a non-empty subset of "
+                              f"{', '.join(LORA_MODULES)}")
+        if not cfg.lora_parts or not set(cfg.lora_parts) <= set(PARTS):
+            raise ConfigError(f"policy.lora_parts: got {list(cfg.lora_parts)}; allowed: a non-empty subset of "
+                              f"{', '.join(PARTS)}")
     if cfg.model not in TRANSFORMERS_MODELS:
         for field in ("pretrained", "model_config", "tokenizer"):
             if getattr(cfg, field):

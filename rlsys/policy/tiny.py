@@ -4,12 +4,11 @@ trains on 2 CPU cores in minutes."""
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from rlsys.config import PolicyConfig
 from rlsys.policy.backbone import Prefix, TinyBackbone
 from rlsys.policy.dit import ActionExpert
-from rlsys.policy.model import PolicyModel, split_parts
+from rlsys.policy.model import PolicyModel
 
 
 class TinyModel(PolicyModel):
@@ -29,8 +28,6 @@ class TinyModel(PolicyModel):
     def cat(self, contexts: list[Prefix]) -> Prefix:
         return Prefix(*(torch.cat([getattr(c, f) for c in contexts]) for f in ("tokens", "mask", "pooled")))
 
-    def parts(self) -> dict[str, list[nn.Parameter]]:
-        # the transformer over image, proprio and word tokens plays the language model's part
-        return split_parts(self, {"vision": ("backbone.blocks.", "backbone.keypoints.", "backbone.cam_emb",
-                                             "backbone.patch_pos"),
-                                  "language": ("backbone.",), "expert": ("expert.",)})
+    # the transformer over image, proprio and word tokens plays the language model's part
+    part_prefixes = {"vision": ("backbone.blocks.", "backbone.keypoints.", "backbone.cam_emb", "backbone.patch_pos"),
+                     "language": ("backbone.",), "expert": ("expert.",)}

@@ -19,6 +19,8 @@ from rlsys.weights import state_to_numpy
 
 VLA = {"pi0": ["policy.model=pi0", "policy.model_config=pi0_tiny", "policy.vocab_size=256"],
        "pi05": ["policy.model=pi05", "policy.model_config=pi05_tiny", "policy.vocab_size=256"]}
+# LoRA on the language model, the vision tower frozen: the adapters and the expert train
+LORA = ["policy.lora_rank=4", "policy.freeze=[vision]", "optim.train_backbone=true"]
 
 
 def vla_ckpt(tmp_path: Path, model: str) -> str:
@@ -34,15 +36,16 @@ def vla_ckpt(tmp_path: Path, model: str) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("model", ["pi0", "pi05"])
-def test_short_ppo_run_of_a_transformers_policy_on_ray(ray_local, tmp_path, model):
+@pytest.mark.parametrize("model,lora", [("pi0", False), ("pi05", False), ("pi0", True)])
+def test_short_ppo_run_of_a_transformers_policy_on_ray(ray_local, tmp_path, model, lora):
     """Two PPO iterations, disaggregated: the first minibatch's ratio is 1 in both, so the inference
     worker sampled with exactly the learner's weights -- the full state at the start, then the
-    trained-only broadcast. Each chunk runs 2 of its 5 actions (policy.execute_steps)."""
+    trained-only broadcast (with LoRA: the adapters, from a checkpoint written without them). Each
+    chunk runs 2 of its 5 actions (policy.execute_steps)."""
     from rlsys.train import train
 
     cfg = small_cfg(tmp_path, *VLA[model], "placement.mode=disaggregated", "policy.execute_steps=2",
-                    f"init_checkpoint={vla_ckpt(tmp_path, model)}")
+                    f"init_checkpoint={vla_ckpt(tmp_path, model)}", *(LORA if lora else []))
     out = train(cfg)
     run_dir = Path(out["run_dir"])
     rows = read_metrics(run_dir)
@@ -57,13 +60,14 @@ def test_short_ppo_run_of_a_transformers_policy_on_ray(ray_local, tmp_path, mode
 
 def test_the_broadcast_carries_what_trains(ray_local, tmp_path):
     """optim.train_backbone=false: the vision-language model is in the object store once (the rest),
-    never in a version's broadcast; with it trained, it travels every version."""
+    never in a version's broadcast; with it trained, it travels every version; with LoRA, only its
+    adapters do."""
     from rlsys.actors.system import RaySystem
 
     sizes = {}
-    for train_backbone in (False, True):
-        cfg = small_cfg(tmp_path, *VLA["pi0"], "placement.mode=disaggregated",
-                        f"optim.train_backbone={train_backbone}", "algo.name=ppo")
+    for case, extra in (("frozen", ["optim.train_backbone=false"]), ("trained", ["optim.train_backbone=true"]),
+                        ("lora", LORA)):
+        cfg = small_cfg(tmp_path, *VLA["pi0"], "placement.mode=disaggregated", "algo.name=ppo", *extra)
         policy, *_ = load_policy(vla_ckpt(tmp_path, "pi0"), expect=cfg.policy)
         system = RaySystem(cfg, state_to_numpy(policy), episodic=False)
         try:
@@ -71,14 +75,16 @@ def test_the_broadcast_carries_what_trains(ray_local, tmp_path):
             trained, rest = ray.get(trained_ref), ray.get(rest_ref)
             assert set(trained) | set(rest) == set(policy.state_dict()) and not set(trained) & set(rest)
             vlm = [k for k in trained if k.startswith("model.net.model.vlm.")]
-            assert bool(vlm) == train_backbone
+            assert bool(vlm) == (case != "frozen")
+            if case == "lora":  # the adapters only: no adapted layer's own weight, nothing of the vision tower
+                assert vlm and all(".lora_" in k for k in vlm) and not any("vision_tower" in k for k in trained)
             assert any(k.startswith("model.net.model.dit.") for k in trained) and "action_mean" in rest
-            sizes[train_backbone] = sum(v.nbytes for v in trained.values())
+            sizes[case] = sum(v.nbytes for v in trained.values())
             system.update(system.collect())
             assert ray.get(system.learner.publish.remote())[1][1] == rest_ref  # the rest is put once
         finally:
             system.shutdown()
-    assert sizes[False] < 0.6 * sizes[True]
+    assert sizes["frozen"] < sizes["lora"] < 0.6 * sizes["trained"]
 
 
 def test_an_inference_engine_takes_a_trained_only_state(tmp_path):
