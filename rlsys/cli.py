@@ -77,7 +77,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     cfg = _load(args)
     res = run_eval_command(cfg, ckpt=args.ckpt, out_dir=args.out, episodes=args.episodes, tasks=args.tasks,
                            env=args.env, init_state_offset=args.init_state_offset, workers=args.workers,
-                           sampler=args.sampler)
+                           sampler=args.sampler, device=args.device)
     print(f"eval: results in {res['out_dir']} (eval.json, eval.md, videos/)")
 
 
@@ -174,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
                             help="ode: deterministic (the protocol); rollout: the config's stochastic sampler "
                                  "(sampler.name / sampler.noise_level), the policy RL trains")
     ps["eval"].add_argument("--out", help="folder for the result table (JSON + markdown) and videos")
+    ps["eval"].add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
+                            help="where the policy runs without --workers (auto: CUDA where torch sees one)")
     ps["eval"].add_argument("--workers", type=int, default=0,
                             help="shard episodes over this many Ray tasks (each an env pool + policy copy); "
                                  "0 = one local env pool")

@@ -229,9 +229,20 @@ def task_names(env_cfg: EnvConfig) -> tuple[str, ...]:
     return env_spec(env_cfg)[0]
 
 
+def torch_device(name: str, field: str) -> str:
+    """``auto`` / ``cpu`` / ``cuda`` -> a torch device; ``cuda`` where torch has none is an error, not a
+    slow CPU run."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{field}=cuda but torch {torch.__version__} sees no CUDA device "
+                         f"(CUDA build {torch.version.cuda}); use {field}=cpu or auto")
+    return name
+
+
 def run_eval_command(cfg: Any, ckpt: str, out_dir: str | None, episodes: int, tasks: list[str] | None,
                      env: str | None = None, init_state_offset: int = 0, workers: int = 0,
-                     sampler: str = "ode") -> dict[str, Any]:
+                     sampler: str = "ode", device: str = "cpu") -> dict[str, Any]:
     """``rlsys eval``: load a checkpoint, evaluate on its env (or ``env``), write eval.json/eval.md/videos.
 
     ``cfg.env`` supplies how to run (render quality, ``num_envs`` at a time, ``subprocess``: one
@@ -244,7 +255,7 @@ def run_eval_command(cfg: Any, ckpt: str, out_dir: str | None, episodes: int, ta
         raise ValueError(f"--sampler {sampler!r}: allowed: ode, rollout")
     smp = ODE() if sampler == "ode" else build_sampler(cfg.sampler)
 
-    policy, env_cfg, embodiment, _ = load_policy(ckpt)
+    policy, env_cfg, embodiment, _ = load_policy(ckpt, device=torch_device(device, "--device"))
     for flag, what in smp.required_heads().items():
         if not getattr(policy.cfg, flag):
             raise ValueError(f"--sampler rollout with sampler.name={cfg.sampler.name} needs {what}; {ckpt} has "

@@ -26,7 +26,7 @@ from rlsys.checkpoint import (
 from rlsys.config import ConfigError, TrainConfig, to_dict
 from rlsys.configtools import from_dict
 from rlsys.envs.demos import DemoSet, expert_demos, load_demos
-from rlsys.evaluation import evaluate, task_names, write_result
+from rlsys.evaluation import evaluate, task_names, torch_device, write_result
 from rlsys.policy.flow_policy import FlowPolicy
 from rlsys.policy.spec import pretrained_norm_stats
 from rlsys.progress import Progress
@@ -180,16 +180,6 @@ def train_sft(policy: FlowPolicy, data: SFTData, cfg: TrainConfig, seed: int = 0
     return history
 
 
-def sft_device(name: str) -> str:
-    """``sft.device`` -> a torch device; ``cuda`` where torch has none is an error, not a slow CPU run."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"sft.device=cuda but torch {torch.__version__} sees no CUDA device "
-                         f"(CUDA build {torch.version.cuda}); use sft.device=cpu or auto")
-    return name
-
-
 def check_demos_match(ds: DemoSet, cfg: TrainConfig, demo_dir: str | Path) -> None:
     """The demos must come from the config's simulator, cameras and image size."""
     rl = ds.info["rlsys"]
@@ -236,7 +226,7 @@ def run_sft(cfg: TrainConfig, out_dir: str | Path, demos: str | None = None, res
     demo_dir = str(Path(demo_dir).resolve())  # the checkpoint's meta names it: absolute, valid from any cwd
     ds = load_demos(demo_dir)
     check_demos_match(ds, cfg, demo_dir)
-    device = sft_device(cfg.sft.device)
+    device = torch_device(cfg.sft.device, "sft.device")
     policy = FlowPolicy(cfg.policy)
     if cfg.policy.pretrained:  # the folder's weights (and its statistics where it has them)
         report = load_pretrained(policy, normalization_stats(ds), demo_dir)

@@ -282,3 +282,54 @@ def test_lora_adapters_train_alone_in_their_layers_and_start_from_the_base(tmp_p
         PolicyConfig(model=model, model_config=f"{model}_tiny", vocab_size=256, lora_rank=4, lora_targets=("qkv",))
     with pytest.raises(ConfigError, match="lora_rank: LoRA adapts pi0, pi05"):
         PolicyConfig(lora_rank=4)
+
+
+@pytest.mark.slow
+def test_a_real_size_pi0_samples_a_chunk_on_the_cpu():
+    """pi0's real architecture (PaliGemma 3B + the 300M Gemma expert, random weights: ~14 GB in fp32)
+    samples one 50-action chunk through rlsys's loop from two 224 px cameras."""
+    import time
+
+    torch.manual_seed(0)
+    cfg = PolicyConfig(model="pi0", model_config="pi0_base", action_horizon=50, action_channels=32,
+                       image_size=224, denoise_steps=10)
+    pol = FlowPolicy(cfg).eval()
+    assert sum(p.numel() for p in pol.model.parameters()) > 3.4e9
+    rng = np.random.default_rng(0)
+    mask = np.zeros((1, 48), bool)
+    mask[:, :10] = True
+    obs = Observation(images=rng.integers(0, 256, (1, 2, 224, 224, 3), dtype=np.uint8),
+                      proprio=np.zeros((1, 8), np.float32), tokens=np.where(mask, 5, 0).astype(np.int64),
+                      token_mask=mask, action_dim=np.full(1, 7, np.int64))
+    t0 = time.perf_counter()
+    ch = pol.sample(obs, FlowSDE(0.5), torch.Generator().manual_seed(0))
+    print(f"real-size pi0: one chunk in {time.perf_counter() - t0:.1f} s on {torch.get_num_threads()} threads")
+    assert ch.actions.shape == (1, 50, 32) and np.isfinite(ch.chain).all() and not ch.actions[:, :, 7:].any()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("model", MODELS)
+def test_bf16_rollout_and_update_on_cuda(model):
+    """policy.bf16 on CUDA: the network runs in bf16, the chain and log-probs are fp32; recompute at
+    rollout weights agrees to bf16 precision, an update step moves LoRA adapters and the expert, and
+    the peak memory is reported."""
+    pol = tiny_policy(model, bf16=True, lora_rank=4, noise_head=True).cuda()
+    obs = observation(batch=8)
+    torch.cuda.reset_peak_memory_stats()
+    for sampler in (FlowSDE(0.5), FlowNoise()):
+        ch = pol.sample(obs, sampler, torch.Generator().manual_seed(0))
+        assert ch.chain.dtype == np.float32 and ch.logp_steps.dtype == np.float32
+        r = pol.log_prob_and_value(obs, ch.chain, ch.step_mask, np.ones((8, 5), bool), sampler, "token_level")
+        assert r.logp.dtype == torch.float32
+        steps = torch.from_numpy(ch.step_mask)
+        rollout = flow.reduce_log_prob(torch.from_numpy(ch.logp_steps), torch.ones(8, 5, dtype=torch.bool),
+                                       torch.from_numpy(obs.action_dim), sampler.num_stochastic(steps), "token_level")
+        torch.testing.assert_close(r.logp.cpu(), rollout, atol=2e-2, rtol=0)
+    pol.train()
+    opt = torch.optim.AdamW([p for p in pol.parameters() if p.requires_grad], lr=1e-3)
+    before = {n: p.detach().clone() for n, p in pol.named_parameters() if ".lora_B." in n or "action_out" in n}
+    pol.sft_loss(obs, np.random.default_rng(0).normal(size=(8, 5, 7)), np.ones((8, 5), bool)).backward()
+    opt.step()
+    assert all(not torch.equal(p, before[n]) for n, p in pol.named_parameters() if n in before)
+    print(f"{model} tiny, bf16, batch 8: peak {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
