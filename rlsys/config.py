@@ -98,11 +98,14 @@ class EnvConfig:
 @dataclass(frozen=True)
 class PolicyConfig:
     # The network (rlsys.registry.MODELS): "tiny" (rlsys's own, sized by width ... max_tokens below),
-    # "pi0" / "pi05" (transformers' PI0 / PI05, sized by their own config: see rlsys.policy.spec)
+    # "pi0" / "pi05" (transformers' PI0 / PI05, sized by their own config: see rlsys.policy.spec),
+    # "vlm_dit" (a transformers image-text model + rlsys's DiT expert sized by width / heads / expert_layers)
     model: str = "tiny"
     pretrained: str = ""  # pi0 / pi05: a local folder (config.json, *.safetensors, tokenizer.json)
     model_config: str = ""  # pi0 / pi05 with random weights: a built-in name or a config .json
     tokenizer: str = ""  # pi0 / pi05: a tokenizer.json ("": the pretrained folder's, else hashed words)
+    vlm_layer: int = -1  # vlm_dit: the hidden-state layer the expert reads (-1: the last)
+    vlm_image_size: int = 0  # vlm_dit: pixels per camera side for the VLM (0: the family's default)
     freeze: tuple[str, ...] = ()  # parts that never train: vision, language, expert
     # actions of each chunk the env executes before the next chunk is sampled (0: all action_horizon);
     # the rest are masked out of the log-probs, never cut from the model

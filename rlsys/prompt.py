@@ -62,8 +62,8 @@ class PromptTokenizer:
 
 
 def model_prompt(cfg: PolicyConfig, embodiment: Embodiment, instruction: str) -> str:
-    """The text a model was trained to read: the tiny model the embodiment prompt; pi0 the task and
-    a newline; pi0.5 "Task: ..." (its model appends the discretised state and "Action: ")."""
+    """The text a model was trained to read: the tiny and vlm_dit models the embodiment prompt; pi0 the
+    task and a newline; pi0.5 "Task: ..." (its model appends the discretised state and "Action: ")."""
     if cfg.model == "pi0":
         return instruction.strip() + "\n"
     if cfg.model == "pi05":
@@ -92,7 +92,7 @@ class ObservationBuilder:
     def tokens(self, instruction: str) -> tuple[np.ndarray, np.ndarray]:
         if instruction not in self._cache:
             text = model_prompt(self.cfg, self.embodiment, instruction)
-            if self.tokenizer is None:
+            if self.tokenizer is None or self.tokenizer.hf is None:  # hashed words: the end is kept
                 self._cache[instruction] = tokenize(text, self.cfg.vocab_size, self.cfg.max_tokens)
             else:  # a transformers model: the start of the prompt is kept (its BOS, the task)
                 ids = self.tokenizer.ids(text)[: self.cfg.max_tokens]

@@ -125,6 +125,7 @@ def preflight_env(cfg: Any, host: bool = True) -> None:
 MODELS.register("tiny", "rlsys.policy.tiny:TinyModel")
 MODELS.register("pi0", "rlsys.policy.pi0:PI0")
 MODELS.register("pi05", "rlsys.policy.pi0:PI05")
+MODELS.register("vlm_dit", "rlsys.policy.vlm_dit:VLMDiT")
 SAMPLERS.register("ode", "rlsys.flow:ODE")
 SAMPLERS.register("flow_sde", "rlsys.flow:FlowSDE")
 SAMPLERS.register("flow_noise", "rlsys.flow:FlowNoise")

@@ -18,7 +18,8 @@ from rlsys.configtools import ConfigError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 BUILTIN_CONFIGS = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
-TRANSFORMERS_MODELS = ("pi0", "pi05")
+TRANSFORMERS_MODELS = ("pi0", "pi05", "vlm_dit")
+VLM_FAMILIES = ("paligemma", "qwen2_5_vl")  # vlm_dit backbones (rlsys.policy.vlm_dit.FAMILIES)
 PARTS = ("vision", "language", "expert")  # what policy.freeze names
 # the linear layers LoRA can adapt (policy.lora_targets): PaliGemma / Gemma and SigLIP layer names
 LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "out_proj", "fc1", "fc2")
@@ -54,8 +55,10 @@ def read_model_config(cfg: Any) -> dict[str, Any]:
         d = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"{source}: {path} is not valid JSON ({e})") from None
-    if d.get("model_type") != cfg.model:
-        raise ConfigError(f"{source}: {path} is a {d.get('model_type')!r} model; policy.model is {cfg.model!r}")
+    allowed = VLM_FAMILIES if cfg.model == "vlm_dit" else (cfg.model,)
+    if d.get("model_type") not in allowed:
+        raise ConfigError(f"{source}: {path} is a {d.get('model_type')!r} model; policy.model {cfg.model!r} takes "
+                          f"{', '.join(allowed)}")
     return dict(d)
 
 
@@ -96,6 +99,11 @@ def check_model(cfg: Any, host: bool = True) -> None:
     if not host and cfg.pretrained and not Path(cfg.pretrained).is_dir():
         return
     d = read_model_config(cfg)
+    if cfg.model == "vlm_dit":  # rlsys's expert: sized by policy.*; the backbone's special tokens bound the hash
+        specials = [int(d[k]) for k in ("image_token_id", "video_token_id", "vision_start_token_id",
+                                         "vision_end_token_id") if k in d]
+        check_vocab(cfg, min(specials) if specials else 257152)
+        return
     horizon, channels = int(d.get("chunk_size", 50)), int(d.get("max_action_dim", 32))
     if cfg.action_horizon != horizon:
         raise ConfigError(f"policy.action_horizon: got {cfg.action_horizon}; the {cfg.model} model predicts chunks "
@@ -107,12 +115,16 @@ def check_model(cfg: Any, host: bool = True) -> None:
     if cfg.model == "pi0" and cfg.proprio_dim > int(d.get("max_state_dim", 32)):
         raise ConfigError(f"policy.proprio_dim: got {cfg.proprio_dim}; the pi0 model takes at most "
                           f"{d.get('max_state_dim', 32)} state dims (its max_state_dim)")
-    image_token = int(d.get("vlm_config", {}).get("image_token_id", 257152))
+    check_vocab(cfg, int(d.get("vlm_config", {}).get("image_token_id", 257152)))
+
+
+def check_vocab(cfg: Any, special: int) -> None:
+    """Hashed prompt words (no tokenizer) must stay below the model's first special (image) token id."""
     if cfg.tokenizer and not Path(cfg.tokenizer).is_file():
         raise ConfigError(f"policy.tokenizer: {cfg.tokenizer} is not a file (a tokenizers-format tokenizer.json)")
-    if tokenizer_file(cfg) is None and cfg.vocab_size > image_token:
+    if tokenizer_file(cfg) is None and cfg.vocab_size > special:
         raise ConfigError(f"policy.vocab_size: got {cfg.vocab_size}; without the model's tokenizer, prompt words "
-                          f"are hashed below its image token id {image_token}: set <= {image_token}")
+                          f"are hashed below its image token id {special}: set <= {special}")
 
 
 def pretrained_norm_stats(cfg: Any) -> dict[str, list[float]] | None:

@@ -1,6 +1,6 @@
-"""pi0 and pi0.5 (tiny random-weight configs) through the real Ray pipeline: rollout actors, an
-inference worker apart from the learner, stored denoising chains, recompute, update and the weight
-broadcast, which carries only what trains."""
+"""pi0, pi0.5 and a Qwen2.5-VL + DiT policy (tiny random-weight configs) through the real Ray
+pipeline: rollout actors, an inference worker apart from the learner, stored denoising chains,
+recompute, update and the weight broadcast, which carries only what trains."""
 
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ from rlsys.checkpoint import load_policy, save_policy
 from rlsys.weights import state_to_numpy
 
 VLA = {"pi0": ["policy.model=pi0", "policy.model_config=pi0_tiny", "policy.vocab_size=256"],
-       "pi05": ["policy.model=pi05", "policy.model_config=pi05_tiny", "policy.vocab_size=256"]}
+       "pi05": ["policy.model=pi05", "policy.model_config=pi05_tiny", "policy.vocab_size=256"],
+       "vlm_dit": ["policy.model=vlm_dit", "policy.model_config=qwen2_5_vl_tiny", "policy.vlm_image_size=56",
+                   "policy.vocab_size=256"]}
 # LoRA on the language model, the vision tower frozen: the adapters and the expert train
 LORA = ["policy.lora_rank=4", "policy.freeze=[vision]", "optim.train_backbone=true"]
 
@@ -36,7 +38,7 @@ def vla_ckpt(tmp_path: Path, model: str) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("model,lora", [("pi0", False), ("pi05", False), ("pi0", True)])
+@pytest.mark.parametrize("model,lora", [("pi0", False), ("pi05", False), ("pi0", True), ("vlm_dit", False)])
 def test_short_ppo_run_of_a_transformers_policy_on_ray(ray_local, tmp_path, model, lora):
     """Two PPO iterations, disaggregated: the first minibatch's ratio is 1 in both, so the inference
     worker sampled with exactly the learner's weights -- the full state at the start, then the
