@@ -6,9 +6,10 @@ are the prefix the expert cross-attends to; the actions live in the padded, mask
 
 The image preprocessing is rlsys's (no torchvision): each family (``FAMILIES``) resizes, normalises
 and lays out the pixels and the image placeholder tokens as its own processor does:
-PaliGemma (a fixed-size square, scaled to [-1, 1]) and Qwen2.5-VL (CLIP-normalised 14 px patches,
+PaliGemma (a fixed-size square, scaled to [-1, 1]), Qwen2.5-VL (CLIP-normalised 14 px patches,
 each frame repeated over the 2-frame temporal patch, 2 x 2 patches merged into one token, the image
-between vision start / end tokens, 3D rotary positions from ``mm_token_type_ids``).
+between vision start / end tokens, 3D rotary positions from ``mm_token_type_ids``) and Qwen3-VL (the
+same layout, 16 px patches in [-1, 1]).
 """
 
 from __future__ import annotations
@@ -92,7 +93,14 @@ class QwenVLImages:
                 "mm_token_type_ids": (ids == self.ids["image"]).long()}
 
 
-FAMILIES: dict[str, Any] = {"paligemma": PaliGemmaImages, "qwen2_5_vl": QwenVLImages}
+class Qwen3VLImages(QwenVLImages):
+    """Qwen3-VL: Qwen2.5-VL's layout (16 px patches in its configs) with images scaled to [-1, 1]."""
+
+    MEAN = (0.5, 0.5, 0.5)
+    STD = (0.5, 0.5, 0.5)
+
+
+FAMILIES: dict[str, Any] = {"paligemma": PaliGemmaImages, "qwen2_5_vl": QwenVLImages, "qwen3_vl": Qwen3VLImages}
 
 
 class VLMDiT(PolicyModel):

@@ -1,4 +1,4 @@
-"""vlm_dit: transformers image-text models (PaliGemma, Qwen2.5-VL; tiny random-weight configs) as
+"""vlm_dit: transformers image-text models (PaliGemma, Qwen2.5-VL, Qwen3-VL; tiny random weights) as
 the backbone of rlsys's DiT expert: the images reach the model as its own processor lays them out,
 recompute at rollout weights gives ratio 1, every input moves the velocity, gradients reach the
 backbone and the expert and not frozen parts, a pretrained backbone folder loads."""
@@ -17,7 +17,8 @@ from rlsys.flow import FlowNoise, FlowSDE  # noqa: E402
 from rlsys.policy.flow_policy import FlowPolicy  # noqa: E402
 from rlsys.types import Observation  # noqa: E402
 
-FAMILIES = {"paligemma": ("paligemma_tiny", 0), "qwen2_5_vl": ("qwen2_5_vl_tiny", 56)}
+FAMILIES = {"paligemma": ("paligemma_tiny", 0), "qwen2_5_vl": ("qwen2_5_vl_tiny", 56),
+            "qwen3_vl": ("qwen3_vl_tiny", 64)}
 
 
 def policy(family: str, **kw) -> FlowPolicy:
@@ -41,18 +42,21 @@ def observation(batch: int = 3, size: int = 64) -> Observation:
                        token_mask=mask, action_dim=np.full(batch, 7, np.int64))
 
 
-def test_qwen_images_are_laid_out_as_its_own_processor_does():
-    """Patches, their order (2 x 2 merged groups) and CLIP normalisation equal transformers' PIL image
-    processor's for Qwen2-VL / 2.5-VL, and the grid is the same."""
-    pol = policy("qwen2_5_vl")
-    img = np.random.default_rng(0).integers(0, 256, (56, 56, 3), dtype=np.uint8)
-    proc = transformers.Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=56 * 56)
+@pytest.mark.parametrize("family,size,patch,scale", [("qwen2_5_vl", 56, 14, None), ("qwen3_vl", 64, 16, 0.5)])
+def test_qwen_images_are_laid_out_as_its_own_processor_does(family, size, patch, scale):
+    """Patches, their order (2 x 2 merged groups) and normalisation (Qwen2.5-VL: CLIP's; Qwen3-VL:
+    [-1, 1]) equal transformers' PIL image processor's for the family, and the grid is the same."""
+    pol = policy(family)
+    img = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    norm = {"image_mean": [scale] * 3, "image_std": [scale] * 3} if scale else {}
+    proc = transformers.Qwen2VLImageProcessorPil(min_pixels=size * size, max_pixels=size * size, patch_size=patch,
+                                                 **norm)
     want = proc(images=[img], return_tensors="np")
     ours = pol.model.images.inputs(torch.from_numpy(img)[None, None].float() / 255.0,
                                    torch.ones(1, 4, dtype=torch.long), torch.ones(1, 4, dtype=torch.bool))
     np.testing.assert_allclose(ours["pixel_values"].numpy(), want["pixel_values"], atol=1e-5, rtol=0)
     np.testing.assert_array_equal(ours["image_grid_thw"].numpy(), want["image_grid_thw"])
-    assert int((ours["input_ids"] == pol.model.images.ids["image"]).sum()) == 16 // 4
+    assert int((ours["input_ids"] == pol.model.images.ids["image"]).sum()) == (size // patch) ** 2 // 4
 
 
 def test_paligemma_images_are_scaled_as_its_own_processor_does():
