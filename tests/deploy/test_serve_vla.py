@@ -10,10 +10,10 @@ import torch
 
 pytest.importorskip("transformers", reason="the vla extra: pip install -e '.[vla]'")
 
-from rlsys.checkpoint import save_policy  # noqa: E402
-from rlsys.config import load_config  # noqa: E402
-from rlsys.envs.tabletop.env import EMBODIMENT  # noqa: E402
-from rlsys.policy.flow_policy import FlowPolicy  # noqa: E402
+from rlsys.checkpoint import save_policy
+from rlsys.config import load_config
+from rlsys.envs.tabletop.env import EMBODIMENT
+from rlsys.policy.flow_policy import FlowPolicy
 
 PORT = 18437
 
