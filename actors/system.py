@@ -28,7 +28,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 from rlsys.actors.env_worker import EnvWorkerCore
 from rlsys.actors.inference import InferenceEngine
 from rlsys.actors.transport import TransportError, ZmqClient, ZmqServer
-from rlsys.config import TrainConfig
+from rlsys.config import ConfigError, TrainConfig
 from rlsys.learner.learner import Learner
 from rlsys.policy.flow_policy import FlowPolicy
 from rlsys.types import ActionChunk, Observation, Segment
@@ -112,7 +112,7 @@ def check_local_gpus(cfg: TrainConfig) -> None:
     have = int(ray.cluster_resources().get("GPU", 0))
     if requests and not gpus_fit(requests, have):
         p = cfg.placement
-        raise ValueError(
+        raise ConfigError(
             f"placement.use_gpu=true asks for GPUs {requests} (learner_gpus={p.learner_gpus}, "
             f"inference_gpus={p.inference_gpus} x {len(requests) - 1} inference workers, mode={p.mode}) but this "
             f"machine's Ray sees {have} GPU(s). Share a card with fractions, e.g. --set placement.learner_gpus=0.5 "

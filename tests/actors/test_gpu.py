@@ -70,6 +70,25 @@ def test_more_gpus_than_the_machine_has_fails_before_any_actor_or_run_dir(tmp_pa
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
+@pytest.mark.skipif(CUDA, reason="checks a machine without a GPU")
+def test_a_gpu_preset_on_a_machine_without_one_is_refused_before_anything_starts(tmp_path):
+    """``rlsys train --preset libero_pi0`` (a pretrained folder that exists) where Ray sees no GPU:
+    exit 2 with a config error naming placement.use_gpu, no run directory, no SFT, no actor."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("libero", reason="the libero extra (the preset's env is checked first)")
+    folder = tmp_path / "pi0"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "pi0"}')
+    (folder / "model.safetensors").write_bytes(b"")
+    out = subprocess.run([sys.executable, "-m", "rlsys", "train", "--preset", "libero_pi0",
+                          "--set", f"policy.pretrained={folder}", "--set", f"run_dir={tmp_path / 'runs'}"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "config error: placement.use_gpu=true asks for GPUs" in out.stderr, out.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.skipif(CUDA, reason="checks a GPU node whose torch has no CUDA")
 def test_a_gpu_actor_without_cuda_fails_instead_of_running_on_the_cpu(tmp_path):
     """Ray hands the actor a GPU (here a simulated one); torch in it sees none: the run stops with the
