@@ -13,6 +13,7 @@ import torch
 
 transformers = pytest.importorskip("transformers", reason="the vla extra: pip install -e '.[vla]'")
 
+from model_checks import check_inputs_move_the_velocity, check_recompute_gives_ratio_one  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from rlsys import flow  # noqa: E402
@@ -81,44 +82,13 @@ def test_the_prefix_cache_is_read_never_written(model):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_images_state_prompt_and_time_move_the_velocity(model):
-    """A model that ignored an input would pass the equalities above: each one moves v."""
-    pol, obs = tiny_policy(model), observation()
-    xt, t = torch.randn(3, 5, 7), torch.full((3,), 0.5)
-
-    def v(o: Observation, tt: torch.Tensor = t) -> torch.Tensor:
-        with torch.no_grad():
-            return pol.model.velocity(pol.encode(pol._tensors(o)), xt, tt)[0]
-
-    base = v(obs)
-    moved = {"images": Observation(**{**obs.arrays(), "images": 255 - obs.images}),
-             "state": Observation(**{**obs.arrays(), "proprio": -obs.proprio}),
-             "prompt": Observation(**{**obs.arrays(), "tokens": np.where(obs.token_mask, 7, 0)})}
-    for name, o in moved.items():
-        assert float((v(o) - base).abs().max()) > 1e-4, name
-    assert float((v(obs, t * 0.5) - base).abs().max()) > 1e-4
+    check_inputs_move_the_velocity(tiny_policy(model), observation())
 
 
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("sampler", [FlowSDE(0.5), FlowNoise()], ids=["flow_sde", "flow_noise"])
 def test_recompute_at_rollout_weights_gives_ratio_one(model, sampler):
-    """The learner's recompute of stored chains -- on the whole batch, and on a subset of rows of a
-    prefix encoded once in blocks (a frozen backbone's cache) -- gives the rollout's log-probs."""
-    pol, obs = tiny_policy(model, noise_head=True), observation(batch=5)
-    with torch.no_grad():
-        pol.noise_head.weight.normal_(0, 0.05)  # a trained noise head: the std depends on the state
-        ch = pol.sample(obs, sampler, torch.Generator().manual_seed(3))
-        exec_mask = np.ones((5, 5), bool)
-        full = pol.log_prob_and_value(obs, ch.chain, ch.step_mask, exec_mask, sampler, "token_level")
-        rows = np.array([4, 1, 2])
-        cached = pol.encode_batch(obs, block=2).index(torch.from_numpy(rows))
-        sub = pol.log_prob_and_value(obs.index(rows), ch.chain[rows], ch.step_mask[rows], exec_mask[rows],
-                                     sampler, "token_level", prefix=cached)
-    steps = torch.from_numpy(ch.step_mask)
-    rollout = flow.reduce_log_prob(torch.from_numpy(ch.logp_steps), torch.from_numpy(exec_mask),
-                                   torch.from_numpy(obs.action_dim), sampler.num_stochastic(steps), "token_level")
-    torch.testing.assert_close(full.logp, rollout, atol=1e-5, rtol=0)
-    torch.testing.assert_close(sub.logp, full.logp[rows], atol=1e-5, rtol=0)
-    torch.testing.assert_close(sub.value, full.value[rows], atol=1e-5, rtol=0)
+    check_recompute_gives_ratio_one(tiny_policy(model, noise_head=True), observation(batch=5), sampler)
 
 
 @pytest.mark.parametrize("model", MODELS)

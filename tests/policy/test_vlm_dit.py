@@ -11,7 +11,8 @@ import torch
 
 transformers = pytest.importorskip("transformers", reason="the vla extra: pip install -e '.[vla]'")
 
-from rlsys import flow  # noqa: E402
+from model_checks import check_inputs_move_the_velocity, check_recompute_gives_ratio_one  # noqa: E402
+
 from rlsys.config import ConfigError, PolicyConfig  # noqa: E402
 from rlsys.flow import FlowNoise, FlowSDE  # noqa: E402
 from rlsys.policy.flow_policy import FlowPolicy  # noqa: E402
@@ -71,38 +72,12 @@ def test_paligemma_images_are_scaled_as_its_own_processor_does():
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("sampler", [FlowSDE(0.5), FlowNoise()], ids=["flow_sde", "flow_noise"])
 def test_recompute_at_rollout_weights_gives_ratio_one(family, sampler):
-    pol, obs = policy(family, noise_head=True), observation(batch=5)
-    with torch.no_grad():
-        pol.noise_head.weight.normal_(0, 0.05)
-        ch = pol.sample(obs, sampler, torch.Generator().manual_seed(3))
-        exec_mask = np.ones((5, 5), bool)
-        full = pol.log_prob_and_value(obs, ch.chain, ch.step_mask, exec_mask, sampler, "token_level")
-        rows = np.array([4, 1, 2])
-        cached = pol.encode_batch(obs, block=2).index(torch.from_numpy(rows))
-        sub = pol.log_prob_and_value(obs.index(rows), ch.chain[rows], ch.step_mask[rows], exec_mask[rows],
-                                     sampler, "token_level", prefix=cached)
-    steps = torch.from_numpy(ch.step_mask)
-    rollout = flow.reduce_log_prob(torch.from_numpy(ch.logp_steps), torch.from_numpy(exec_mask),
-                                   torch.from_numpy(obs.action_dim), sampler.num_stochastic(steps), "token_level")
-    torch.testing.assert_close(full.logp, rollout, atol=1e-5, rtol=0)
-    torch.testing.assert_close(sub.logp, full.logp[rows], atol=1e-5, rtol=0)
+    check_recompute_gives_ratio_one(policy(family, noise_head=True), observation(batch=5), sampler)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_images_prompt_state_and_time_move_the_velocity(family):
-    pol, obs = policy(family), observation()
-    xt, t = torch.randn(3, 5, 7), torch.full((3,), 0.5)
-
-    def v(o: Observation, tt: torch.Tensor = t) -> torch.Tensor:
-        with torch.no_grad():
-            return pol.model.velocity(pol.encode(pol._tensors(o)), xt, tt)[0]
-
-    base = v(obs)
-    for name, o in {"images": Observation(**{**obs.arrays(), "images": 255 - obs.images}),
-                    "state": Observation(**{**obs.arrays(), "proprio": -obs.proprio}),
-                    "prompt": Observation(**{**obs.arrays(), "tokens": np.where(obs.token_mask, 7, 0)})}.items():
-        assert float((v(o) - base).abs().max()) > 1e-4, name
-    assert float((v(obs, t * 0.5) - base).abs().max()) > 1e-4
+    check_inputs_move_the_velocity(policy(family), observation())
 
 
 @pytest.mark.parametrize("family", FAMILIES)
