@@ -8,8 +8,9 @@ The image preprocessing is rlsys's (no torchvision): each family (``FAMILIES``) 
 and lays out the pixels and the image placeholder tokens as its own processor does:
 PaliGemma (a fixed-size square, scaled to [-1, 1]), Qwen2.5-VL (CLIP-normalised 14 px patches,
 each frame repeated over the 2-frame temporal patch, 2 x 2 patches merged into one token, the image
-between vision start / end tokens, 3D rotary positions from ``mm_token_type_ids``) and Qwen3-VL (the
-same layout, 16 px patches in [-1, 1]).
+between vision start / end tokens, 3D rotary positions from ``mm_token_type_ids``), Qwen3-VL and
+Qwen3.5 (the same layout, 16 px patches in [-1, 1]; Qwen3.5's hybrid linear-attention language
+model is read through its hidden states like the others).
 """
 
 from __future__ import annotations
@@ -100,7 +101,8 @@ class Qwen3VLImages(QwenVLImages):
     STD = (0.5, 0.5, 0.5)
 
 
-FAMILIES: dict[str, Any] = {"paligemma": PaliGemmaImages, "qwen2_5_vl": QwenVLImages, "qwen3_vl": Qwen3VLImages}
+FAMILIES: dict[str, Any] = {"paligemma": PaliGemmaImages, "qwen2_5_vl": QwenVLImages, "qwen3_vl": Qwen3VLImages,
+                            "qwen3_5": Qwen3VLImages}  # Qwen3.5: Qwen3-VL's vision tower and layout
 
 
 class VLMDiT(PolicyModel):

@@ -1,4 +1,4 @@
-"""vlm_dit: transformers image-text models (PaliGemma, Qwen2.5-VL, Qwen3-VL; tiny random weights) as
+"""vlm_dit: transformers image-text models (PaliGemma, Qwen2.5-VL, Qwen3-VL, Qwen3.5; tiny) as
 the backbone of rlsys's DiT expert: the images reach the model as its own processor lays them out,
 recompute at rollout weights gives ratio 1, every input moves the velocity, gradients reach the
 backbone and the expert and not frozen parts, a pretrained backbone folder loads."""
@@ -19,7 +19,7 @@ from rlsys.policy.flow_policy import FlowPolicy  # noqa: E402
 from rlsys.types import Observation  # noqa: E402
 
 FAMILIES = {"paligemma": ("paligemma_tiny", 0), "qwen2_5_vl": ("qwen2_5_vl_tiny", 56),
-            "qwen3_vl": ("qwen3_vl_tiny", 64)}
+            "qwen3_vl": ("qwen3_vl_tiny", 64), "qwen3_5": ("qwen3_5_tiny", 64)}
 
 
 def policy(family: str, **kw) -> FlowPolicy:
