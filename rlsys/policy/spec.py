@@ -19,7 +19,8 @@ from rlsys.configtools import ConfigError
 CONFIG_DIR = Path(__file__).parent / "configs"
 BUILTIN_CONFIGS = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
 TRANSFORMERS_MODELS = ("pi0", "pi05", "vlm_dit")
-VLM_FAMILIES = ("paligemma", "qwen2_5_vl", "qwen3_vl", "qwen3_5")  # vlm_dit backbones (rlsys.policy.vlm_dit.FAMILIES)
+# vlm_dit backbones (rlsys.policy.vlm_dit.FAMILIES)
+VLM_FAMILIES = ("paligemma", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "smolvlm")
 PARTS = ("vision", "language", "expert")  # what policy.freeze names
 # the linear layers LoRA can adapt (policy.lora_targets): PaliGemma / Gemma and SigLIP layer names
 LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "out_proj", "fc1", "fc2")

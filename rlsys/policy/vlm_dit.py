@@ -10,7 +10,8 @@ PaliGemma (a fixed-size square, scaled to [-1, 1]), Qwen2.5-VL (CLIP-normalised 
 each frame repeated over the 2-frame temporal patch, 2 x 2 patches merged into one token, the image
 between vision start / end tokens, 3D rotary positions from ``mm_token_type_ids``), Qwen3-VL and
 Qwen3.5 (the same layout, 16 px patches in [-1, 1]; Qwen3.5's hybrid linear-attention language
-model is read through its hidden states like the others).
+model is read through its hidden states like the others) and SmolVLM (one untiled image per camera,
+[-1, 1], a pixel mask).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from rlsys.policy.backbone import Prefix
 from rlsys.policy.dit import ActionExpert
 from rlsys.policy.model import PolicyModel
 from rlsys.policy.spec import read_model_config
+from rlsys.prompt import PromptTokenizer
 
 
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -94,6 +96,30 @@ class QwenVLImages:
                 "mm_token_type_ids": (ids == self.ids["image"]).long()}
 
 
+class SmolVLMImages:
+    """SmolVLM: each camera one image of the vision tower's size (no tiling), [-1, 1], with a pixel
+    mask; (size / patch)^2 / scale_factor^2 image tokens per camera in front of the prompt (with the
+    model's own tokenizer, between its <fake_token_around_image><global-img> markers)."""
+
+    def __init__(self, config: Any, image_size: int) -> None:
+        vision = config.vision_config
+        self.size = image_size or int(vision.image_size)
+        self.per_image = (self.size // int(vision.patch_size)) ** 2 // int(config.scale_factor) ** 2
+        self.image_token = int(config.image_token_id)
+        self.around: list[int] = []  # set from the tokenizer where there is one (VLMDiT)
+        self.start: list[int] = []
+
+    def inputs(self, images: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        b, c = images.shape[:2]
+        one = [*self.around, *self.start, *[self.image_token] * self.per_image, *self.around]
+        image_ids = torch.tensor(one * c, dtype=tokens.dtype, device=tokens.device).expand(b, -1)
+        ids = torch.cat([image_ids, tokens], 1)
+        pixels = (resize(images, self.size) * 2.0 - 1.0).reshape(b, c, 3, self.size, self.size)
+        return {"input_ids": ids, "attention_mask": torch.cat([torch.ones_like(image_ids), mask.long()], 1),
+                "pixel_values": pixels,
+                "pixel_attention_mask": torch.ones(b, c, self.size, self.size, dtype=torch.bool, device=ids.device)}
+
+
 class Qwen3VLImages(QwenVLImages):
     """Qwen3-VL: Qwen2.5-VL's layout (16 px patches in its configs) with images scaled to [-1, 1]."""
 
@@ -102,11 +128,13 @@ class Qwen3VLImages(QwenVLImages):
 
 
 FAMILIES: dict[str, Any] = {"paligemma": PaliGemmaImages, "qwen2_5_vl": QwenVLImages, "qwen3_vl": Qwen3VLImages,
-                            "qwen3_5": Qwen3VLImages}  # Qwen3.5: Qwen3-VL's vision tower and layout
+                            "qwen3_5": Qwen3VLImages,  # Qwen3.5: Qwen3-VL's vision tower and layout
+                            "smolvlm": SmolVLMImages}
 
 
 class VLMDiT(PolicyModel):
-    part_prefixes = {"vision": ("vlm.vision_tower.", "vlm.multi_modal_projector.", "vlm.visual."),
+    part_prefixes = {"vision": ("vlm.vision_tower.", "vlm.multi_modal_projector.", "vlm.visual.", "vlm.vision_model.",
+                                "vlm.connector."),
                      "language": ("vlm.",), "expert": ("proj.", "proprio.", "expert.")}
 
     def __init__(self, cfg: PolicyConfig) -> None:
@@ -118,6 +146,10 @@ class VLMDiT(PolicyModel):
         self.vlm = transformers.AutoModel.from_config(config)
         self.vlm.eval()  # no dropout: rollout and recompute see the same function
         self.images = FAMILIES[family](config, cfg.vlm_image_size)
+        tok = PromptTokenizer(cfg).hf
+        if family == "smolvlm" and tok is not None:  # the image markers of SmolVLM's prompt format
+            self.images.around = [tok.token_to_id("<fake_token_around_image>")]
+            self.images.start = [tok.token_to_id("<global-img>")]
         self.layer = cfg.vlm_layer
         hidden = int(config.text_config.hidden_size)
         w = cfg.width

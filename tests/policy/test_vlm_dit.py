@@ -1,4 +1,4 @@
-"""vlm_dit: transformers image-text models (PaliGemma, Qwen2.5-VL, Qwen3-VL, Qwen3.5; tiny) as
+"""vlm_dit: transformers image-text models (PaliGemma, Qwen2.5-VL, Qwen3-VL, Qwen3.5, SmolVLM; tiny) as
 the backbone of rlsys's DiT expert: the images reach the model as its own processor lays them out,
 recompute at rollout weights gives ratio 1, every input moves the velocity, gradients reach the
 backbone and the expert and not frozen parts, a pretrained backbone folder loads."""
@@ -19,7 +19,7 @@ from rlsys.policy.flow_policy import FlowPolicy  # noqa: E402
 from rlsys.types import Observation  # noqa: E402
 
 FAMILIES = {"paligemma": ("paligemma_tiny", 0), "qwen2_5_vl": ("qwen2_5_vl_tiny", 56),
-            "qwen3_vl": ("qwen3_vl_tiny", 64), "qwen3_5": ("qwen3_5_tiny", 64)}
+            "qwen3_vl": ("qwen3_vl_tiny", 64), "qwen3_5": ("qwen3_5_tiny", 64), "smolvlm": ("smolvlm_tiny", 0)}
 
 
 def policy(family: str, **kw) -> FlowPolicy:
@@ -67,6 +67,18 @@ def test_paligemma_images_are_scaled_as_its_own_processor_does():
     ours = pol.model.images.inputs(torch.from_numpy(img)[None, None].float() / 255.0,
                                    torch.ones(1, 4, dtype=torch.long), torch.ones(1, 4, dtype=torch.bool))
     np.testing.assert_allclose(ours["pixel_values"].numpy(), want["pixel_values"], atol=1e-5, rtol=0)
+
+
+def test_smolvlm_images_are_scaled_as_its_own_processor_does():
+    pol = policy("smolvlm")
+    img = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    proc = transformers.SmolVLMImageProcessorPil(do_image_splitting=False, do_resize=False, size={"longest_edge": 32},
+                                                 max_image_size={"longest_edge": 32})
+    want = proc(images=[[img]], return_tensors="np")
+    ours = pol.model.images.inputs(torch.from_numpy(img)[None, None].float() / 255.0,
+                                   torch.ones(1, 4, dtype=torch.long), torch.ones(1, 4, dtype=torch.bool))
+    np.testing.assert_allclose(ours["pixel_values"].numpy(), want["pixel_values"], atol=1e-5, rtol=0)
+    assert int((ours["input_ids"] == 299).sum()) == (32 // 8) ** 2 // 2**2
 
 
 @pytest.mark.parametrize("family", FAMILIES)
