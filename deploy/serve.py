@@ -11,6 +11,8 @@ Routes (JSON):
                  "proprio": [P] floats, "instruction": str}
                 -> {"actions": [H][A] floats, "version": int}
     WS   /ws    the same request/response objects, one per message
+    WS   /      openpi's policy-server protocol (msgpack + numpy; rlsys.deploy.openpi): a client written
+                for a pi0 server drives this policy unchanged
 
 Requests from many clients are batched (``@serve.batch``). Bodies over ``max_body_bytes`` get 413 (read to the
 end and dropped first, up to 4x the limit, so a client still sending sees the answer, not a broken pipe);
@@ -30,6 +32,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from rlsys.checkpoint import load_policy
+from rlsys.deploy.openpi import OpenPIAdapter, OpenPIKeys, ProtocolError, packb, unpackb
 from rlsys.flow import ODE
 from rlsys.prompt import ObservationBuilder
 
@@ -87,7 +90,8 @@ def parse_request(body: Any, spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarr
 @serve.deployment(max_ongoing_requests=256)
 @serve.ingress(app)
 class PolicyServer:
-    def __init__(self, checkpoint: str, max_body_bytes: int = MAX_BODY_BYTES, seed: int = 0) -> None:
+    def __init__(self, checkpoint: str, max_body_bytes: int = MAX_BODY_BYTES, seed: int = 0,
+                 openpi_keys: OpenPIKeys | None = None) -> None:
         torch.set_num_threads(1)
         self.policy, env_cfg, emb, meta = load_policy(checkpoint)
         self.policy.eval()
@@ -100,6 +104,7 @@ class PolicyServer:
                      "action_names": list(emb.action_names), "horizon": self.policy.cfg.action_horizon,
                      "execute_steps": self.policy.cfg.exec_horizon,
                      "control_hz": emb.control_hz, "robot": emb.robot, "env": env_cfg.name}
+        self.openpi = OpenPIAdapter(self.spec, openpi_keys or OpenPIKeys())
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def infer(self, items: list[tuple[np.ndarray, np.ndarray, str]]) -> list[list[list[float]]]:
@@ -166,6 +171,35 @@ class PolicyServer:
             return
 
 
+    @app.websocket("/")
+    async def openpi_ws(self, websocket: WebSocket) -> None:
+        """openpi's protocol: metadata first, then observation -> {"actions": [H, A]} per message."""
+        await websocket.accept()
+        await websocket.send_bytes(packb(self.openpi.metadata()))
+        try:
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                data = message.get("bytes")
+                if data is None:
+                    await websocket.send_text("400: expected a binary msgpack observation, got a text frame")
+                    continue
+                if len(data) > self.max_body:
+                    await websocket.send_text(f"413: message of {len(data)} bytes exceeds {self.max_body}")
+                    continue
+                try:
+                    images, proprio, prompt = self.openpi.parse(unpackb(data))
+                    actions = await self.infer((images, proprio, prompt))
+                    await websocket.send_bytes(packb({"actions": np.asarray(actions, np.float32)}))
+                except ProtocolError as e:
+                    await websocket.send_text(f"422: {e}")
+                except (ValueError, TypeError) as e:  # not msgpack, or not the array encoding
+                    await websocket.send_text(f"400: message is not an openpi msgpack observation ({e})")
+        except WebSocketDisconnect:
+            return
+
+
 SLOW_MACHINE_ENV = {
     # Serve's defaults (5 s proxy readiness, 10 s health checks) kill the HTTP proxy in a loop on
     # a busy 2-core machine where it takes longer to start; these only matter before Ray starts.
@@ -181,12 +215,14 @@ def prepare_env() -> None:
         os.environ.setdefault(k, v)
 
 
-def start(checkpoint: str, host: str = "127.0.0.1", port: int = 8000, name: str = "rlsys") -> Any:
-    """Start Serve on ``host:port`` (loopback by default) and deploy the policy; returns the handle."""
+def start(checkpoint: str, host: str = "127.0.0.1", port: int = 8000, name: str = "rlsys",
+          openpi_keys: OpenPIKeys | None = None) -> Any:
+    """Start Serve on ``host:port`` (loopback by default) and deploy the policy; returns the handle.
+    ``openpi_keys``: which observation keys of an openpi client are which (default: its LIBERO client's)."""
     import ray
 
     prepare_env()
     if not ray.is_initialized():
         ray.init(include_dashboard=False, _node_ip_address="127.0.0.1")
     serve.start(http_options={"host": host, "port": port})
-    return serve.run(PolicyServer.bind(checkpoint), name=name, route_prefix="/")
+    return serve.run(PolicyServer.bind(checkpoint, openpi_keys=openpi_keys), name=name, route_prefix="/")

@@ -95,8 +95,15 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from rlsys.deploy.serve import start
 
     read_config(args.ckpt)  # a clear error for a bad path before Ray starts
-    start(args.ckpt, host=args.host, port=args.port)
-    print(f"serving {args.ckpt} on http://{args.host}:{args.port} (/spec, /act, /ws); Ctrl-C stops", flush=True)
+    from rlsys.deploy.openpi import OpenPIKeys
+
+    try:
+        keys = OpenPIKeys.from_json(args.openpi_keys) if args.openpi_keys else OpenPIKeys()
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"--openpi-keys: {e}") from None
+    start(args.ckpt, host=args.host, port=args.port, openpi_keys=keys)
+    print(f"serving {args.ckpt} on http://{args.host}:{args.port} (/spec, /act, /ws; openpi clients: "
+          f"ws://{args.host}:{args.port}); Ctrl-C stops", flush=True)
     try:
         while True:
             time.sleep(3600)
@@ -187,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     ps["serve"].add_argument("ckpt", help="checkpoint folder (safetensors + JSON)")
     ps["serve"].add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     ps["serve"].add_argument("--port", type=int, default=8000)
+    ps["serve"].add_argument("--openpi-keys", metavar="JSON",
+                             help='openpi clients (websocket at /): which observation keys are which, e.g. '
+                                  '\'{"images": ["observation/image", "observation/wrist_image"], '
+                                  '"state": "observation/state", "prompt": "prompt"}\' (the default)')
     _config_args(ps["demos"], None)
     ps["demos"].add_argument("--env", help="env name (default: env.name of the config)")
     ps["demos"].add_argument("--episodes", type=int, required=True, help="successful episodes per task")

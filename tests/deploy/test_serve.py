@@ -126,3 +126,42 @@ def test_websocket_route(server):
     good, bad = asyncio.run(talk())
     assert np.asarray(good["actions"]).shape == (5, 7)
     assert bad["status"] == 422 and "images" in bad["error"]
+
+
+def openpi_exchange(url: str, messages: list) -> tuple[dict, list]:
+    """A client as openpi's is written (websocket at /, msgpack + numpy): metadata, then one answer per
+    message (bytes: an msgpack answer; str: the server's error text)."""
+    from websockets.sync.client import connect
+
+    from rlsys.deploy.openpi import packb, unpackb
+
+    with connect(url.replace("http://", "ws://") + "/", max_size=None, compression=None) as ws:
+        metadata = unpackb(ws.recv())
+        answers = []
+        for m in messages:
+            ws.send(m if isinstance(m, (bytes, str)) else packb(m))
+            reply = ws.recv()
+            answers.append(unpackb(reply) if isinstance(reply, bytes) else reply)
+    return metadata, answers
+
+
+def test_openpi_protocol_exchange(server):
+    """openpi's protocol: the metadata message on connect, an observation dict in (numpy arrays, the
+    LIBERO client's keys, a 224 px image resized to the policy's), {"actions": [H, A]} out; bad
+    observations get a text frame naming the key, and the connection goes on serving."""
+    rng = np.random.default_rng(0)
+    good = {"observation/image": rng.integers(0, 255, (224, 224, 3), dtype=np.uint8),
+            "observation/state": rng.normal(size=8).astype(np.float32), "prompt": "lift the red cube"}
+    bad_dtype = {**good, "observation/image": good["observation/image"].astype(np.float32)}
+    missing = {k: v for k, v in good.items() if k != "prompt"}
+    long_state = {**good, "observation/state": np.zeros(20, np.float32)}
+    metadata, answers = openpi_exchange(server, [good, bad_dtype, missing, long_state, b"\x00not msgpack", good])
+    assert metadata["protocol"] == "openpi" and metadata["image_keys"] == ["observation/image"]
+    first, last = answers[0], answers[-1]
+    assert isinstance(first["actions"], np.ndarray) and first["actions"].shape == (5, 7)
+    assert first["actions"].dtype == np.float32
+    assert last["actions"].shape == (5, 7) and np.isfinite(last["actions"]).all()  # still serving
+    assert answers[1].startswith("422: observation/image: expected a uint8 array [H, W, 3], got float32")
+    assert answers[2].startswith("422: observation: missing keys ['prompt']")
+    assert answers[3].startswith("422: observation/state: expected up to 8 numbers")
+    assert answers[4].startswith("400: message is not an openpi msgpack observation")
