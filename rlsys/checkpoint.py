@@ -9,6 +9,7 @@ a crash never leaves a half-written checkpoint. Loading never unpickles: only sa
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -42,13 +43,51 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, malformed, or incompatible with the requested config."""
 
 
+MANIFEST = "manifest.json"  # every other file's size and sha256, written last
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != MANIFEST)
+    (folder / MANIFEST).write_text(json.dumps({p.name: [p.stat().st_size, file_digest(p)] for p in files}, indent=1))
+
+
+def verify_manifest(folder: Path) -> None:
+    """CheckpointError naming the first file that is missing, truncated or changed since it was written
+    (folders written before manifests existed pass)."""
+    mf = folder / MANIFEST
+    if not mf.is_file():
+        return
+    try:
+        want = json.loads(mf.read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{mf}: damaged ({e})") from None
+    for name, (size, digest) in want.items():
+        f = folder / name
+        if not f.is_file():
+            raise CheckpointError(f"{f}: missing (the manifest lists it)")
+        if f.stat().st_size != size:
+            raise CheckpointError(f"{f}: {f.stat().st_size} bytes, written as {size}: truncated or damaged")
+        if file_digest(f) != digest:
+            raise CheckpointError(f"{f}: contents differ from when it was written (sha256): damaged")
+
+
 def atomic_dir_write(path: str | os.PathLike, write: Any) -> Path:
-    """Call ``write(tmp_dir)`` then move ``tmp_dir`` to ``path`` (replacing an older one)."""
+    """Call ``write(tmp_dir)``, add the manifest, then move ``tmp_dir`` to ``path`` (replacing an older
+    one): a reader sees the old folder or the whole new one, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         write(tmp)
+        write_manifest(tmp)
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -105,7 +144,11 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: not a checkpoint (missing config.json; expected model.safetensors + config.json)"
         )
-    data = json.loads(cfg_file.read_text())
+    verify_manifest(path)
+    try:
+        data = json.loads(cfg_file.read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{cfg_file}: not valid JSON ({e}): damaged") from None
     if data.get("format") != FORMAT:
         raise CheckpointError(f"{path}: format {data.get('format')!r}, expected {FORMAT!r}")
     return data
@@ -160,8 +203,12 @@ def load_policy(path: str | os.PathLike, expect: PolicyConfig | None = None, dev
         with stored_config():
             pcfg = replace(pcfg, **own)
     policy = FlowPolicy(pcfg)
+    try:
+        raw = load_file(str(weight_file), device=device)
+    except Exception as e:  # safetensors raises its own error types for a bad header or a short file
+        raise CheckpointError(f"{weight_file}: unreadable ({e}): truncated or damaged") from None
     state = {("model." + k if k.startswith(("backbone.", "expert.")) else k): v  # keys before policy.model
-             for k, v in load_file(str(weight_file), device=device).items()}
+             for k, v in raw.items()}
     fresh = tuple(head for head, new in (("value_head.", fresh_critic), ("noise_head.", fresh_noise)) if new)
     if fresh:
         state = {k: v for k, v in state.items() if not k.startswith(fresh)}
@@ -178,6 +225,35 @@ def load_policy(path: str | os.PathLike, expect: PolicyConfig | None = None, dev
     emb = dict(data["embodiment"])
     emb["action_names"] = tuple(emb["action_names"])
     return policy.to(device), ecfg, Embodiment(**emb), data["meta"]
+
+
+def save_rotating(run_dir: Path, iteration: int, keep: int, save: Any) -> Path:
+    """``save(folder)`` into ``run_dir/checkpoints/iter_NNNNNN`` (atomic), then point the
+    ``run_dir/checkpoint`` link at it (atomic) and delete all but the ``keep`` newest."""
+    root = run_dir / "checkpoints"
+    folder = save(root / f"iter_{iteration:06d}")
+    link, tmp = run_dir / "checkpoint", run_dir / ".checkpoint.link"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(Path("checkpoints") / folder.name)
+    if link.is_dir() and not link.is_symlink():  # a run written before checkpoints rotated
+        shutil.rmtree(link)
+    os.replace(tmp, link)
+    for old in sorted(p for p in root.glob("iter_*") if p.is_dir())[:-keep]:
+        trash = root / f".trash-{old.name}"  # out of sight first: a half-deleted folder is never a candidate
+        os.rename(old, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    for stale in [*root.glob(".iter_*.tmp-*"), *root.glob(".trash-*")]:  # what a kill interrupted
+        shutil.rmtree(stale, ignore_errors=True)
+    return folder
+
+
+def checkpoint_candidates(run_dir: Path) -> list[Path]:
+    """A run's checkpoints, newest first (``checkpoints/iter_*``; a pre-rotation ``checkpoint`` folder)."""
+    found = sorted((p for p in (run_dir / "checkpoints").glob("iter_*") if p.is_dir()), reverse=True)
+    legacy = run_dir / "checkpoint"
+    if not found and legacy.is_dir() and not legacy.is_symlink():
+        found = [legacy]
+    return [p for p in found if (p / "trainer.json").exists()]
 
 
 def save_training_checkpoint(path: str | os.PathLike, policy: Any, env_cfg: EnvConfig, embodiment: Embodiment,
@@ -198,8 +274,15 @@ def load_training_checkpoint(path: str | os.PathLike, expect: PolicyConfig | Non
         if not (path / name).is_file():
             raise CheckpointError(f"{path}: no {name}: a policy checkpoint, not a training checkpoint to resume")
     policy, _, embodiment, _ = load_policy(path, expect=expect, device=device)
-    trainer = json.loads((path / "trainer.json").read_text())
-    return policy, embodiment, trainer, load_numpy_file(str(path / "optimizer.safetensors"))
+    try:
+        trainer = json.loads((path / "trainer.json").read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{path / 'trainer.json'}: not valid JSON ({e}): damaged") from None
+    try:
+        optimizer = load_numpy_file(str(path / "optimizer.safetensors"))
+    except Exception as e:
+        raise CheckpointError(f"{path / 'optimizer.safetensors'}: unreadable ({e}): truncated or damaged") from None
+    return policy, embodiment, trainer, optimizer
 
 
 def optimizer_state(optimizer: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

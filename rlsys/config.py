@@ -402,6 +402,7 @@ class TrainConfig:
     # once: each LIBERO or SAPIEN subprocess holds ~2 GB, so a heavy simulator wants fewer than 8
     eval_num_envs: int = 8
     checkpoint_every: int = 10
+    checkpoint_keep: int = 3  # complete checkpoints kept (RUN_DIR/checkpoints/iter_*; RUN_DIR/checkpoint: the newest)
     init_checkpoint: str = ""  # SFT checkpoint to start from; empty: run few-shot SFT first
     run_dir: str = "runs"
     seed: int = 0
@@ -412,6 +413,7 @@ class TrainConfig:
         check(self.eval_init_state_offset >= 0, "eval_init_state_offset", ">= 0", self.eval_init_state_offset)
         check(self.eval_num_envs >= 1, "eval_num_envs", ">= 1", self.eval_num_envs)
         check(self.checkpoint_every >= 1, "checkpoint_every", ">= 1", self.checkpoint_every)
+        check(self.checkpoint_keep >= 1, "checkpoint_keep", ">= 1", self.checkpoint_keep)
         check(
             self.policy.num_cameras == len(self.env.cameras),
             "policy.num_cameras",

@@ -22,9 +22,12 @@ import yaml
 from rlsys import metrics as M
 from rlsys.actors.system import RaySystem, start_ray
 from rlsys.checkpoint import (
+    CheckpointError,
+    checkpoint_candidates,
     load_policy,
     load_training_checkpoint,
     read_config,
+    save_rotating,
     save_training_checkpoint,
 )
 from rlsys.config import TrainConfig, to_dict
@@ -113,12 +116,20 @@ class Run:
         trainer = {"iteration": iteration, "version": st["version"], "learner_iteration": st["iteration"],
                    "optimizer": st["optimizer_scalars"], "rng": st["rng"]}
         meta = {"stage": "rl", "iteration": iteration, "version": st["version"]}
-        return save_training_checkpoint(self.dir / "checkpoint", policy, self.cfg.env, self.embodiment, trainer,
-                                        st["optimizer"], meta=meta)
+        return save_rotating(self.dir, iteration, self.cfg.checkpoint_keep, lambda folder: save_training_checkpoint(
+            folder, policy, self.cfg.env, self.embodiment, trainer, st["optimizer"], meta=meta))
 
     def load_checkpoint(self) -> tuple[dict[str, np.ndarray], dict[str, Any], int]:
-        policy, self.embodiment, trainer, optimizer = load_training_checkpoint(self.dir / "checkpoint",
-                                                                              expect=self.cfg.policy)
+        """The newest complete checkpoint; a damaged one (truncated, changed, unreadable) is named and
+        the next older one used."""
+        for folder in checkpoint_candidates(self.dir):
+            try:
+                policy, self.embodiment, trainer, optimizer = load_training_checkpoint(folder, expect=self.cfg.policy)
+                break
+            except CheckpointError as e:
+                print(f"train: checkpoint {folder} is damaged ({e}); trying the one before it", flush=True)
+        else:
+            raise CheckpointError(f"{self.dir}: no complete checkpoint to resume from")
         weights = state_to_numpy(policy)
         state = {"policy": weights, "optimizer": optimizer, "optimizer_scalars": trainer["optimizer"],
                  "version": trainer["version"], "iteration": trainer["learner_iteration"], "rng": trainer["rng"]}
@@ -233,7 +244,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict[str, Any]:
     if resume:
         run = Run.resume(resume)
         start_ray(run.cfg)
-        resumed_rl = (run.dir / "checkpoint" / "trainer.json").exists()
+        resumed_rl = bool(checkpoint_candidates(run.dir))
     else:
         if uses_demo_frames(cfg) and (cfg.sft.demos or cfg.init_checkpoint):
             imitation_demo_dir(cfg, Path(cfg.run_dir))  # a missing demo folder fails before any run directory

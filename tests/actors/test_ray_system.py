@@ -239,3 +239,23 @@ def test_resume_after_kill_continues_at_the_same_iteration(init_ckpt, tmp_path):
     # the resumed run's weights are the ones the checkpoint holds: they load as a policy
     trained = state_to_numpy(load_policy(run_dir / "checkpoint")[0])
     assert trained and all(np.isfinite(v).all() for v in trained.values())
+
+
+def test_resume_falls_back_past_a_damaged_checkpoint(ray_local, init_ckpt, tmp_path, capsys):
+    """The newest checkpoint truncated (a crash mid-copy, a full disk): --resume names the damaged
+    file, continues from the one before it and writes a complete one again."""
+    from rlsys.checkpoint import checkpoint_candidates
+    from rlsys.train import train
+
+    cfg = small_cfg(tmp_path, f"init_checkpoint={init_ckpt}", "iterations=3", "eval_every=100")
+    run_dir = Path(train(cfg)["run_dir"])
+    assert [p.name for p in checkpoint_candidates(run_dir)] == ["iter_000003", "iter_000002", "iter_000001"]
+    damaged = run_dir / "checkpoints" / "iter_000003" / "model.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:1000])
+    capsys.readouterr()
+    train(cfg, resume=str(run_dir))
+    out = capsys.readouterr().out
+    assert f"checkpoint {damaged.parent} is damaged" in out and "truncated or damaged" in out
+    rows = read_metrics(run_dir)
+    assert [r["iteration"] for r in rows][-1] == 3 and rows[-1]["learner/weight_version"] == 2
+    assert load_policy(run_dir / "checkpoint")[3]["iteration"] == 3  # written whole again

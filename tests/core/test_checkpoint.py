@@ -120,3 +120,95 @@ def test_flow_noise_rl_starts_from_an_sft_checkpoint_without_a_noise_head(tmp_pa
     out = rl.sample(obs, FlowNoise(), torch.Generator().manual_seed(1))
     assert np.isfinite(out.actions).all()
     assert len(load_policy(tmp_path / "ck", noise_head=False)[0].state_dict()) < len(rl.state_dict())
+
+
+# ---------------------------------------------------------------- crash safety
+def tiny_policy_and_env():
+    from rlsys.config import EnvConfig, PolicyConfig
+    from rlsys.envs.tabletop.env import EMBODIMENT
+    from rlsys.policy.flow_policy import FlowPolicy
+
+    torch.manual_seed(0)
+    return FlowPolicy(PolicyConfig(width=32, heads=2, backbone_layers=1, expert_layers=1)), EnvConfig(), EMBODIMENT
+
+
+def test_a_damaged_file_is_named_when_the_checkpoint_loads(tmp_path):
+    """Truncated or changed files (safetensors or JSON) fail the load with a CheckpointError naming
+    the file; a checkpoint from before manifests still has its JSON and weights checked as read."""
+    from rlsys.checkpoint import MANIFEST, CheckpointError, load_policy, save_policy
+
+    pol, env, emb = tiny_policy_and_env()
+    for name, damage, msg in (("model.safetensors", lambda b: b[: len(b) // 2], "truncated or damaged"),
+                              ("model.safetensors", lambda b: b[:-1] + bytes([b[-1] ^ 1]), "contents differ"),
+                              ("config.json", lambda b: b[:-3], "truncated or damaged")):
+        ck = save_policy(tmp_path / f"ck_{len(list(tmp_path.iterdir()))}", pol, env, emb)
+        f = ck / name
+        f.write_bytes(damage(f.read_bytes()))
+        with pytest.raises(CheckpointError, match=f"{f}: .*{msg}"):
+            load_policy(ck)
+    old = save_policy(tmp_path / "old", pol, env, emb)  # no manifest: the readers' own checks
+    (old / MANIFEST).unlink()
+    (old / "model.safetensors").write_bytes((old / "model.safetensors").read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="model.safetensors: unreadable"):
+        load_policy(old)
+
+
+def test_rotation_keeps_the_newest_k_and_the_link_follows(tmp_path):
+    from rlsys.checkpoint import checkpoint_candidates, load_policy, save_rotating, save_training_checkpoint
+
+    pol, env, emb = tiny_policy_and_env()
+    for it in range(1, 6):
+        save_rotating(tmp_path, it, 3, lambda folder, it=it: save_training_checkpoint(
+            folder, pol, env, emb, {"iteration": it}, {}, meta={"iteration": it}))
+    assert [p.name for p in checkpoint_candidates(tmp_path)] == ["iter_000005", "iter_000004", "iter_000003"]
+    assert (tmp_path / "checkpoint").resolve() == (tmp_path / "checkpoints" / "iter_000005").resolve()
+    assert load_policy(tmp_path / "checkpoint")[3]["iteration"] == 5
+
+
+WRITER = """
+import sys, torch
+from rlsys.checkpoint import save_rotating, save_training_checkpoint
+from rlsys.config import EnvConfig, PolicyConfig
+from rlsys.envs.tabletop.env import EMBODIMENT
+from rlsys.policy.flow_policy import FlowPolicy
+pol = FlowPolicy(PolicyConfig())
+opt = {f"m{i}": torch.randn(256, 1024).numpy() for i in range(8)}
+it = 0
+while True:
+    it += 1
+    save_rotating(__import__("pathlib").Path(sys.argv[1]), it, 2, lambda folder: save_training_checkpoint(
+        folder, pol, EnvConfig(), EMBODIMENT, {"iteration": it}, opt, meta={"iteration": it}))
+    print(it, flush=True)
+"""
+
+
+def test_a_write_killed_at_any_point_leaves_only_complete_checkpoints(tmp_path):
+    """SIGKILL a process that keeps writing rotating training checkpoints, at random moments: every
+    checkpoint folder it leaves loads (manifest, weights, optimizer), and the link points at one."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from rlsys.checkpoint import checkpoint_candidates, load_training_checkpoint
+
+    rng = random.Random(0)
+    interrupted = 0
+    for trial in range(6):
+        run = tmp_path / f"run{trial}"
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(run)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        proc.stdout.readline()  # one checkpoint written, then kill somewhere in a later write
+        time.sleep(rng.uniform(0.0, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        interrupted += any((run / "checkpoints").glob(".iter_*.tmp-*"))  # a write the kill cut short
+        found = checkpoint_candidates(run)
+        assert found, trial
+        for folder in found:
+            _, _, trainer, optimizer = load_training_checkpoint(folder)
+            assert trainer["iteration"] >= 1 and len(optimizer) == 8
+        link = run / "checkpoint"
+        assert link.is_symlink() and link.resolve() in {f.resolve() for f in found}
+    assert interrupted >= 2, "the kills never landed inside a write: the test proves nothing"
