@@ -73,10 +73,11 @@ def verify_manifest(folder: Path) -> None:
         f = folder / name
         if not f.is_file():
             raise CheckpointError(f"{f}: missing (the manifest lists it)")
+        hint = f" (edited on purpose? delete {mf.name} to accept it)"
         if f.stat().st_size != size:
-            raise CheckpointError(f"{f}: {f.stat().st_size} bytes, written as {size}: truncated or damaged")
+            raise CheckpointError(f"{f}: {f.stat().st_size} bytes, written as {size}: truncated or damaged{hint}")
         if file_digest(f) != digest:
-            raise CheckpointError(f"{f}: contents differ from when it was written (sha256): damaged")
+            raise CheckpointError(f"{f}: contents differ from when it was written (sha256): damaged{hint}")
 
 
 def atomic_dir_write(path: str | os.PathLike, write: Any) -> Path:

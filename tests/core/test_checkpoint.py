@@ -22,8 +22,8 @@ def test_checkpoint_round_trip_same_actions(tmp_path):
     pol = FlowPolicy(PolicyConfig())
     pol.set_normalization(np.full(7, 0.1), np.full(7, 0.5), np.zeros(8), np.ones(8))
     save_policy(tmp_path / "ck", pol, EnvConfig(), EMBODIMENT, meta={"stage": "test"})
-    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["config.json", "model.safetensors",
-                                                                      "normalization.json"]
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["config.json", "manifest.json",
+                                                                      "model.safetensors", "normalization.json"]
     loaded, env_cfg, emb, meta = load_policy(tmp_path / "ck")
     assert env_cfg == EnvConfig() and emb == EMBODIMENT and meta["stage"] == "test"
     obs = ObservationBuilder(pol.cfg, EMBODIMENT)(np.zeros((3, 2, 64, 64, 3), np.uint8),
@@ -46,7 +46,7 @@ def test_checkpoint_loads_where_its_simulator_is_absent(tmp_path, monkeypatch):
     the assets (serving, an RL start elsewhere); running its env there still fails with the reason."""
     import dataclasses
 
-    from rlsys.checkpoint import load_policy, save_policy
+    from rlsys.checkpoint import load_policy, save_policy, write_manifest
     from rlsys.envs.tabletop.env import EMBODIMENT
     from rlsys.evaluation import run_eval_command
     from rlsys.policy.flow_policy import FlowPolicy
@@ -57,6 +57,7 @@ def test_checkpoint_loads_where_its_simulator_is_absent(tmp_path, monkeypatch):
     gone = str(tmp_path / "venv-elsewhere" / "bin" / "python")
     data["env"].update(name="robotwin", tasks=["stack_blocks_two"], cameras=["head"], subprocess=True, python=gone)
     cfg_file.write_text(json.dumps(data))
+    write_manifest(tmp_path / "ck")  # as if written so on the machine that trained it
     (tmp_path / "no_assets").mkdir()
     monkeypatch.setenv("ROBOTWIN_ASSETS_ROOT", str(tmp_path / "no_assets"))
     monkeypatch.delenv("ASSETS_PATH", raising=False)
