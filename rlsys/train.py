@@ -2,10 +2,11 @@
 
 A run directory holds ``config.yaml``, ``metrics.jsonl``, ``tb/`` (TensorBoard), ``sft/`` (the
 few-shot SFT start when no ``init_checkpoint`` is given; ``sft.partial/`` while it runs),
-``eval/iter_NNNNNN/`` (tables + videos), ``checkpoint/`` (policy safetensors + optimizer state +
-trainer JSON; written atomically) and, at the end, ``report.png`` / ``report.html`` and
+``eval/iter_NNNNNN/`` (tables + videos), ``checkpoints/iter_NNNNNN/`` (policy safetensors + optimizer
+state + trainer JSON + manifest; each written whole; the ``checkpoint_keep`` newest kept) with
+``checkpoint`` linking the newest, and, at the end, ``report.png`` / ``report.html`` and
 ``summary.json``. ``rlsys train --resume RUN_DIR`` continues where the run stopped, with the saved
-config: inside the SFT stage from its last SFT checkpoint, else at the saved iteration.
+config: inside the SFT stage from its last SFT checkpoint, else at the newest complete checkpoint.
 """
 
 from __future__ import annotations
