@@ -145,7 +145,6 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: not a checkpoint (missing config.json; expected model.safetensors + config.json)"
         )
-    verify_manifest(path)
     try:
         data = json.loads(cfg_file.read_text())
     except ValueError as e:
@@ -166,6 +165,7 @@ def load_policy(path: str | os.PathLike, expect: PolicyConfig | None = None, dev
     mid-range std) Flow-Noise head when the checkpoint has none: Flow-Noise RL from an SFT checkpoint.
     """
 
+    verify_manifest(Path(path))  # once per load, before anything is read
     data = read_config(path)
     weight_file = Path(path) / "model.safetensors"
     if not weight_file.exists():

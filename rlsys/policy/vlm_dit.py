@@ -146,8 +146,8 @@ class VLMDiT(PolicyModel):
         self.vlm = transformers.AutoModel.from_config(config)
         self.vlm.eval()  # no dropout: rollout and recompute see the same function
         self.images = FAMILIES[family](config, cfg.vlm_image_size)
-        tok = PromptTokenizer(cfg).hf
-        if family == "smolvlm" and tok is not None:  # the image markers of SmolVLM's prompt format
+        tok = PromptTokenizer(cfg).hf if family == "smolvlm" else None
+        if tok is not None:  # the image markers of SmolVLM's prompt format
             self.images.around = [tok.token_to_id("<fake_token_around_image>")]
             self.images.start = [tok.token_to_id("<global-img>")]
         self.layer = cfg.vlm_layer
