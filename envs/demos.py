@@ -1,16 +1,16 @@
-"""Demonstrations in a LeRobotDataset (v2.1) compatible layout.
+"""Demonstrations: rlsys writes them as LeRobotDataset v3.0 folders (``rlsys.envs.lerobot``) and reads
+v3.0 and v2.1 ones, its own or recorded by other tools (through a feature map).
 
-    DIR/meta/info.json            features, fps, counts, path templates (+ an "rlsys" block)
-    DIR/meta/tasks.jsonl          {"task_index", "task"}  (task = the language instruction)
-    DIR/meta/episodes.jsonl       {"episode_index", "tasks", "length"}
-    DIR/meta/episodes_stats.jsonl per-episode min/max/mean/std/count of numeric features
-    DIR/data/chunk-000/episode_000000.parquet
-        observation.images.<camera>  struct<bytes: binary (PNG), path: string>  (HF Image feature)
-        observation.state            list<float32> [P]
-        action                       list<float32> [A]
-        timestamp, frame_index, episode_index, index, task_index, next.reward, next.done, next.success
+Columns of the frames rlsys writes::
 
-Images are stored inside the parquet files as PNG (LeRobot's "image" dtype), not as videos.
+    observation.images.<camera>  struct<bytes: binary (PNG), path: string>  (LeRobot's "image" dtype)
+    observation.state            list<float32> [P]
+    action                       list<float32> [A]
+    next.reward, next.done, next.success, and LeRobot's timestamp / frame_index / episode_index / index /
+    task_index
+
+``info.json`` also holds an ``rlsys`` block (env, cameras, image size, embodiment) and each episode's
+metadata row its reset ``seed``.
 """
 
 from __future__ import annotations
@@ -24,13 +24,22 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
 
 from rlsys.envs.api import Embodiment
+from rlsys.envs.lerobot import (
+    FeatureMap,
+    LeRobotWriter,
+    check_feature_map,
+    episode_rows,
+    feature_stats,
+    image_stats,
+    read_episodes,
+    read_info,
+)
 
-CHUNK_SIZE = 1000
-DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
+# episode-metadata columns LeRobot defines; any other column of a row is an extra (the reset seed)
+_EPISODE_KEYS = ("episode_index", "tasks", "length", "dataset_from_index", "dataset_to_index")
 
 
 def _png(img: np.ndarray) -> bytes:
@@ -39,30 +48,30 @@ def _png(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _stats(x: np.ndarray) -> dict[str, Any]:
-    return {"min": x.min(0).tolist(), "max": x.max(0).tolist(), "mean": x.mean(0).tolist(),
-            "std": x.std(0).tolist(), "count": [int(x.shape[0])]}
-
-
 class DemoWriter:
-    """Append episodes, then ``close()`` writes the metadata."""
+    """Append episodes to a new v3.0 dataset; each one is on disk, metadata included, when
+    ``add_episode`` returns (``close()`` only matters for a dataset left empty)."""
 
     def __init__(self, root: str | os.PathLike, env_name: str, embodiment: Embodiment,
                  cameras: tuple[str, ...], image_size: int) -> None:
-        self.root = Path(root)
-        if (self.root / "meta" / "info.json").exists():
-            raise FileExistsError(f"{self.root} already holds a dataset; choose a new --out folder")
-        (self.root / "meta").mkdir(parents=True, exist_ok=True)
-        self.env_name, self.embodiment, self.cameras, self.image_size = env_name, embodiment, cameras, image_size
-        self.tasks: dict[str, int] = {}
-        self.episodes: list[dict[str, Any]] = []
-        self.stats: list[dict[str, Any]] = []
-        self.frames = 0
+        s = image_size
+        features: dict[str, Any] = {
+            f"observation.images.{cam}": {"dtype": "image", "shape": [s, s, 3], "names": ["height", "width", "channel"]}
+            for cam in cameras
+        }
+        features["observation.state"] = {"dtype": "float32", "shape": [embodiment.proprio_dim], "names": None}
+        features["action"] = {"dtype": "float32", "shape": [embodiment.action_dim],
+                              "names": list(embodiment.action_names)}
+        for name, dtype in (("next.reward", "float32"), ("next.done", "bool"), ("next.success", "bool")):
+            features[name] = {"dtype": dtype, "shape": [1], "names": None}
+        rl = {"env": env_name, "cameras": list(cameras), "image_size": s, "embodiment": asdict(embodiment)}
+        self.writer = LeRobotWriter(root, embodiment.control_hz, features, embodiment.robot, {"rlsys": rl})
+        self.cameras = cameras
 
     def add_episode(self, images: np.ndarray, states: np.ndarray, actions: np.ndarray,
                     rewards: np.ndarray, success: np.ndarray, instruction: str, seed: int | None = None) -> None:
         """images [T, C, S, S, 3] uint8, states [T, P], actions [T, A], rewards/success [T]; ``seed``: the
-        env reset seed the episode started from (kept in ``meta/episodes.jsonl``: a training-state list)."""
+        env reset seed the episode started from (kept in its metadata row: a training-state list)."""
         t = len(actions)
         cols: dict[str, Any] = {
             f"observation.images.{cam}": [{"bytes": _png(images[i, c]), "path": None} for i in range(t)]
@@ -70,81 +79,27 @@ class DemoWriter:
         }
         cols["observation.state"] = pa.array(list(states.astype(np.float32)), pa.list_(pa.float32()))
         cols["action"] = pa.array(list(actions.astype(np.float32)), pa.list_(pa.float32()))
-        fps = self.embodiment.control_hz
-        cols.update({
-            "timestamp": np.arange(t, dtype=np.float32) / np.float32(fps),
-            "frame_index": np.arange(t, dtype=np.int64),
-            "episode_index": np.zeros(t, np.int64),  # episode, frame counter and task: set by _write
-            "index": np.zeros(t, np.int64),
-            "task_index": np.zeros(t, np.int64),
-            "next.reward": rewards.astype(np.float32),
-            "next.done": np.arange(t) == t - 1,
-            "next.success": success.astype(bool),
-        })
-        self._write(pa.table(cols), instruction, {"observation.state": _stats(states), "action": _stats(actions)},
-                    {} if seed is None else {"seed": int(seed)})
+        cols["next.reward"] = rewards.astype(np.float32)
+        cols["next.done"] = np.arange(t) == t - 1
+        cols["next.success"] = success.astype(bool)
+        stats = {"observation.state": feature_stats(states), "action": feature_stats(actions),
+                 **{f"observation.images.{cam}": image_stats(images[:, c]) for c, cam in enumerate(self.cameras)}}
+        self.writer.add_episode(cols, instruction, stats, {} if seed is None else {"seed": int(seed)})
 
-    def add_table(self, table: pa.Table, row: dict[str, Any], stats: dict[str, Any]) -> None:
-        """Append an episode read from another dataset of the same layout (``merge_demos``), with its
-        ``meta/episodes.jsonl`` row: episode, frame-counter and task columns are renumbered for this one."""
-        extra = {k: v for k, v in row.items() if k not in ("episode_index", "tasks", "length")}
-        self._write(table, row["tasks"][0], stats, extra)
-
-    def _write(self, table: pa.Table, instruction: str, stats: dict[str, Any], extra: dict[str, Any]) -> None:
-        t, ep = table.num_rows, len(self.episodes)
-        task_index = self.tasks.setdefault(instruction, len(self.tasks))
-        for name, values in (("episode_index", np.full(t, ep, np.int64)),
-                             ("index", np.arange(self.frames, self.frames + t, dtype=np.int64)),
-                             ("task_index", np.full(t, task_index, np.int64))):
-            table = table.set_column(table.schema.get_field_index(name), name, pa.array(values))
-        path = self.root / DATA_PATH.format(episode_chunk=ep // CHUNK_SIZE, episode_index=ep)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, path)
-        self.episodes.append({"episode_index": ep, "tasks": [instruction], "length": t, **extra})
-        self.stats.append({"episode_index": ep, "stats": stats})
-        self.frames += t
+    def add_table(self, table: pa.Table, row: dict[str, Any]) -> None:
+        """Append an episode read from another dataset of this layout (``merge_demos``) with its metadata
+        row (statistics and extras kept); episode, frame-counter and task columns are renumbered."""
+        stats: dict[str, dict[str, Any]] = {}
+        for k, v in row.items():
+            if k.startswith("stats/"):
+                name, stat = k[len("stats/"):].rsplit("/", 1)
+                stats.setdefault(name, {})[stat] = v
+        extra = {k: v for k, v in row.items() if k not in _EPISODE_KEYS and "/" not in k}
+        self.writer.add_episode({n: table.column(n) for n in table.column_names}, row["tasks"][0], stats, extra)
 
     def close(self) -> None:
-        s = self.image_size
-        features: dict[str, Any] = {
-            f"observation.images.{cam}": {"dtype": "image", "shape": [s, s, 3],
-                                          "names": ["height", "width", "channel"]}
-            for cam in self.cameras
-        }
-        features["observation.state"] = {"dtype": "float32", "shape": [self.embodiment.proprio_dim],
-                                         "names": None}
-        features["action"] = {"dtype": "float32", "shape": [self.embodiment.action_dim],
-                              "names": list(self.embodiment.action_names)}
-        for name, dtype in (("timestamp", "float32"), ("frame_index", "int64"), ("episode_index", "int64"),
-                            ("index", "int64"), ("task_index", "int64"), ("next.reward", "float32"),
-                            ("next.done", "bool"), ("next.success", "bool")):
-            features[name] = {"dtype": dtype, "shape": [1], "names": None}
-        info = {
-            "codebase_version": "v2.1",
-            "robot_type": self.embodiment.robot,
-            "total_episodes": len(self.episodes),
-            "total_frames": self.frames,
-            "total_tasks": len(self.tasks),
-            "total_videos": 0,
-            "total_chunks": (len(self.episodes) - 1) // CHUNK_SIZE + 1 if self.episodes else 0,
-            "chunks_size": CHUNK_SIZE,
-            "fps": self.embodiment.control_hz,
-            "splits": {"train": f"0:{len(self.episodes)}"},
-            "data_path": DATA_PATH,
-            "video_path": None,
-            "features": features,
-            "rlsys": {"env": self.env_name, "cameras": list(self.cameras), "image_size": s,
-                      "embodiment": asdict(self.embodiment)},
-        }
-        meta = self.root / "meta"
-        (meta / "info.json").write_text(json.dumps(info, indent=2))
-        _jsonl(meta / "tasks.jsonl", [{"task_index": i, "task": t} for t, i in self.tasks.items()])
-        _jsonl(meta / "episodes.jsonl", self.episodes)
-        _jsonl(meta / "episodes_stats.jsonl", self.stats)
-
-
-def _jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        if not self.writer.episodes:
+            self.writer._write_meta()
 
 
 @dataclass
@@ -164,10 +119,7 @@ class DemoSet:
     episode_starts: np.ndarray
     episode_lengths: np.ndarray
     info: dict[str, Any]
-
-    @property
-    def embodiment(self) -> Embodiment:
-        return _embodiment(self.info)
+    embodiment: Embodiment
 
     def action_chunks(self, horizon: int) -> tuple[np.ndarray, np.ndarray]:
         """Per frame, the next ``horizon`` actions within its episode ([F, H, A]) and a [F, H]
@@ -188,36 +140,34 @@ def _embodiment(info: dict[str, Any]) -> Embodiment:
     return Embodiment(**e)
 
 
-def load_demos(root: str | os.PathLike) -> DemoSet:
-    root = Path(root)
-    info_path = root / "meta" / "info.json"
-    if not info_path.exists():
-        raise FileNotFoundError(f"{root}: not a demo folder (missing meta/info.json); "
-                                "make one with `rlsys demos --env tabletop --out DIR`")
-    info = json.loads(info_path.read_text())
-    cams = info["rlsys"]["cameras"]
-    episodes = [json.loads(line) for line in (root / "meta" / "episodes.jsonl").read_text().splitlines()]
-    images, states, actions, ep_idx, fr_idx, instr = [], [], [], [], [], []
-    for ep in episodes:
-        e = ep["episode_index"]
-        table = pq.read_table(root / info["data_path"].format(episode_chunk=e // info["chunks_size"],
-                                                              episode_index=e)).to_pydict()
-        n = len(table["action"])
-        images.append(np.stack([
-            np.stack([np.asarray(Image.open(io.BytesIO(table[f"observation.images.{c}"][i]["bytes"])))
-                      for c in cams]) for i in range(n)
-        ]))
-        states.append(np.asarray(table["observation.state"], np.float32))
-        actions.append(np.asarray(table["action"], np.float32))
-        ep_idx.append(np.full(n, e, np.int64))
-        fr_idx.append(np.arange(n, dtype=np.int64))
-        instr += [ep["tasks"][0]] * n
-    lengths = np.array([len(a) for a in actions], np.int64)
+def load_demos(root: str | os.PathLike, features: FeatureMap | None = None, embodiment: Embodiment | None = None,
+               image_size: int | None = None, max_per_task: int = 0) -> DemoSet:
+    """A LeRobotDataset folder (v3.0 or v2.1) in memory. rlsys's own folders need no arguments; another
+    tool's need the ``features`` map and the ``embodiment`` of the env it is for (whose state and action
+    widths the mapped features must have). ``image_size``: resize the camera frames to it;
+    ``max_per_task``: at most that many episodes of each task (0: all)."""
+    info = read_info(root)
+    rl = info.get("rlsys")
+    if embodiment is None:
+        if rl is None:
+            raise ValueError(f"{root}: a dataset rlsys did not record; loading it needs the env's embodiment")
+        embodiment = _embodiment(info)
+    fmap = features or (FeatureMap.default(tuple(rl["cameras"])) if rl else None)
+    if fmap is None:
+        raise ValueError(f"{root}: a dataset rlsys did not record; loading it needs a feature map")
+    check_feature_map(info, fmap, root, embodiment.proprio_dim, embodiment.action_dim)
+    episodes = list(read_episodes(root, fmap, image_size, max_per_task))
+    if not episodes:
+        raise ValueError(f"{root}: the dataset holds no episodes")
+    lengths = np.array([len(e.actions) for e in episodes], np.int64)
     return DemoSet(
-        images=np.concatenate(images), states=np.concatenate(states), actions=np.concatenate(actions),
-        episode_index=np.concatenate(ep_idx), frame_index=np.concatenate(fr_idx), instructions=instr,
+        images=np.concatenate([e.images for e in episodes]), states=np.concatenate([e.states for e in episodes]),
+        actions=np.concatenate([e.actions for e in episodes]),
+        episode_index=np.repeat(np.arange(len(episodes), dtype=np.int64), lengths),
+        frame_index=np.concatenate([np.arange(n, dtype=np.int64) for n in lengths]),
+        instructions=[e.task for e in episodes for _ in range(len(e.actions))],
         episode_starts=np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64),
-        episode_lengths=lengths, info=info,
+        episode_lengths=lengths, info=info, embodiment=embodiment,
     )
 
 
@@ -276,7 +226,10 @@ def collect_expert_demos(env: Any, out: str | os.PathLike, episodes_per_task: in
 def merge_demos(parts: list[str | os.PathLike], out: str | os.PathLike) -> None:
     """Concatenate demo folders of one env, camera set and image size into a new folder ``out``, in
     order; episodes, frame counters and tasks are renumbered, ``meta/expert_report.json`` is summed."""
-    infos = [json.loads((Path(p) / "meta" / "info.json").read_text()) for p in parts]
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    infos = [read_info(p) for p in parts]
     rl = infos[0]["rlsys"]
     for p, info in zip(parts, infos):
         if info["rlsys"] != rl:
@@ -286,14 +239,12 @@ def merge_demos(parts: list[str | os.PathLike], out: str | os.PathLike) -> None:
     writer = DemoWriter(out, rl["env"], _embodiment(infos[0]), tuple(rl["cameras"]), rl["image_size"])
     report: dict[str, Any] = {}
     for p, info in zip(parts, infos):
-        meta = Path(p) / "meta"
-        stats = {r["episode_index"]: r["stats"] for r in map(json.loads, (meta / "episodes_stats.jsonl").open())}
-        for ep in map(json.loads, (meta / "episodes.jsonl").open()):
-            e = ep["episode_index"]
-            table = pq.read_table(Path(p) / info["data_path"].format(episode_chunk=e // info["chunks_size"],
-                                                                     episode_index=e))
-            writer.add_table(table, ep, stats[e])
-        part_report = meta / "expert_report.json"
+        for row in episode_rows(p, info):
+            table = pq.read_table(Path(p) / info["data_path"].format(chunk_index=row["data/chunk_index"],
+                                                                     file_index=row["data/file_index"]))
+            e = row["episode_index"]
+            writer.add_table(table.filter(pc.equal(table.column("episode_index"), e)), row)
+        part_report = Path(p) / "meta" / "expert_report.json"
         for task, r in (json.loads(part_report.read_text()) if part_report.is_file() else {}).items():
             total = report.setdefault(task, {"kept": 0, "attempts": 0})
             total["kept"] += r["kept"]

@@ -180,7 +180,13 @@ class SamplerConfig:
 
 @dataclass(frozen=True)
 class SFTConfig:
-    demos: str = ""  # demo folder; empty: generate with the scripted expert
+    demos: str = ""  # LeRobotDataset folder (v3.0 / v2.1); empty: generate with the scripted expert
+    # another tool's dataset: its image (or video) feature per env camera, in env.cameras order (empty:
+    # observation.images.<camera>), its state and its action feature
+    image_keys: tuple[str, ...] = ()
+    state_key: str = "observation.state"
+    action_key: str = "action"
+    max_episodes_per_task: int = 0  # given demos: at most this many episodes per task instruction (0: all)
     demos_per_task: int = 20
     demo_workers: int = 1  # generated demos: expert processes collecting at once (seeds interleaved)
     steps: int = 3000
@@ -199,6 +205,7 @@ class SFTConfig:
         check(self.lr > 0, "lr", "> 0", self.lr)
         check(self.demos_per_task >= 1, "demos_per_task", ">= 1", self.demos_per_task)
         check(self.demo_workers >= 1, "demo_workers", ">= 1", self.demo_workers)
+        check(self.max_episodes_per_task >= 0, "max_episodes_per_task", ">= 0 (0: all)", self.max_episodes_per_task)
         check(self.eval_episodes >= 0, "eval_episodes", ">= 0", self.eval_episodes)
         check(self.checkpoint_every >= 1, "checkpoint_every", ">= 1 (steps)", self.checkpoint_every)
 
@@ -414,6 +421,12 @@ class TrainConfig:
         check(self.eval_num_envs >= 1, "eval_num_envs", ">= 1", self.eval_num_envs)
         check(self.checkpoint_every >= 1, "checkpoint_every", ">= 1", self.checkpoint_every)
         check(self.checkpoint_keep >= 1, "checkpoint_keep", ">= 1", self.checkpoint_keep)
+        check(
+            not self.sft.image_keys or len(self.sft.image_keys) == len(self.env.cameras),
+            "sft.image_keys",
+            f"one dataset feature per env camera ({len(self.env.cameras)}: {list(self.env.cameras)}), or empty",
+            list(self.sft.image_keys),
+        )
         check(
             self.policy.num_cameras == len(self.env.cameras),
             "policy.num_cameras",

@@ -9,10 +9,9 @@ from typing import Any
 
 from rlsys.checkpoint import save_policy
 from rlsys.config import ConfigError, TrainConfig
-from rlsys.envs.demos import load_demos
 from rlsys.evaluation import env_spec
 from rlsys.policy.flow_policy import FlowPolicy
-from rlsys.sft import load_pretrained, normalization_stats
+from rlsys.sft import load_pretrained, load_sft_demos, normalization_stats
 
 
 def import_pretrained(cfg: TrainConfig, out: str | Path, demos: str | None = None) -> dict[str, Any]:
@@ -24,7 +23,8 @@ def import_pretrained(cfg: TrainConfig, out: str | Path, demos: str | None = Non
                           f"env {cfg.env.name} needs {embodiment.action_dim}")
     policy = FlowPolicy(cfg.policy)
     demo_dir = demos or cfg.sft.demos
-    report = load_pretrained(policy, normalization_stats(load_demos(demo_dir)) if demo_dir else None, demo_dir)
+    stats = normalization_stats(load_sft_demos(cfg, demo_dir, embodiment)) if demo_dir else None
+    report = load_pretrained(policy, stats, demo_dir)
     save_policy(out, policy, cfg.env, embodiment, meta={"stage": "import", "pretrained": cfg.policy.pretrained,
                                                         **report})
     print(f"import: {cfg.policy.model} from {cfg.policy.pretrained}: {len(report['missing'])} missing keys "

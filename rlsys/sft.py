@@ -25,8 +25,10 @@ from rlsys.checkpoint import (
 )
 from rlsys.config import ConfigError, TrainConfig, to_dict
 from rlsys.configtools import from_dict
+from rlsys.envs.api import Embodiment
 from rlsys.envs.demos import DemoSet, expert_demos, load_demos
-from rlsys.evaluation import evaluate, task_names, torch_device, write_result
+from rlsys.envs.lerobot import FeatureMap, check_feature_map, read_info
+from rlsys.evaluation import env_spec, evaluate, task_names, torch_device, write_result
 from rlsys.policy.flow_policy import FlowPolicy
 from rlsys.policy.spec import pretrained_norm_stats
 from rlsys.progress import Progress
@@ -180,13 +182,47 @@ def train_sft(policy: FlowPolicy, data: SFTData, cfg: TrainConfig, seed: int = 0
     return history
 
 
-def check_demos_match(ds: DemoSet, cfg: TrainConfig, demo_dir: str | Path) -> None:
-    """The demos must come from the config's simulator, cameras and image size."""
-    rl = ds.info["rlsys"]
-    if rl["env"] != cfg.env.name or tuple(rl["cameras"]) != cfg.env.cameras or rl["image_size"] != cfg.env.image_size:
-        raise ValueError(f"demos in {demo_dir} were recorded with env={rl['env']} cameras={rl['cameras']} "
-                         f"image_size={rl['image_size']}, but the config has env={cfg.env.name} "
-                         f"cameras={list(cfg.env.cameras)} image_size={cfg.env.image_size}")
+def demo_feature_map(cfg: TrainConfig) -> FeatureMap:
+    """The dataset features the config maps onto the env's cameras, state and action."""
+    s = cfg.sft
+    default = FeatureMap.default(cfg.env.cameras)
+    return FeatureMap(cameras=s.image_keys or default.cameras, state=s.state_key, action=s.action_key)
+
+
+def check_demos(cfg: TrainConfig, demo_dir: str | Path) -> None:
+    """The demo folder is a readable LeRobotDataset whose features the config's map names (from its
+    metadata alone: before Ray, a run directory or any simulator)."""
+    try:
+        check_feature_map(read_info(demo_dir), demo_feature_map(cfg), demo_dir)
+    except ValueError as e:  # a foreign dataset's keys, or a version rlsys does not read
+        raise ConfigError(f"sft.demos: {e}") from None
+
+
+def load_sft_demos(cfg: TrainConfig, demo_dir: str | Path, embodiment: Embodiment | None = None) -> DemoSet:
+    """The demos SFT and the imitation steps train on. A folder rlsys recorded must come from the config's
+    simulator, cameras and image size. Any other LeRobotDataset (v3.0 / v2.1) is read through the
+    config's feature map (``sft.image_keys`` / ``state_key`` / ``action_key``), its frames resized to
+    ``env.image_size``; its state and action must have the env's widths (``embodiment``: the env's,
+    asked of the simulator when not given)."""
+    s = cfg.sft
+    info = read_info(demo_dir)
+    fmap = demo_feature_map(cfg)
+    rl = info.get("rlsys")
+    if rl is not None and fmap == FeatureMap.default(cfg.env.cameras):
+        recorded = (rl["env"], tuple(rl["cameras"]), rl["image_size"])
+        if recorded != (cfg.env.name, cfg.env.cameras, cfg.env.image_size):
+            raise ValueError(f"demos in {demo_dir} were recorded with env={rl['env']} cameras={rl['cameras']} "
+                             f"image_size={rl['image_size']}, but the config has env={cfg.env.name} "
+                             f"cameras={list(cfg.env.cameras)} image_size={cfg.env.image_size}")
+        return load_demos(demo_dir, max_per_task=s.max_episodes_per_task)
+    check_demos(cfg, demo_dir)  # the keys, before any simulator starts
+    if embodiment is None:
+        embodiment = env_spec(cfg.env)[1]
+    try:
+        return load_demos(demo_dir, fmap, embodiment, image_size=cfg.env.image_size,
+                          max_per_task=s.max_episodes_per_task)
+    except ValueError as e:  # the mapped state or action is not as wide as the env's
+        raise ConfigError(f"sft.demos: {e}") from None
 
 
 # measured on 2 idle CPU cores (tabletop, two 64 px cameras, tiny policy): for the plan each run prints
@@ -224,8 +260,7 @@ def run_sft(cfg: TrainConfig, out_dir: str | Path, demos: str | None = None, res
             expert_demos(cfg.env, demo_dir, cfg.sft.demos_per_task, workers=cfg.sft.demo_workers)
             print(f"sft: demos written to {demo_dir}", flush=True)
     demo_dir = str(Path(demo_dir).resolve())  # the checkpoint's meta names it: absolute, valid from any cwd
-    ds = load_demos(demo_dir)
-    check_demos_match(ds, cfg, demo_dir)
+    ds = load_sft_demos(cfg, demo_dir)
     device = torch_device(cfg.sft.device, "sft.device")
     policy = FlowPolicy(cfg.policy)
     if cfg.policy.pretrained:  # the folder's weights (and its statistics where it has them)

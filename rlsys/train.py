@@ -34,14 +34,13 @@ from rlsys.checkpoint import (
 from rlsys.config import TrainConfig, to_dict
 from rlsys.configtools import from_dict
 from rlsys.envs.api import Embodiment
-from rlsys.envs.demos import load_demos
 from rlsys.evaluation import evaluate, write_result
 from rlsys.learner.loop import train_loop
 from rlsys.policy.flow_policy import FlowPolicy
 from rlsys.prompt import ObservationBuilder
 from rlsys.registry import ALGORITHMS
 from rlsys.report import make_report
-from rlsys.sft import SFTData, check_demos_match, run_sft, sft_plan
+from rlsys.sft import SFTData, check_demos, load_sft_demos, run_sft, sft_plan
 from rlsys.weights import load_numpy_state, state_to_numpy
 
 
@@ -182,8 +181,7 @@ def imitation_demo_frames(cfg: TrainConfig, run: Run) -> tuple[Any, np.ndarray, 
     if not uses_demo_frames(cfg):
         return None
     d = imitation_demo_dir(cfg, run.dir)
-    ds = load_demos(d)
-    check_demos_match(ds, cfg, d)
+    ds = load_sft_demos(cfg, d, run.embodiment)
     data = SFTData(ds, ObservationBuilder(cfg.policy, run.embodiment), cfg.policy.action_horizon)
     print(f"train: imitation memory starts with {len(data)} demo frames from {d}", flush=True)
     return data.obs, data.actions, data.valid
@@ -249,6 +247,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict[str, Any]:
     else:
         if uses_demo_frames(cfg) and (cfg.sft.demos or cfg.init_checkpoint):
             imitation_demo_dir(cfg, Path(cfg.run_dir))  # a missing demo folder fails before any run directory
+        if cfg.sft.demos and (uses_demo_frames(cfg) or not cfg.init_checkpoint):
+            check_demos(cfg, cfg.sft.demos)  # so does a dataset the feature map does not fit
         start_ray(cfg)
         run = Run.create(cfg)
         resumed_rl = False

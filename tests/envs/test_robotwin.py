@@ -3,7 +3,6 @@ the conformance kit and per-task checks run there (tests/envs/robotwin_kit.py), 
 interpreter drives RoboTwin simulators in that one (numpy 2 here, 1.26 there). Bad configs fail
 here, before any simulator starts."""
 
-import json
 import os
 import subprocess
 import sys
@@ -60,6 +59,7 @@ def test_planner_expert_demos_through_the_robotwin_interpreter(tmp_path):
     replayed through the env there, and the successful episode comes back in the standard format.
     Seeds 0-3 all planned to success once plans started at the arm's joints (2 of 4 before)."""
     from rlsys.envs.demos import expert_demos, load_demos
+    from rlsys.envs.lerobot import episode_rows
     from rlsys.envs.robotwin import STEP_LIMITS
 
     cfg = EnvConfig(name="robotwin", tasks=("stack_blocks_two",), cameras=("head",), image_size=32,
@@ -70,7 +70,7 @@ def test_planner_expert_demos_through_the_robotwin_interpreter(tmp_path):
     assert ds.images.shape[1:] == (1, 32, 32, 3) and ds.actions.shape[1] == 14 and ds.states.shape[1] == 14
     assert 100 < len(ds.actions) <= STEP_LIMITS["stack_blocks_two"]
     assert ds.info["rlsys"]["env"] == "robotwin" and "block" in ds.instructions[0].lower()
-    row = json.loads((tmp_path / "ds" / "meta" / "episodes.jsonl").read_text().splitlines()[0])
+    row = episode_rows(tmp_path / "ds")[0]
     assert 1 <= row["seed"] <= report["stack_blocks_two"]["attempts"]  # the scene seed it was recorded on
 
 
