@@ -387,6 +387,30 @@ class PlacementConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    """Experiment trackers beside metrics.jsonl and TensorBoard (rlsys/trackers.py): same metric names."""
+
+    trackers: tuple[str, ...] = ()  # wandb | mlflow (each optional: pip install -e ".[trackers]")
+    project: str = "rlsys"  # W&B project / MLflow experiment
+    wandb_mode: Literal["offline", "online"] = "offline"  # offline: no network or account needed
+    mlflow_uri: str = ""  # empty: sqlite:///<run_dir>/mlflow.db (one store for every run there)
+
+    def __post_init__(self) -> None:
+        import importlib.util
+
+        from rlsys.registry import TRACKERS
+        from rlsys.trackers import PACKAGES
+
+        for name in self.trackers:
+            TRACKERS.check_name(name, "trackers")
+            module, package = PACKAGES.get(name, (None, None))
+            check(module is None or importlib.util.find_spec(module) is not None, "trackers",
+                  f"trackers whose package is installed ({name} needs `pip install {package}`, or "
+                  "pip install -e \".[trackers]\")", name)
+        check(len(set(self.trackers)) == len(self.trackers), "trackers", "each tracker once", list(self.trackers))
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -399,6 +423,7 @@ class TrainConfig:
     imitation: ImitationConfig = field(default_factory=ImitationConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     placement: PlacementConfig = field(default_factory=PlacementConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     iterations: int = 100
     max_minutes: float = 0.0  # wall-clock budget for the RL loop (0: none); ends with eval + checkpoint
     eval_every: int = 10

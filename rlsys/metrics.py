@@ -116,9 +116,13 @@ class RayMetrics:
 
 
 class MetricsLogger:
-    """JSONL (always), TensorBoard, and Ray/Prometheus gauges (when Ray is up) for one run."""
+    """JSONL (always), TensorBoard, Ray/Prometheus gauges (when Ray is up) and the experiment trackers
+    ``tracking`` names (``rlsys.trackers``) for one run; ``config``: the run's config, for the trackers.
 
-    def __init__(self, run_dir: Path) -> None:
+    A tracker that fails (a server gone, a full disk) is reported once and dropped: the run goes on,
+    metrics.jsonl stays complete."""
+
+    def __init__(self, run_dir: Path, tracking: Any = None, config: dict[str, Any] | None = None) -> None:
         self.path = run_dir / "metrics.jsonl"
         self.ray: RayMetrics | None = None
         try:
@@ -127,6 +131,23 @@ class MetricsLogger:
             self.tb: Any = SummaryWriter(str(run_dir / "tb"))
         except ImportError:  # tensorboard is a core dependency; tolerate a trimmed install
             self.tb = None
+        self.trackers: dict[str, Any] = {}
+        if tracking is not None and tracking.trackers:
+            from rlsys.registry import TRACKERS
+
+            for name in tracking.trackers:
+                self.trackers[name] = TRACKERS.build(name, run_dir, config or {}, tracking)
+                print(f"metrics: {name} -> {self.trackers[name].where}", flush=True)
+
+    def _to_trackers(self, step: int, row: dict[str, Any]) -> None:
+        scalars = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        for name, tracker in list(self.trackers.items()):
+            try:
+                tracker.log(step, scalars)
+            except Exception as e:  # a tracker is never required
+                print(f"metrics: tracker {name} failed ({type(e).__name__}: {e}); it is dropped, "
+                      f"{self.path} keeps every row", flush=True)
+                del self.trackers[name]
 
     def log(self, step: int, row: dict[str, Any]) -> None:
         if self.ray is None:
@@ -145,7 +166,14 @@ class MetricsLogger:
                 elif k == INFER_LATENCY_HIST and v:
                     self.tb.add_histogram(k, np.asarray(v, dtype=np.float32), step)
             self.tb.flush()
+        self._to_trackers(step, row)
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+        for tracker in self.trackers.values():
+            try:
+                tracker.close()
+            except Exception as e:
+                print(f"metrics: closing {type(tracker).__name__} failed: {e}", flush=True)
+        self.trackers = {}

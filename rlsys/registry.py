@@ -81,6 +81,7 @@ ENVS = Registry("envs")
 MODELS = Registry("models")
 SAMPLERS = Registry("samplers")
 ALGORITHMS = Registry("algorithms")
+TRACKERS = Registry("trackers")
 
 # Built-in entries, lazily imported.
 ENVS.register("tabletop", "rlsys.envs.tabletop.env:make_env")
@@ -133,3 +134,5 @@ ALGORITHMS.register("ppo", "rlsys.learner.algorithms.ppo:PPO")
 ALGORITHMS.register("grpo", "rlsys.learner.algorithms.grpo:GRPO")
 ALGORITHMS.register("rft", "rlsys.learner.algorithms.rft:RFT")
 ALGORITHMS.register("ppo_rft", "rlsys.learner.algorithms.ppo_rft:PPORFT")
+TRACKERS.register("wandb", "rlsys.trackers:WandbTracker")
+TRACKERS.register("mlflow", "rlsys.trackers:MLflowTracker")

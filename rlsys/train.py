@@ -48,7 +48,7 @@ class Run:
     def __init__(self, cfg: TrainConfig, run_dir: Path, embodiment: Embodiment | None = None) -> None:
         self.cfg, self.dir = cfg, run_dir
         self.embodiment = embodiment
-        self.logger = M.MetricsLogger(run_dir)
+        self.logger = M.MetricsLogger(run_dir, cfg.tracking, to_dict(cfg))
         self.start_clock()
 
     def start_clock(self) -> None:

@@ -54,12 +54,21 @@ def test_short_run_per_placement_preset(ray_local, init_ckpt, tmp_path, mode, ex
 
 
 def test_grpo_run(ray_local, init_ckpt, tmp_path):
+    """(with the MLflow tracker on: it gets the rows metrics.jsonl gets, under the same names)"""
     from rlsys.train import train
 
     cfg = small_cfg(tmp_path, "algo.name=grpo", "grpo.group_size=2", "grpo.filter_groups=false",
-                    f"init_checkpoint={init_ckpt}", "iterations=1", "eval_every=1")
-    rows = read_metrics(Path(train(cfg)["run_dir"]))
+                    f"init_checkpoint={init_ckpt}", "iterations=1", "eval_every=1", "tracking.trackers=[mlflow]")
+    run_dir = Path(train(cfg)["run_dir"])
+    rows = read_metrics(run_dir)
     assert rows[0]["rollout/episodes"] == 4  # one full episode per env
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{run_dir.parent / 'mlflow.db'}")
+    run = client.get_run(json.loads((run_dir / "tracking.json").read_text())["mlflow"])
+    assert run.info.status == "FINISHED" and run.data.params["algo.name"] == "grpo"
+    assert {k: v for k, v in run.data.metrics.items() if k in rows[0]} == {
+        k: float(v) for k, v in rows[0].items() if k in run.data.metrics}
     assert rows[0]["learner/first_minibatch_ratio_dev"] <= 1e-4
     # the sparse reward is 1 on the success step: reward per step x steps = successes
     r = rows[0]
