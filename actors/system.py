@@ -56,9 +56,15 @@ def ensure_ray(cfg: TrainConfig, num_cpus: int | None = None) -> bool:
 
 
 def start_ray(cfg: TrainConfig) -> None:
-    """``ensure_ray``; where that started a local instance, the GPU requests are checked against it."""
+    """``ensure_ray``; where that started a local instance, the GPU requests are checked against it;
+    on a cluster rlsys did not start, every actor's request against its nodes and autoscaler
+    (``rlsys.actors.capacity``)."""
     if ensure_ray(cfg):
         check_local_gpus(cfg)
+    else:
+        from rlsys.actors.capacity import check_cluster
+
+        check_cluster(cfg)
 
 
 def actor_options(cfg: TrainConfig, role: str) -> dict[str, Any]:
@@ -358,13 +364,17 @@ class _LearnerRole:
     def _updated(self) -> None:
         """After an update or a loaded state: nothing to do unless this actor also serves inference."""
 
-    async def training_state(self) -> dict[str, Any]:
-        return await self.torch_thread.call(self._training_state)
+    async def training_state(self, trained_only: bool = False) -> dict[str, Any]:
+        """What a checkpoint holds. ``trained_only``: where parts of the policy never train (frozen,
+        LoRA-adapted), ``policy`` holds only the trained entries and ``complete`` is False."""
+        return await self.torch_thread.call(self._training_state, trained_only)
 
-    def _training_state(self) -> dict[str, Any]:
+    def _training_state(self, trained_only: bool = False) -> dict[str, Any]:
         tensors, scalars = self.learner.optimizer_state()
-        return {"policy": state_to_numpy(self.learner.policy),
-                "optimizer": tensors, "optimizer_scalars": scalars,
+        frozen = any(id(p) not in self.learner.trained_ids() for p in self.learner.policy.parameters())
+        partial = trained_only and frozen
+        return {"policy": state_to_numpy(self.learner.policy, self._trained if partial else None),
+                "complete": not partial, "optimizer": tensors, "optimizer_scalars": scalars,
                 "version": self.learner.version, "iteration": self.learner.iteration,
                 "rng": self.learner.rng.bit_generator.state}
 

@@ -47,10 +47,14 @@ class Learner:
         # (the critic's input is detached); False: a backbone pass per step (the same numbers; tests)
         self.cache_critic_input = policy.cfg.detach_critic_input
 
+    def trained_ids(self) -> set[int]:
+        """ids of the parameters an optimizer step can change."""
+        return {id(p) for g in self.optimizer.param_groups for p in g["params"]}
+
     def trained_names(self) -> set[str]:
         """The policy's state entries an optimizer step can change: what a weight broadcast carries
         (frozen parts and normalisation buffers travel once)."""
-        ids = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
+        ids = self.trained_ids()
         return {n for n, p in self.policy.named_parameters(remove_duplicate=False) if id(p) in ids}
 
     # ------------------------------------------------------------------ the update

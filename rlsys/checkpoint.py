@@ -3,6 +3,9 @@
 A policy checkpoint is ``model.safetensors`` + ``config.json`` (+ ``normalization.json``); a training
 checkpoint (an RL run's ``checkpoint/``, an SFT's progress) adds ``optimizer.safetensors`` and
 ``trainer.json`` (step or iteration, versions, RNG states) so a run continues where it stopped.
+An RL checkpoint of a policy with frozen parts (``policy.freeze``, LoRA) holds only the weights
+that train, and ``base.json`` names the complete checkpoint the run started from (with the sha256
+of its weights): loading reads that one's weights first, then these.
 Writes are atomic: everything goes to a temporary sibling folder that is renamed into place, so
 a crash never leaves a half-written checkpoint. Loading never unpickles: only safetensors + JSON.
 """
@@ -21,7 +24,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file as load_numpy_file
 from safetensors.numpy import save as save_numpy
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from rlsys.config import EnvConfig, PolicyConfig, stored_config, to_dict
 from rlsys.configtools import ConfigError, from_dict
@@ -44,6 +47,7 @@ class CheckpointError(ValueError):
 
 
 MANIFEST = "manifest.json"  # every other file's size and sha256, written last
+BASE = "base.json"  # a trained-only checkpoint: the complete checkpoint holding the frozen weights
 
 
 def file_digest(path: Path) -> str:
@@ -104,26 +108,71 @@ def atomic_dir_write(path: str | os.PathLike, write: Any) -> Path:
     return path
 
 
+NORM_KEYS = ("action_mean", "action_std", "proprio_mean", "proprio_std")
+
+
 def save_policy(path: str | os.PathLike, policy: Any, env_cfg: EnvConfig, embodiment: Embodiment,
                 meta: dict[str, Any] | None = None, extra: dict[str, bytes] | None = None) -> Path:
     """Write a checkpoint folder atomically; ``extra`` adds files (name -> bytes) to the same folder."""
-    state = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
-    config = {"format": FORMAT, "policy": to_dict(policy.cfg), "env": to_dict(env_cfg),
-              "embodiment": asdict(embodiment), "meta": meta or {}}
-    norm = {k: state[k].tolist() for k in ("action_mean", "action_std", "proprio_mean", "proprio_std")}
+    state = {k: v.detach().cpu().contiguous().numpy() for k, v in policy.state_dict().items()}
+    return save_state(path, state, policy.cfg, env_cfg, embodiment, meta, extra)
 
-    model_files = self_contained_model_files(policy.cfg)
+
+def save_state(path: str | os.PathLike, state: dict[str, np.ndarray], policy_cfg: PolicyConfig, env_cfg: EnvConfig,
+               embodiment: Embodiment, meta: dict[str, Any] | None = None, extra: dict[str, bytes] | None = None,
+               base: str | os.PathLike | None = None) -> Path:
+    """``save_policy`` from a state dict of arrays (no policy built). ``base``: ``state`` holds only the
+    trained entries; the complete checkpoint ``base`` holds the rest (named, with its weights' sha256,
+    in ``base.json``)."""
+    config = {"format": FORMAT, "policy": to_dict(policy_cfg), "env": to_dict(env_cfg),
+              "embodiment": asdict(embodiment), "meta": meta or {}}
+    if base is not None:
+        base = Path(base).resolve()
+        if (base / BASE).is_file():
+            raise CheckpointError(f"{base}: holds only trained weights itself; a base must be complete")
+        link = {"path": str(base), "model_sha256": file_digest(base / "model.safetensors"), "entries": len(state)}
+        norm = json.loads((base / "normalization.json").read_text())
+    else:
+        norm = {k: np.asarray(state[k]).tolist() for k in NORM_KEYS}
+    model_files = self_contained_model_files(policy_cfg)
+    tensors = {k: np.ascontiguousarray(v) for k, v in state.items()}
 
     def write(tmp: Path) -> None:
-        save_file(state, str(tmp / "model.safetensors"))
+        (tmp / "model.safetensors").write_bytes(save_numpy(tensors))
         for name, data in model_files.items():
             (tmp / name).write_bytes(data)
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         (tmp / "normalization.json").write_text(json.dumps(norm, indent=2))
+        if base is not None:
+            (tmp / BASE).write_text(json.dumps(link, indent=2))
         for name, data in (extra or {}).items():
             (tmp / name).write_bytes(data)
 
     return atomic_dir_write(path, write)
+
+
+def base_weights(path: Path, device: str = "cpu") -> dict[str, Any] | None:
+    """The frozen weights a trained-only checkpoint ``path`` leaves to its base (None for a complete
+    one); the base must be where ``base.json`` says, unchanged."""
+    link_file = path / BASE
+    if not link_file.is_file():
+        return None
+    try:
+        link = json.loads(link_file.read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{link_file}: not valid JSON ({e}): damaged") from None
+    base = Path(link["path"])
+    weights = base / "model.safetensors"
+    if not weights.is_file():
+        raise CheckpointError(f"{path} holds only the weights RL trained; the frozen rest is in its base checkpoint "
+                              f"{base}, which is missing (restore it there, or point {link_file} at a copy)")
+    verify_manifest(base)
+    if file_digest(weights) != link["model_sha256"]:
+        raise CheckpointError(f"{weights}: not the base {path} was trained from (its sha256 changed since)")
+    try:
+        return load_file(str(weights), device=device)
+    except Exception as e:
+        raise CheckpointError(f"{weights}: unreadable ({e}): truncated or damaged") from None
 
 
 def self_contained_model_files(cfg: PolicyConfig) -> dict[str, bytes]:
@@ -208,8 +257,17 @@ def load_policy(path: str | os.PathLike, expect: PolicyConfig | None = None, dev
         raw = load_file(str(weight_file), device=device)
     except Exception as e:  # safetensors raises its own error types for a bad header or a short file
         raise CheckpointError(f"{weight_file}: unreadable ({e}): truncated or damaged") from None
-    state = {("model." + k if k.startswith(("backbone.", "expert.")) else k): v  # keys before policy.model
-             for k, v in raw.items()}
+    def renamed(weights: dict[str, Any]) -> dict[str, Any]:  # keys written before policy.model
+        return {("model." + k if k.startswith(("backbone.", "expert.")) else k): v for k, v in weights.items()}
+
+    state = renamed(raw)
+    frozen = base_weights(Path(path), device)
+    if frozen is not None:  # a trained-only checkpoint: its base's weights under these
+        own = policy.state_dict()
+        base_state = renamed(frozen)
+        if any(".lora_" in k for k in own) and not any(".lora_" in k for k in base_state):
+            base_state = base_state_for_lora(base_state, own)
+        state = {**{k: v for k, v in base_state.items() if k in own}, **state}
     fresh = tuple(head for head, new in (("value_head.", fresh_critic), ("noise_head.", fresh_noise)) if new)
     if fresh:
         state = {k: v for k, v in state.items() if not k.startswith(fresh)}

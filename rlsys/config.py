@@ -377,9 +377,13 @@ class PlacementConfig:
     # (placement tests on simulated GPU nodes, a CPU build of torch on purpose)
     allow_cpu_fallback: bool = False
     learner_threads: int = 2  # torch CPU threads in the learner (env workers idle while it updates)
+    # on a cluster rlsys did not start, whose autoscaler may still add the nodes the run needs: how
+    # long to wait for them (printing what is pending) before giving up
+    resource_wait_s: float = 600.0
 
     def __post_init__(self) -> None:
         check(self.learner_threads >= 1, "learner_threads", ">= 1", self.learner_threads)
+        check(self.resource_wait_s >= 0, "resource_wait_s", ">= 0 (seconds)", self.resource_wait_s)
         for name in ("learner_gpus", "inference_gpus"):
             g = getattr(self, name)
             check(0 < g and (g <= 1 or float(g).is_integer()), name,

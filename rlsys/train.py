@@ -19,17 +19,19 @@ from typing import Any
 import numpy as np
 import ray
 import yaml
+from safetensors.numpy import save as save_numpy
 
 from rlsys import metrics as M
 from rlsys.actors.system import RaySystem, start_ray
 from rlsys.checkpoint import (
+    BASE,
     CheckpointError,
     checkpoint_candidates,
     load_policy,
     load_training_checkpoint,
     read_config,
     save_rotating,
-    save_training_checkpoint,
+    save_state,
 )
 from rlsys.config import TrainConfig, to_dict
 from rlsys.configtools import from_dict
@@ -109,15 +111,25 @@ class Run:
         write_result(out, res, f"iteration {iteration}")
         return float(res["mean_success"])
 
+    def base_checkpoint(self) -> Path | None:
+        """The complete checkpoint this run started from (the init checkpoint, else its own SFT): a
+        trained-only RL checkpoint names it for the frozen weights. None where there is none."""
+        base = Path(self.cfg.init_checkpoint) if self.cfg.init_checkpoint else self.dir / "sft"
+        ok = (base / "model.safetensors").is_file() and not (base / BASE).exists()
+        return base if ok else None
+
     def checkpoint(self, system: Any, iteration: int) -> Path:
-        st = ray.get(system.learner.training_state.remote())
-        policy = FlowPolicy(self.cfg.policy)
-        load_numpy_state(policy, st["policy"])
+        """An RL checkpoint from the learner's state, written without building the policy here: with
+        frozen parts (policy.freeze, LoRA), only what trains, the rest named in base.json."""
+        base = self.base_checkpoint()
+        st = ray.get(system.learner.training_state.remote(trained_only=base is not None))
         trainer = {"iteration": iteration, "version": st["version"], "learner_iteration": st["iteration"],
                    "optimizer": st["optimizer_scalars"], "rng": st["rng"]}
         meta = {"stage": "rl", "iteration": iteration, "version": st["version"]}
-        return save_rotating(self.dir, iteration, self.cfg.checkpoint_keep, lambda folder: save_training_checkpoint(
-            folder, policy, self.cfg.env, self.embodiment, trainer, st["optimizer"], meta=meta))
+        extra = {"optimizer.safetensors": save_numpy(st["optimizer"]), "trainer.json": json.dumps(trainer).encode()}
+        return save_rotating(self.dir, iteration, self.cfg.checkpoint_keep, lambda folder: save_state(
+            folder, st["policy"], self.cfg.policy, self.cfg.env, self.embodiment, meta, extra,
+            base=None if st["complete"] else base))
 
     def load_checkpoint(self) -> tuple[dict[str, np.ndarray], dict[str, Any], int]:
         """The newest complete checkpoint; a damaged one (truncated, changed, unreadable) is named and

@@ -4,6 +4,7 @@ recompute, update and the weight broadcast, which carries only what trains."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,19 @@ def test_short_ppo_run_of_a_transformers_policy_on_ray(ray_local, tmp_path, mode
     assert rows[0]["rollout/env_steps"] == 2 * 2 * 3 * 2  # workers x envs x chunks x executed actions
     pol, *_ = load_policy(run_dir / "checkpoint")
     assert pol.cfg.model == model and (run_dir / "checkpoint" / "model_config.json").is_file()
+    if lora:  # the checkpoint holds what trains; the frozen weights stay in the init checkpoint it names
+        from safetensors.numpy import load_file
+
+        from rlsys.checkpoint import BASE
+
+        stored = set(load_file(str(run_dir / "checkpoint" / "model.safetensors")))
+        link = json.loads((run_dir / "checkpoint" / BASE).read_text())
+        assert link["path"] == str(Path(cfg.init_checkpoint).resolve())
+        assert any(".lora_" in k for k in stored) and not any("base_layer" in k or ".vision" in k for k in stored)
+        init, *_ = load_policy(cfg.init_checkpoint, expect=cfg.policy)
+        frozen = {k: v for k, v in state_to_numpy(init).items() if "base_layer" in k}
+        got = state_to_numpy(pol)
+        assert frozen and all(np.array_equal(got[k], v) for k, v in frozen.items())
     assert (run_dir / "eval" / "iter_000002" / "eval.json").exists() and (run_dir / "report.png").exists()
 
 

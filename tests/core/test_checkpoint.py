@@ -213,3 +213,46 @@ def test_a_write_killed_at_any_point_leaves_only_complete_checkpoints(tmp_path):
         link = run / "checkpoint"
         assert link.is_symlink() and link.resolve() in {f.resolve() for f in found}
     assert interrupted >= 2, "the kills never landed inside a write: the test proves nothing"
+
+
+def test_a_trained_only_checkpoint_loads_its_frozen_weights_from_its_base(tmp_path):
+    """policy.freeze: the RL checkpoint holds the trained entries; base.json names the complete start
+    checkpoint (and its weights' sha256); loading joins them exactly; a base that moved or changed is
+    named in the error."""
+    import shutil
+
+    from rlsys.checkpoint import BASE, CheckpointError, load_policy, save_policy, save_state
+    from rlsys.envs.tabletop.env import EMBODIMENT
+    from rlsys.policy.flow_policy import FlowPolicy
+    from rlsys.weights import state_to_numpy
+
+    torch.manual_seed(0)
+    cfg = PolicyConfig(freeze=("vision",))
+    start = FlowPolicy(cfg)
+    start.set_normalization(np.full(7, 0.1), np.full(7, 0.5), np.zeros(8), np.ones(8))
+    save_policy(tmp_path / "sft", start, EnvConfig(), EMBODIMENT)
+    trained = {n for n, p in start.named_parameters() if id(p) not in start.frozen_ids()}
+    assert trained and len(trained) < len(start.state_dict())
+    with torch.no_grad():  # "RL": the trained weights move, the frozen ones cannot
+        for n, p in start.named_parameters():
+            if n in trained:
+                p.add_(0.01)
+    want = state_to_numpy(start)
+    save_state(tmp_path / "rl", state_to_numpy(start, trained), cfg, EnvConfig(), EMBODIMENT, base=tmp_path / "sft")
+    link = json.loads((tmp_path / "rl" / BASE).read_text())
+    assert link["path"] == str((tmp_path / "sft").resolve()) and link["entries"] == len(trained)
+    from safetensors.numpy import load_file
+
+    assert set(load_file(str(tmp_path / "rl" / "model.safetensors"))) == trained
+    loaded, *_ = load_policy(tmp_path / "rl", expect=cfg)
+    got = state_to_numpy(loaded)
+    assert set(got) == set(want) and all(np.array_equal(got[k], want[k]) for k in want)
+    with pytest.raises(CheckpointError, match="a base must be complete"):
+        save_state(tmp_path / "rl2", state_to_numpy(start, trained), cfg, EnvConfig(), EMBODIMENT, base=tmp_path / "rl")
+    shutil.move(tmp_path / "sft", tmp_path / "elsewhere")
+    with pytest.raises(CheckpointError, match=r"holds only the weights RL trained; the frozen rest is in its base "
+                                              r"checkpoint .*sft, which is missing"):
+        load_policy(tmp_path / "rl")
+    save_policy(tmp_path / "sft", FlowPolicy(cfg), EnvConfig(), EMBODIMENT)  # another model in its place
+    with pytest.raises(CheckpointError, match="not the base .* was trained from"):
+        load_policy(tmp_path / "rl")
