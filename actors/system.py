@@ -6,10 +6,13 @@
   placement ``CollocatedActor`` composes both roles on one copy of the weights.
 - Weights: the learner ``ray.put``s its state once per version; the same ObjectRef goes to
   every inference worker. Chunks carry the version; the learner enforces ``max_staleness``.
-- Faults: env and inference actors restart automatically (``max_restarts=-1``). A segment from an
-  env worker that died is discarded and the worker is rebuilt; inference calls are retried on a
-  live worker, and a restarted inference worker pulls the current weights from the learner. The
-  learner does not auto-restart (it would start over from the initial weights): resume instead.
+- Faults: every actor restarts automatically (``max_restarts=-1``). A segment from an env worker
+  that died is discarded and the worker is rebuilt; inference calls are retried on a live worker,
+  and a restarted inference worker pulls the current weights from the learner. A restarted learner
+  would start over from the initial weights, so a learner call that finds it gone raises
+  ``LearnerLost``; the training loop then has ``recover_learner`` load the last checkpoint (with its
+  optimiser state) into it and give it a version above every one handed out, and the next
+  broadcast replaces what the inference workers hold.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -31,12 +35,19 @@ from rlsys.actors.transport import TransportError, ZmqClient, ZmqServer
 from rlsys.config import ConfigError, TrainConfig
 from rlsys.learner.learner import Learner
 from rlsys.policy.flow_policy import FlowPolicy
-from rlsys.types import ActionChunk, Observation, Segment
+from rlsys.types import ActionChunk, LearnerLost, Observation, Segment
 from rlsys.weights import load_numpy_state, split_state, state_to_numpy
 
 RESTART = {"max_restarts": -1}
 RETRY = {"max_restarts": -1, "max_task_retries": -1}
+# a learner call that fails with one of these found the learner process gone (it is restarting)
+LEARNER_GONE = (RayActorError, ActorUnavailableError, ray.exceptions.OwnerDiedError, ray.exceptions.ObjectLostError)
 
+
+def _gone(e: BaseException) -> bool:
+    """A learner-side failure that means the process died (also when it reached us inside a task error:
+    an inference worker fetching weights the dead learner owned)."""
+    return isinstance(e, LEARNER_GONE) or isinstance(getattr(e, "cause", None), LEARNER_GONE)
 
 def ensure_ray(cfg: TrainConfig, num_cpus: int | None = None) -> bool:
     """Start a local Ray (loopback only) unless one is already connected; True if it started one."""
@@ -331,6 +342,7 @@ class _LearnerRole:
         if init_state is not None:
             load_numpy_state(policy, init_state)
         self.learner = Learner(self.cfg, policy, seed, demo_frames=demo_frames)
+        self._incarnation = uuid.uuid4().hex  # a new one after every (re)start of this actor
         self._trained = self.learner.trained_names()
         self._published: tuple[int, list[Any]] | None = None
         self._rest: Any = None  # ObjectRef of what no optimizer changes, put once
@@ -373,7 +385,10 @@ class _LearnerRole:
         tensors, scalars = self.learner.optimizer_state()
         frozen = any(id(p) not in self.learner.trained_ids() for p in self.learner.policy.parameters())
         partial = trained_only and frozen
+        imitation = self.learner.imitation_state()
         return {"policy": state_to_numpy(self.learner.policy, self._trained if partial else None),
+                "imitation": None if imitation is None else imitation[0],
+                "imitation_scalars": None if imitation is None else imitation[1],
                 "complete": not partial, "optimizer": tensors, "optimizer_scalars": scalars,
                 "version": self.learner.version, "iteration": self.learner.iteration,
                 "rng": self.learner.rng.bit_generator.state}
@@ -382,12 +397,28 @@ class _LearnerRole:
         await self.torch_thread.call(self._load_training_state, state)
         self._updated()
 
+    async def incarnation(self) -> str:
+        """Which start of this actor answers: the driver notices a restart even when no call failed
+        (a call queued during the restart runs on the fresh actor)."""
+        return self._incarnation
+
+    async def set_version(self, version: int) -> int:
+        """After a restart: number the restored weights above every version handed out before, so
+        samples from the lost weights can never pass as fresh."""
+        async with self._lock:
+            self.learner.version = version
+            self._published = None
+            self._updated()
+        return version
+
     def _load_training_state(self, state: dict[str, Any]) -> None:
         load_numpy_state(self.learner.policy, state["policy"])
         self._published = self._rest = None  # every part may have changed
         self.learner.load_optimizer_state(state["optimizer"], state["optimizer_scalars"])
         self.learner.version, self.learner.iteration = state["version"], state["iteration"]
         self.learner.rng.bit_generator.state = state["rng"]
+        if state.get("imitation") is not None:  # checkpoints written before the memory was kept: refills
+            self.learner.load_imitation_state(state["imitation"], state["imitation_scalars"])
 
 
 @ray.remote
@@ -464,13 +495,15 @@ class RaySystem:
         start_ray(cfg)
         self.cfg, self.episodic = cfg, episodic
         r = cfg.rollout
-        # The learner is not restarted automatically: a fresh one would silently start over from
-        # init_state. A learner crash ends the run; `rlsys train --resume` continues from the last
-        # (atomic) checkpoint.
+        # Ray restarts a dead learner with its constructor's arguments (the initial weights): its calls
+        # are not retried, so the driver hears of the death (LearnerLost) and restores it.
         collocated = cfg.placement.mode == "collocated"
         learner_cls = CollocatedActor if collocated else LearnerActor
-        self.learner = learner_cls.options(**actor_options(cfg, "learner")).remote(
+        self.learner = learner_cls.options(**actor_options(cfg, "learner"), **RESTART).remote(
             cfg, init_state, seed=cfg.seed, demo_frames=demo_frames)
+        self.learner_restarts = 0
+        self.max_version = 0  # the highest weight version handed out
+        self.incarnation: str | None = None  # the learner start whose state the driver knows (first call)
         if collocated:
             self.infer = [self.learner]
         else:
@@ -482,13 +515,68 @@ class RaySystem:
         self.discarded_segments = 0
         self.stats_unavailable = 0  # env workers that could not report their counters (restarting)
 
+    def _learner(self, ref: Any) -> Any:
+        """``ray.get`` of a learner call; LearnerLost where the learner process died."""
+        try:
+            return ray.get(ref)
+        except (RayActorError, RayTaskError, ActorUnavailableError, ray.exceptions.OwnerDiedError,
+                ray.exceptions.ObjectLostError) as e:
+            if _gone(e):
+                raise LearnerLost(f"the learner actor died ({type(e).__name__})") from e
+            raise
+
+    def check_learner(self) -> None:
+        """LearnerLost if the learner is not the one whose state the driver knows (it restarted)."""
+        now = self._learner(self.learner.incarnation.remote())
+        if self.incarnation is None:
+            self.incarnation = now
+        elif now != self.incarnation:
+            raise LearnerLost("the learner actor was restarted")
+
+    def published(self) -> tuple[int, dict[str, np.ndarray]]:
+        """(version, the learner's full current state): what the periodic evaluation runs."""
+        version, (trained, rest) = self._learner(self.learner.publish.remote())
+        weights = {**self._learner(rest), **self._learner(trained)}
+        self.check_learner()
+        return version, weights
+
+    def training_state(self, trained_only: bool = False) -> dict[str, Any]:
+        """What a checkpoint holds; never a restarted learner's initial state."""
+        state = self._learner(self.learner.training_state.remote(trained_only=trained_only))
+        self.check_learner()
+        return state
+
     def sync_weights(self) -> tuple[int, float]:
         """Broadcast the learner's current weights (one ray.put, same ref to all). -> (version, seconds)."""
         t0 = time.perf_counter()
-        version, (trained, rest) = ray.get(self.learner.publish.remote())
+        self.check_learner()
+        version, (trained, rest) = self._learner(self.learner.publish.remote())
         if self.infer[0] is not self.learner:
-            ray.get([w.set_weights.remote(trained, version, [rest]) for w in self.infer])
+            self._learner([w.set_weights.remote(trained, version, [rest]) for w in self.infer])
+        self.max_version = max(self.max_version, version)
         return version, time.perf_counter() - t0
+
+    def recover_learner(self, state: dict[str, Any] | None, timeout_s: float = 300.0) -> int:
+        """After LearnerLost: wait for Ray's restart of the learner, load ``state`` (the training state
+        of the last checkpoint, or None: the constructor's initial weights stand) and number the
+        weights above every version handed out (+ max_staleness, so no sample of the lost weights
+        passes the staleness check). -> that version; the next ``sync_weights`` re-broadcasts it."""
+        self.learner_restarts += 1
+        deadline = time.time() + timeout_s
+        while True:
+            try:
+                self.incarnation = ray.get(self.learner.incarnation.remote(), timeout=30)
+                break
+            except (RayActorError, ActorUnavailableError, ray.exceptions.GetTimeoutError):
+                if time.time() > deadline:
+                    raise
+                time.sleep(1.0)
+        if state is not None:
+            ray.get(self.learner.load_training_state.remote(state))
+        version = self.max_version + 1 + self.cfg.rollout.max_staleness
+        ray.get(self.learner.set_version.remote(version))
+        self.max_version = version
+        return version
 
     def collect(self) -> list[Segment]:
         futures = [w.rollout.remote(self.infer) for w in self.env_workers]
@@ -510,7 +598,9 @@ class RaySystem:
         return self.learner.update.remote(segments)
 
     def finish_update(self, pending: Any) -> dict[str, float]:
-        return ray.get(pending)
+        metrics = self._learner(pending)
+        self.check_learner()  # the update ran on the learner the driver knows, not a fresh restart
+        return metrics
 
     def stats(self) -> dict[str, Any]:
         env = []
@@ -523,7 +613,8 @@ class RaySystem:
                     print(f"rlsys: an env worker's stats are unavailable ({type(e).__name__}); counted as "
                           "rollout/stats_unavailable", flush=True)
                 self.stats_unavailable += 1
-        infer = ray.get([w.infer_stats.remote() for w in self.infer])
+        get = self._learner if self.infer[0] is self.learner else ray.get  # collocated: the learner answers
+        infer = get([w.infer_stats.remote() for w in self.infer])
         return {"env": env, "infer": infer}
 
     def shutdown(self) -> None:

@@ -273,6 +273,7 @@ class EnvPool:
         self._last_obs: list[dict[str, np.ndarray]] = [{} for _ in range(self.num_envs)]
         self._instructions = [""] * self.num_envs
         self._tasks = [""] * self.num_envs
+        self._chunk_len = 1  # sub-steps of the chunk being executed
         self.restarts = 0
         self.bad_episodes = 0
 
@@ -311,6 +312,23 @@ class EnvPool:
         ]
         return res.obs, res.rewards[:, 0], res.terminated, res.truncated, infos
 
+    def _receive(self, i: int) -> tuple[ChunkStep, Any]:
+        """Env i's chunk result; a simulator that died or hung is replaced (``restart``) and its chunk
+        comes back ``bad`` (its episode is dropped downstream), with the new episode's first
+        observation as the reset."""
+        try:
+            return self._envs[i].recv()
+        except EnvCrashed as e:
+            if self.restarts == 0:
+                print(f"rlsys: env {i}: {e}; restarted (its episode is dropped; counted as rollout/sim_restarts "
+                      "and rollout/bad_episodes)", flush=True)
+            h = self._chunk_len
+            first = self.restart(i)
+            self._episode[i] -= 1  # the caller's reset bookkeeping counts the new episode once
+            lost = ChunkStep(self._last_obs[i], np.zeros(h, np.float32), np.zeros(h, bool), False, True, False, {},
+                             bad=True)
+            return lost, (first, {"instruction": self._instructions[i], "task": self._tasks[i]})
+
     def _idle(self, i: int, h: int) -> ChunkStep:
         return ChunkStep(self._last_obs[i], np.zeros(h, np.float32), np.zeros(h, bool), False, False, False, {})
 
@@ -323,13 +341,14 @@ class EnvPool:
         if n != self.num_envs:
             raise ValueError(f"execute_chunk: got actions for {n} envs, pool has {self.num_envs}")
         episode_ids = self.episode_ids()
+        self._chunk_len = h
         active = [lengths is None or int(lengths[i]) > 0 for i in range(n)]
         for i, env in enumerate(self._envs):
             if active[i]:
                 length = int(lengths[i]) if lengths is not None else h
                 nxt = self.episode_seed(i, int(self._episode[i]) + 1) if autoreset else None
                 env.send("chunk", (actions[i], length, nxt))
-        out = [env.recv() if active[i] else (self._idle(i, h), None) for i, env in enumerate(self._envs)]
+        out = [self._receive(i) if active[i] else (self._idle(i, h), None) for i in range(n)]
         obs, final = [], []
         bad = np.zeros(n, bool)
         for i, (res, reset) in enumerate(out):

@@ -7,7 +7,9 @@ so chunks wait in ``pending`` (by global episode id) until their episode ends: o
 chunk of it enters a FIFO of at most ``capacity`` chunks; on failure, time-out or a dropped
 (invalid) chunk the episode is forgotten. With ``imitation.demos`` the SFT demos (every frame with
 its next H actions) form a fixed ``base`` that batches draw from alongside the FIFO, uniformly over
-both. The memory is not checkpointed: a resumed run refills it (the base is reloaded from the demos).
+both. The memory is part of a training checkpoint (``state`` / ``load_state``: the FIFO, the episodes
+still pending and the sampling RNGs; the base is reloaded from the demos), so a resumed run or a
+restarted learner imitates what the uninterrupted one would have.
 
 ``Imitation`` draws batches from it and fits them by flow matching, with the executed actions as
 targets: as a loss term inside another algorithm's step (``loss``) or as steps of its own
@@ -19,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,6 +89,42 @@ class SuccessMemory:
             self.size -= len(self.parts.pop(0).actions)
         self._cat = None
 
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """(arrays, JSON scalars): the FIFO and the pending episodes as flat arrays (``fifo.*``,
+        ``pending.*``, with their part lengths), for a checkpoint."""
+        arrays: dict[str, np.ndarray] = {}
+        pending = [(eid, it, part) for eid, (it, parts) in self.pending.items() for part in parts]
+        for name, parts in (("fifo", self.parts), ("pending", [p for _, _, p in pending])):
+            if not parts:
+                continue
+            for k, v in Observation.concat([p.obs for p in parts]).arrays().items():
+                arrays[f"{name}.obs.{k}"] = v
+            arrays[f"{name}.actions"] = np.concatenate([p.actions for p in parts])
+            arrays[f"{name}.valid"] = np.concatenate([p.valid for p in parts])
+            arrays[f"{name}.lengths"] = np.array([len(p.actions) for p in parts], np.int64)
+        if pending:
+            arrays["pending.episode"] = np.array([[eid, it] for eid, it, _ in pending], np.int64)
+        return arrays, {"episodes_added": self.episodes_added, "size": self.size}
+
+    def load_state(self, arrays: dict[str, np.ndarray], scalars: dict[str, Any]) -> None:
+        def parts(name: str) -> list[_Part]:
+            if f"{name}.lengths" not in arrays:
+                return []
+            obs = Observation(**{k[len(name) + 5:]: np.array(v) for k, v in arrays.items()
+                                 if k.startswith(f"{name}.obs.")})
+            ends = np.cumsum(arrays[f"{name}.lengths"])
+            return [_Part(obs.index(slice(a, b)), np.array(arrays[f"{name}.actions"][a:b]),
+                          np.array(arrays[f"{name}.valid"][a:b])) for a, b in zip(np.r_[0, ends[:-1]], ends)]
+
+        self.parts = parts("fifo")
+        self.size = sum(len(p.actions) for p in self.parts)
+        self.pending = {}
+        for (eid, it), part in zip(arrays.get("pending.episode", np.zeros((0, 2), np.int64)).tolist(),
+                                   parts("pending")):
+            self.pending.setdefault(int(eid), (int(it), []))[1].append(part)
+        self.episodes_added = int(scalars["episodes_added"])
+        self._cat = None
+
     def sample(self, batch: int, rng: np.random.Generator) -> tuple[Observation, np.ndarray, np.ndarray]:
         """-> (obs, actions [B, H, K], valid [B, H]) drawn uniformly with replacement from the base
         (if any) and the FIFO together."""
@@ -119,6 +158,17 @@ class Imitation:
         self.memory = SuccessMemory(cfg.imitation.capacity, base=base)
         self.rng = np.random.default_rng(seed + 2)
         self.generator = torch.Generator().manual_seed(seed)
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The memory and the batch-drawing RNG states, for a training checkpoint."""
+        arrays, scalars = self.memory.state()
+        gen = self.generator.get_state().numpy()
+        return {**arrays, "generator": gen}, {**scalars, "rng": self.rng.bit_generator.state}
+
+    def load_state(self, arrays: dict[str, np.ndarray], scalars: dict[str, Any]) -> None:
+        self.memory.load_state(arrays, scalars)
+        self.rng.bit_generator.state = scalars["rng"]
+        self.generator.set_state(torch.from_numpy(np.array(arrays["generator"])))
 
     def observe(self, segments: list[Segment], iteration: int) -> None:
         """Every finished episode counts, stale segments' too (imitation is off-policy)."""

@@ -217,6 +217,16 @@ class Learner:
     def load_optimizer_state(self, tensors: dict[str, np.ndarray], scalars: dict[str, Any]) -> None:
         load_optimizer_state(self.optimizer, tensors, scalars)
 
+    def imitation_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+        """The imitation memory and its RNGs (rft, ppo_rft), None for algorithms without one."""
+        imitation = self.algo.imitation
+        return None if imitation is None else imitation.state()
+
+    def load_imitation_state(self, arrays: dict[str, np.ndarray], scalars: dict[str, Any]) -> None:
+        imitation = self.algo.imitation
+        if imitation is not None:
+            imitation.load_state(arrays, scalars)
+
 
 def build_optimizer(cfg: TrainConfig, policy: FlowPolicy, backbone_trains: bool
                     ) -> tuple[torch.optim.Optimizer, list[dict]]:

@@ -48,6 +48,7 @@ class CheckpointError(ValueError):
 
 MANIFEST = "manifest.json"  # every other file's size and sha256, written last
 BASE = "base.json"  # a trained-only checkpoint: the complete checkpoint holding the frozen weights
+IMITATION = "imitation.safetensors"  # an RL checkpoint's imitation memory (rft, ppo_rft)
 
 
 def file_digest(path: Path) -> str:
@@ -342,6 +343,17 @@ def load_training_checkpoint(path: str | os.PathLike, expect: PolicyConfig | Non
     except Exception as e:
         raise CheckpointError(f"{path / 'optimizer.safetensors'}: unreadable ({e}): truncated or damaged") from None
     return policy, embodiment, trainer, optimizer
+
+
+def read_imitation(path: str | os.PathLike) -> dict[str, np.ndarray] | None:
+    """A training checkpoint's imitation memory, None where it has none."""
+    f = Path(path) / IMITATION
+    if not f.is_file():
+        return None
+    try:
+        return load_numpy_file(str(f))
+    except Exception as e:
+        raise CheckpointError(f"{f}: unreadable ({e}): truncated or damaged") from None
 
 
 def optimizer_state(optimizer: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

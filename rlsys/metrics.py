@@ -17,7 +17,8 @@ SUCCESS_RATE = "rollout/success_rate"
 REWARD_PER_STEP = "rollout/reward_per_step"  # mean reward per executed env step (shaped rewards move first)
 ACTOR_RESTARTS = "rollout/actor_restarts"
 DISCARDED_SEGMENTS = "rollout/discarded_segments"
-BAD_EPISODES = "rollout/bad_episodes"
+BAD_EPISODES = "rollout/bad_episodes"  # episodes dropped: NaN/inf, or their simulator died or hung
+SIM_RESTARTS = "rollout/sim_restarts"  # simulator subprocesses replaced after dying or hanging
 # inference
 INFER_BATCH_SIZE = "infer/batch_size"
 INFER_LATENCY_S = "infer/latency_s"
@@ -44,6 +45,8 @@ SAMPLES = "learner/samples"
 SAMPLES_PER_S = "learner/samples_per_s"
 STALENESS_MAX = "learner/staleness_max"
 STALE_REJECTED = "learner/stale_rejected"
+LEARNER_RESTARTS = "learner/restarts"  # learner actors restarted from the last checkpoint (a fault)
+UPDATES_LOST = "learner/updates_lost"  # the updates those restarts lost (iterations since that checkpoint)
 WEIGHT_VERSION = "learner/weight_version"
 # torch CPU threads the update ran on (placement.learner_threads; the actor's inference runs on 1)
 LEARNER_TORCH_THREADS = "learner/torch_threads"

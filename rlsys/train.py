@@ -25,11 +25,13 @@ from rlsys import metrics as M
 from rlsys.actors.system import RaySystem, start_ray
 from rlsys.checkpoint import (
     BASE,
+    IMITATION,
     CheckpointError,
     checkpoint_candidates,
     load_policy,
     load_training_checkpoint,
     read_config,
+    read_imitation,
     save_rotating,
     save_state,
 )
@@ -88,6 +90,7 @@ class Run:
             M.SUCCESS_RATE: wins / ended if ended else 0.0, M.REWARD_PER_STEP: reward / max(steps, 1),
             M.ACTOR_RESTARTS: float(system.worker_restarts), M.DISCARDED_SEGMENTS: float(system.discarded_segments),
             M.BAD_EPISODES: float(sum(e["bad_episodes"] for e in st["env"])),
+            M.SIM_RESTARTS: float(sum(e["restarts"] for e in st["env"])),
             M.TRANSPORT_FALLBACKS: float(sum(e["transport_fallbacks"] for e in st["env"])),
             M.STATS_UNAVAILABLE: float(system.stats_unavailable),
             M.INFER_BATCH_SIZE: float(np.mean([i["batch_size"] for i in infer])),
@@ -99,9 +102,9 @@ class Run:
 
     # ---------------------------------------------------------------- eval + checkpoints
     def evaluate(self, system: Any, iteration: int) -> float:
-        version, (trained, rest) = ray.get(system.learner.publish.remote())
+        version, weights = system.published()
         policy = FlowPolicy(self.cfg.policy)
-        load_numpy_state(policy, {**ray.get(rest), **ray.get(trained)})
+        load_numpy_state(policy, weights)
         out = self.dir / "eval" / f"iter_{iteration:06d}"
         res = evaluate(policy, self.cfg.env, self.embodiment, self.cfg.eval_episodes, seed=self.cfg.seed,
                        num_envs=self.cfg.eval_num_envs,
@@ -122,14 +125,24 @@ class Run:
         """An RL checkpoint from the learner's state, written without building the policy here: with
         frozen parts (policy.freeze, LoRA), only what trains, the rest named in base.json."""
         base = self.base_checkpoint()
-        st = ray.get(system.learner.training_state.remote(trained_only=base is not None))
+        st = system.training_state(trained_only=base is not None)
         trainer = {"iteration": iteration, "version": st["version"], "learner_iteration": st["iteration"],
-                   "optimizer": st["optimizer_scalars"], "rng": st["rng"]}
+                   "optimizer": st["optimizer_scalars"], "rng": st["rng"], "imitation": st["imitation_scalars"]}
         meta = {"stage": "rl", "iteration": iteration, "version": st["version"]}
         extra = {"optimizer.safetensors": save_numpy(st["optimizer"]), "trainer.json": json.dumps(trainer).encode()}
+        if st["imitation"] is not None:  # the imitation memory (rft, ppo_rft)
+            extra[IMITATION] = save_numpy(st["imitation"])
         return save_rotating(self.dir, iteration, self.cfg.checkpoint_keep, lambda folder: save_state(
             folder, st["policy"], self.cfg.policy, self.cfg.env, self.embodiment, meta, extra,
             base=None if st["complete"] else base))
+
+    def restore_learner_state(self) -> tuple[dict[str, Any] | None, int]:
+        """For a restarted learner: (the newest complete checkpoint's training state, its iteration), or
+        (None, 0) before the first checkpoint (the learner's constructor holds the initial weights)."""
+        if not checkpoint_candidates(self.dir):
+            return None, 0
+        _, state, iteration = self.load_checkpoint()
+        return state, iteration
 
     def load_checkpoint(self) -> tuple[dict[str, np.ndarray], dict[str, Any], int]:
         """The newest complete checkpoint; a damaged one (truncated, changed, unreadable) is named and
@@ -137,6 +150,7 @@ class Run:
         for folder in checkpoint_candidates(self.dir):
             try:
                 policy, self.embodiment, trainer, optimizer = load_training_checkpoint(folder, expect=self.cfg.policy)
+                imitation = read_imitation(folder)
                 break
             except CheckpointError as e:
                 print(f"train: checkpoint {folder} is damaged ({e}); trying the one before it", flush=True)
@@ -144,7 +158,8 @@ class Run:
             raise CheckpointError(f"{self.dir}: no complete checkpoint to resume from")
         weights = state_to_numpy(policy)
         state = {"policy": weights, "optimizer": optimizer, "optimizer_scalars": trainer["optimizer"],
-                 "version": trainer["version"], "iteration": trainer["learner_iteration"], "rng": trainer["rng"]}
+                 "version": trainer["version"], "iteration": trainer["learner_iteration"], "rng": trainer["rng"],
+                 "imitation": imitation, "imitation_scalars": trainer.get("imitation")}
         return weights, state, int(trainer["iteration"])
 
 

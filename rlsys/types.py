@@ -17,6 +17,11 @@ from typing import Any
 import numpy as np
 
 
+class LearnerLost(RuntimeError):
+    """The learner actor died: its weights, optimiser state and published objects are gone. Raised by
+    the Ray layer on a learner call, handled by the training loop (restore from the last checkpoint)."""
+
+
 class ContractError(ValueError):
     """An array handed across a stage boundary has the wrong shape or dtype."""
 

@@ -85,6 +85,23 @@ def test_ray_job_submit_runs_training_and_bad_config_fails(head, ckpt, tmp_path)
     assert "ppo.gamma: got 3.0; allowed: (0, 1]" in client.get_job_logs(bad)
 
 
+def test_a_run_the_cluster_cannot_place_fails_before_anything_starts(head, ckpt, tmp_path):
+    """The README's recipe on a machine with fewer CPUs than the plan: a head with 4 CPUs and 4 `sim`
+    slots, a disaggregated run of 4 env workers + an inference worker + the learner (6 CPUs). Ray
+    would leave actors pending forever; rlsys says which request does not fit and what the cluster
+    has, exit 2, before a run directory, the SFT or any actor."""
+    sets = [f"--set={s}" for s in (*SMALL, "placement.mode=disaggregated", "rollout.num_env_workers=4",
+                                   "placement.resource_wait_s=30", "run_dir=runs")]
+    t0 = time.time()
+    out = subprocess.run([sys.executable, "-m", "rlsys", "train", "--preset", "tabletop_ppo", *sets],
+                         env={**ENV, "RAY_ADDRESS": "127.0.0.1:26379"}, cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "placement: this Ray cluster cannot place the run: env worker" in out.stderr, out.stderr[-3000:]
+    assert "needs {CPU: 1, sim: 1}" in out.stderr and "CPU: 4" in out.stderr and "sim: 4" in out.stderr
+    assert time.time() - t0 < 120 and not (tmp_path / "runs").exists()
+
+
 def _fake_cluster_class():
     from ray.cluster_utils import AutoscalingCluster
 

@@ -102,6 +102,34 @@ def test_memory_is_a_bounded_fifo_and_forgets_lost_episodes(rollout):
         SuccessMemory(10).sample(1, np.random.default_rng(0))
 
 
+def test_memory_state_round_trips_through_a_checkpoint(rollout, tmp_path):
+    """The FIFO, the episodes still waiting for their end and the RNGs survive a checkpoint: a learner
+    restored from it draws the same batches and finishes the pending episode as the original does."""
+    from safetensors.numpy import load_file, save_file
+
+    cfg, (s1, s2), state = rollout
+    end_a, end_b = [[0, 0], [0, 1], [0, 0]], [[0, 0], [1, 0], [0, 0]]
+    a = relabel(s1, [[10, 20], [10, 20], [10, 21]], terminated=end_a, success=end_a)
+    b = relabel(s2, [[10, 21], [10, 21], [11, 21]], terminated=end_b, success=end_b)
+    one = make_learner(cfg, state, algo={"name": "rft"})
+    one.algo.observe([a], 0)
+    assert one.algo.imitation.memory.size == 2 and set(one.algo.imitation.memory.pending) == {10, 21}
+    arrays, scalars = one.imitation_state()
+    save_file(arrays, str(tmp_path / "imitation.safetensors"))  # what a checkpoint writes
+    two = make_learner(cfg, state, algo={"name": "rft"})
+    two.load_imitation_state(load_file(str(tmp_path / "imitation.safetensors")), scalars)
+    for learner in (one, two):
+        learner.algo.observe([b], 1)  # episode 10 ends in success: its chunks from both segments enter
+    m1, m2 = one.algo.imitation.memory, two.algo.imitation.memory
+    assert (m1.size, m1.episodes_added, set(m1.pending)) == (m2.size, m2.episodes_added, set(m2.pending)) == (
+        7, 2, {11, 21})
+    for _ in range(3):  # the same draws, image for image
+        x, y = one.algo.imitation.memory.sample(8, one.algo.imitation.rng), two.algo.imitation.memory.sample(
+            8, two.algo.imitation.rng)
+        assert all(np.array_equal(p, q) for p, q in zip((x[0].images, x[1], x[2]), (y[0].images, y[1], y[2])))
+    assert torch.equal(one.algo.imitation.generator.get_state(), two.algo.imitation.generator.get_state())
+
+
 def fm_loss(policy: FlowPolicy, obs, actions, valid) -> float:
     with torch.no_grad():
         return float(policy.sft_loss(obs, actions, valid, "beta", torch.Generator().manual_seed(1)))

@@ -1,0 +1,37 @@
+"""Simulator subprocesses that die (``kill -9``, a segfault) or hang past ``env.step_timeout_s`` are
+replaced inside ``EnvPool.execute_chunk``: that env's episode comes back dropped (``bad``), counted,
+and the pool keeps stepping every env."""
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from rlsys.config import EnvConfig
+from rlsys.envs.pool import EnvPool
+
+
+@pytest.mark.parametrize("fault", ["kill", "segfault", "hang"])
+def test_a_dead_or_hung_simulator_is_replaced_and_its_episode_dropped(fault, capsys):
+    cfg = EnvConfig(name="tabletop", tasks=("lift",), image_size=32, num_envs=2, subprocess=True,
+                    step_timeout_s=3.0)
+    with EnvPool(cfg, seed=0) as pool:
+        pool.reset()
+        zeros = np.zeros((2, 4, pool.embodiment.action_dim), np.float32)
+        ids = pool.execute_chunk(zeros).episode_ids
+        pid = pool._envs[1].proc.pid
+        if fault == "kill":
+            os.kill(pid, signal.SIGKILL)
+        elif fault == "segfault":  # the process dies by itself, as a crashing simulator does
+            os.kill(pid, signal.SIGSEGV)
+        else:
+            os.kill(pid, signal.SIGSTOP)  # alive, never answers (the pool's SIGKILL ends it after 3 s)
+        res = pool.execute_chunk(zeros)
+        assert res.bad.tolist() == [False, True] and res.truncated[1] and not res.success[1]
+        assert res.episode_ids[0] == ids[0]  # env 0 carries on with its episode
+        assert pool.restarts == 1 and pool.bad_episodes == 1 and pool._envs[1].proc.pid != pid
+        assert "restarted (its episode is dropped; counted as rollout/sim_restarts" in capsys.readouterr().out
+        nxt = pool.execute_chunk(zeros)  # the replacement steps a new episode
+        assert not nxt.bad.any() and nxt.episode_ids[1] != ids[1] and nxt.exec_mask[1].all()
+        assert all(np.isfinite(v).all() for v in nxt.obs.values() if v.dtype.kind == "f")
