@@ -49,6 +49,7 @@ def test_sft_loss_decreases_on_demos(demo_dir):
 
 def test_normalization_floors_near_constant_channels():
     from rlsys.envs.demos import DemoSet
+    from rlsys.envs.tabletop.env import EMBODIMENT
     from rlsys.sft import STD_FLOOR, normalization_stats
 
     states = np.zeros((10, 8), np.float32)
@@ -57,7 +58,7 @@ def test_normalization_floors_near_constant_channels():
     ds = DemoSet(images=np.zeros((10, 1, 16, 16, 3), np.uint8), states=states,
                  actions=np.zeros((10, 7), np.float32), episode_index=np.zeros(10, np.int64),
                  frame_index=np.arange(10), instructions=["x"] * 10, episode_starts=np.zeros(1, np.int64),
-                 episode_lengths=np.array([10]), info={})
+                 episode_lengths=np.array([10]), info={}, embodiment=EMBODIMENT)
     st = normalization_stats(ds)
     assert st["proprio_std"][5] == pytest.approx(STD_FLOOR) and st["proprio_std"][3] == 1.0
     assert st["action_std"].min() == 1.0  # constant channels get std 1
