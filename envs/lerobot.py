@@ -59,11 +59,17 @@ def _write_json(path: Path, obj: Any) -> None:
     _replace_write(path, lambda p: p.write_text(json.dumps(obj, indent=2)))
 
 
+QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)  # LeRobot's q01 ... q99 (pi0.5 normalises with q01 / q99)
+
+
 def feature_stats(x: np.ndarray) -> dict[str, Any]:
-    """min/max/mean/std/count over the first axis of a [T, D] array."""
+    """min/max/mean/std/count and the quantiles q01 ... q99 over the first axis of a [T, D] array."""
     x = np.asarray(x, np.float64)
-    return {"min": x.min(0).tolist(), "max": x.max(0).tolist(), "mean": x.mean(0).tolist(),
-            "std": x.std(0).tolist(), "count": [int(x.shape[0])]}
+    out = {"min": x.min(0).tolist(), "max": x.max(0).tolist(), "mean": x.mean(0).tolist(),
+           "std": x.std(0).tolist(), "count": [int(x.shape[0])]}
+    for q in QUANTILES:
+        out[f"q{round(q * 100):02d}"] = np.quantile(x, q, axis=0).tolist()
+    return out
 
 
 def image_stats(frames: np.ndarray) -> dict[str, Any]:
@@ -91,6 +97,9 @@ def merge_stats(per_episode: list[dict[str, Any]]) -> dict[str, Any]:
         out[name] = {"min": np.min([p["min"] for p in parts], 0).tolist(),
                      "max": np.max([p["max"] for p in parts], 0).tolist(),
                      "mean": m.tolist(), "std": np.sqrt(v).tolist(), "count": [int(n.sum())]}
+        for q in (k for k in parts[0] if k.startswith("q") and all(k in p for p in parts)):
+            # count-weighted mean of the episodes' quantiles (as LeRobot aggregates them): approximate
+            out[name][q] = (w * np.array([p[q] for p in parts], np.float64)).sum(0).tolist()
     return out
 
 
@@ -174,7 +183,7 @@ class LeRobotWriter:
             "chunks_size": CHUNK_SIZE,
             "data_files_size_in_mb": 100,
             "video_files_size_in_mb": 200,
-            "fps": self.fps,
+            "fps": int(self.fps) if float(self.fps).is_integer() else self.fps,
             "splits": {"train": f"0:{n}"},
             "data_path": DATA_PATH,
             "video_path": None,

@@ -72,6 +72,8 @@ def test_demo_format_is_lerobot_v30_layout(demo_dir):
     np.testing.assert_allclose(stats["action"]["mean"], ds.actions.mean(0), atol=1e-5)
     np.testing.assert_allclose(stats["action"]["std"], ds.actions.std(0), atol=1e-5)  # pooled over episodes
     assert stats["observation.state"]["count"] == [info["total_frames"]]
+    assert np.all(np.asarray(stats["action"]["q01"]) <= np.asarray(stats["action"]["q99"]))  # pi0.5's bounds
+    assert np.asarray(stats["action"]["q50"]).shape == (7,) and isinstance(info["fps"], int)
     assert np.asarray(stats["observation.images.wrist"]["mean"]).shape == (3, 1, 1)
     assert ds.images.shape[1:] == (2, 64, 64, 3) and ds.images.dtype == np.uint8
     assert len(ds.actions) == info["total_frames"]
