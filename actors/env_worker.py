@@ -157,6 +157,7 @@ class EnvWorkerCore:
     def stats(self) -> dict[str, Any]:
         return {"env_steps": self.env_steps, "episodes": self.episodes_done, "successes": self.successes,
                 "restarts": sum(p.restarts for p in self.pools),
+                "recycled": sum(p.recycled for p in self.pools),
                 "bad_episodes": sum(p.bad_episodes for p in self.pools)}
 
     def close(self) -> None:

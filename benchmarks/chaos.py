@@ -9,7 +9,7 @@ iterations, at a seeded moment inside the next iteration:
 - ``simulator``: ``kill -9`` of a simulator subprocess;
 - ``simulator_segfault``: a simulator subprocess dies of SIGSEGV, as a crashing simulator does;
 - ``simulator_hang``: a simulator subprocess is stopped (SIGSTOP) and never answers
-  (``env.step_timeout_s`` is 5 s here);
+  (``env.step_timeout_s`` is 10 s here);
 - ``inference``: ``kill -9`` of the inference worker (``ray::InferenceActor``);
 - ``learner``: ``kill -9`` of the learner (``ray::LearnerActor``);
 - ``driver``: SIGKILL of the driver's whole process group (Ray included), then
@@ -45,7 +45,7 @@ OUT = Path(__file__).parent / "results"
 KINDS = ("env_worker", "simulator", "simulator_segfault", "simulator_hang", "inference", "learner", "driver")
 SETTINGS = [
     "env.tasks=[lift]", "env.cameras=[agentview]", "env.image_size=32", "env.num_envs=2",
-    "env.subprocess=true", "env.step_timeout_s=5", "policy.num_cameras=1", "policy.image_size=32",
+    "env.subprocess=true", "env.step_timeout_s=10", "policy.num_cameras=1", "policy.image_size=32",
     "policy.width=32", "policy.heads=2", "policy.backbone_layers=1", "policy.expert_layers=1",
     "placement.mode=disaggregated", "rollout.chunks_per_segment=12", "rollout.num_env_workers=2",
     "rollout.env_groups=1", "algo.epochs=1", "algo.minibatches=2", "eval_every=1000", "eval_episodes=1",

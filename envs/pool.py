@@ -274,6 +274,8 @@ class EnvPool:
         self._instructions = [""] * self.num_envs
         self._tasks = [""] * self.num_envs
         self._chunk_len = 1  # sub-steps of the chunk being executed
+        self._since_spawn = np.zeros(self.num_envs, np.int64)  # episodes each simulator process ran
+        self.recycled = 0  # simulator processes replaced by env.recycle_every
         self.restarts = 0
         self.bad_episodes = 0
 
@@ -329,6 +331,18 @@ class EnvPool:
                              bad=True)
             return lost, (first, {"instruction": self._instructions[i], "task": self._tasks[i]})
 
+    def _maybe_recycle(self, i: int, reset: Any) -> Any:
+        """``env.recycle_every``: past that many episodes, env i's process is replaced and the new one
+        reset to the seed the old one just started (the same first observation for a seeded env)."""
+        self._since_spawn[i] += 1
+        if not self.cfg.recycle_every or self._since_spawn[i] < self.cfg.recycle_every:
+            return reset
+        self._envs[i].kill()
+        self._envs[i] = self._spawn(i)
+        self._since_spawn[i] = 0
+        self.recycled += 1
+        return self._envs[i].call("reset", (self.episode_seed(i, int(self._episode[i])), None))
+
     def _idle(self, i: int, h: int) -> ChunkStep:
         return ChunkStep(self._last_obs[i], np.zeros(h, np.float32), np.zeros(h, bool), False, False, False, {})
 
@@ -366,6 +380,7 @@ class EnvPool:
                 self._episode[i] += 1
             if reset is not None:
                 self._episode[i] += 1
+                reset = self._maybe_recycle(i, reset)
                 obs.append(reset[0])
                 self._instructions[i], self._tasks[i] = reset[1]["instruction"], reset[1]["task"]
             else:

@@ -64,6 +64,9 @@ class EnvConfig:
     max_episode_steps: int = 0  # 0: the env's own limit
     subprocess: bool = False  # one simulator per subprocess
     step_timeout_s: float = 60.0  # subprocess envs: a step slower than this is a hang -> restart
+    # subprocess envs: replace a simulator process after this many episodes (0: never), at an episode
+    # boundary, reset to the same seed: bounds what a simulator that leaks memory can grow to
+    recycle_every: int = 0
     render: RenderConfig = field(default_factory=RenderConfig)
     python: str = ""  # subprocess envs: interpreter of the simulator's own venv (RoboTwin); "" = this one
     # Fixed-init-state suites (LIBERO, SimplerEnv): the init-state ids training resets (demos, RL
@@ -83,6 +86,9 @@ class EnvConfig:
         check(self.max_episode_steps >= 0, "max_episode_steps", ">= 0 (0 = env default)", self.max_episode_steps)
         check(len(self.cameras) >= 1, "cameras", "at least one camera name", self.cameras)
         check(self.step_timeout_s > 0, "step_timeout_s", "> 0", self.step_timeout_s)
+        check(self.recycle_every >= 0, "recycle_every", ">= 0 (episodes; 0: never)", self.recycle_every)
+        check(not self.recycle_every or self.subprocess, "recycle_every",
+              "0 unless env.subprocess=true (only a simulator in its own process can be replaced)", self.recycle_every)
         check(not self.python or self.subprocess, "subprocess", "true when env.python is set (the simulator "
               "runs in that interpreter, one process per env)", self.subprocess)
         check(all(j >= 0 for j in self.init_states), "init_states", "init-state ids >= 0", self.init_states)

@@ -19,6 +19,7 @@ ACTOR_RESTARTS = "rollout/actor_restarts"
 DISCARDED_SEGMENTS = "rollout/discarded_segments"
 BAD_EPISODES = "rollout/bad_episodes"  # episodes dropped: NaN/inf, or their simulator died or hung
 SIM_RESTARTS = "rollout/sim_restarts"  # simulator subprocesses replaced after dying or hanging
+SIM_RECYCLED = "rollout/sim_recycled"  # simulator subprocesses replaced by env.recycle_every
 # inference
 INFER_BATCH_SIZE = "infer/batch_size"
 INFER_LATENCY_S = "infer/latency_s"

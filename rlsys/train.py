@@ -91,6 +91,7 @@ class Run:
             M.ACTOR_RESTARTS: float(system.worker_restarts), M.DISCARDED_SEGMENTS: float(system.discarded_segments),
             M.BAD_EPISODES: float(sum(e["bad_episodes"] for e in st["env"])),
             M.SIM_RESTARTS: float(sum(e["restarts"] for e in st["env"])),
+            M.SIM_RECYCLED: float(sum(e["recycled"] for e in st["env"])),
             M.TRANSPORT_FALLBACKS: float(sum(e["transport_fallbacks"] for e in st["env"])),
             M.STATS_UNAVAILABLE: float(system.stats_unavailable),
             M.INFER_BATCH_SIZE: float(np.mean([i["batch_size"] for i in infer])),

@@ -35,3 +35,29 @@ def test_a_dead_or_hung_simulator_is_replaced_and_its_episode_dropped(fault, cap
         nxt = pool.execute_chunk(zeros)  # the replacement steps a new episode
         assert not nxt.bad.any() and nxt.episode_ids[1] != ids[1] and nxt.exec_mask[1].all()
         assert all(np.isfinite(v).all() for v in nxt.obs.values() if v.dtype.kind == "f")
+
+
+def test_recycle_every_replaces_simulators_at_episode_boundaries_without_changing_episodes():
+    """env.recycle_every=2: after every 2nd episode each simulator process is replaced, and the new one
+    starts the next episode from the same seed: the observations equal a pool that never recycles."""
+    base = dict(name="tabletop", tasks=("lift",), image_size=32, num_envs=2, subprocess=True, max_episode_steps=4)
+    with EnvPool(EnvConfig(**base, recycle_every=2), seed=3) as recycled, EnvPool(EnvConfig(**base), seed=3) as plain:
+        np.testing.assert_array_equal(recycled.reset()[0]["images"], plain.reset()[0]["images"])
+        pids = [e.proc.pid for e in recycled._envs]
+        rng = np.random.default_rng(0)
+        for _ in range(6):  # every chunk of 4 ends an episode (max_episode_steps=4)
+            act = rng.uniform(-1, 1, (2, 4, recycled.embodiment.action_dim)).astype(np.float32)
+            a, b = recycled.execute_chunk(act), plain.execute_chunk(act)
+            assert a.terminated.tolist() == b.terminated.tolist() and a.truncated.tolist() == b.truncated.tolist()
+            np.testing.assert_array_equal(a.obs["images"], b.obs["images"])  # the next episodes' first frames
+            np.testing.assert_allclose(a.obs["proprio"], b.obs["proprio"], atol=1e-6)
+            np.testing.assert_array_equal(a.episode_ids, b.episode_ids)
+        assert recycled.recycled == 6 and recycled.restarts == 0  # 6 episodes x 2 envs / 2
+        assert not {e.proc.pid for e in recycled._envs} & set(pids)
+
+
+def test_recycle_every_needs_subprocess_envs():
+    from rlsys.config import ConfigError
+
+    with pytest.raises(ConfigError, match="recycle_every: got 5; allowed: 0 unless env.subprocess=true"):
+        EnvConfig(name="tabletop", recycle_every=5)
