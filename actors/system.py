@@ -335,8 +335,16 @@ class _LearnerRole:
     torch_thread: _TorchThread
     _lock: asyncio.Lock
 
-    def _init_learner(self, init_state: dict[str, np.ndarray] | None, seed: int, demo_frames: Any,
-                      device: str) -> FlowPolicy:
+    def _init_learner(self, init_state: Any, seed: int, demo_frames: Any, device: str) -> FlowPolicy:
+        """``init_state``: the weights, or ``[ObjectRef]`` of them. The driver lets that object go once
+        the learner is up, so a restart (Ray re-runs this constructor) finds it gone and starts from
+        fresh weights, which the driver then replaces (``RaySystem.recover_learner``)."""
+        if isinstance(init_state, list):
+            try:
+                init_state = ray.get(init_state[0], timeout=60)
+            except (ray.exceptions.ObjectLostError, ray.exceptions.ReferenceCountingAssertionError,
+                    ray.exceptions.OwnerDiedError, ray.exceptions.GetTimeoutError):
+                init_state = None
         torch.manual_seed(seed)
         policy = FlowPolicy(self.cfg.policy).to(device)
         if init_state is not None:
@@ -401,6 +409,12 @@ class _LearnerRole:
         """Which start of this actor answers: the driver notices a restart even when no call failed
         (a call queued during the restart runs on the fresh actor)."""
         return self._incarnation
+
+    async def load_weights(self, weights: dict[str, np.ndarray]) -> None:
+        """A restarted learner before the first checkpoint: the run's initial weights (fresh optimiser)."""
+        async with self._lock:
+            await self.torch_thread.call(load_numpy_state, self.learner.policy, weights)
+            self._published = self._rest = None
 
     async def set_version(self, version: int) -> int:
         """After a restart: number the restored weights above every version handed out before, so
@@ -499,8 +513,12 @@ class RaySystem:
         # are not retried, so the driver hears of the death (LearnerLost) and restores it.
         collocated = cfg.placement.mode == "collocated"
         learner_cls = CollocatedActor if collocated else LearnerActor
+        # the initial weights travel as a nested reference the driver holds only until the learner is up
+        # (a VLA's would otherwise stay in the object store all run); the demo frames stay for restarts
+        self._init_ref: Any = ray.put(init_state)
+        self._demo_ref = ray.put(demo_frames)
         self.learner = learner_cls.options(**actor_options(cfg, "learner"), **RESTART).remote(
-            cfg, init_state, seed=cfg.seed, demo_frames=demo_frames)
+            cfg, [self._init_ref], seed=cfg.seed, demo_frames=self._demo_ref)
         self.learner_restarts = 0
         self.max_version = 0  # the highest weight version handed out
         self.incarnation: str | None = None  # the learner start whose state the driver knows (first call)
@@ -530,6 +548,7 @@ class RaySystem:
         now = self._learner(self.learner.incarnation.remote())
         if self.incarnation is None:
             self.incarnation = now
+            self._init_ref = None  # the learner has its weights: the object store may let them go
         elif now != self.incarnation:
             raise LearnerLost("the learner actor was restarted")
 
@@ -556,11 +575,11 @@ class RaySystem:
         self.max_version = max(self.max_version, version)
         return version, time.perf_counter() - t0
 
-    def recover_learner(self, state: dict[str, Any] | None, timeout_s: float = 300.0) -> int:
+    def recover_learner(self, state: dict[str, Any], timeout_s: float = 300.0) -> int:
         """After LearnerLost: wait for Ray's restart of the learner, load ``state`` (the training state
-        of the last checkpoint, or None: the constructor's initial weights stand) and number the
-        weights above every version handed out (+ max_staleness, so no sample of the lost weights
-        passes the staleness check). -> that version; the next ``sync_weights`` re-broadcasts it."""
+        of the last checkpoint, or ``{"policy": the run's initial weights}`` before the first one) and
+        number the weights above every version handed out (+ max_staleness, so no sample of the lost
+        weights passes the staleness check). -> that version; the next ``sync_weights`` re-broadcasts it."""
         self.learner_restarts += 1
         deadline = time.time() + timeout_s
         while True:
@@ -571,8 +590,10 @@ class RaySystem:
                 if time.time() > deadline:
                     raise
                 time.sleep(1.0)
-        if state is not None:
+        if "optimizer" in state:
             ray.get(self.learner.load_training_state.remote(state))
+        else:
+            ray.get(self.learner.load_weights.remote(state["policy"]))
         version = self.max_version + 1 + self.cfg.rollout.max_staleness
         ray.get(self.learner.set_version.remote(version))
         self.max_version = version

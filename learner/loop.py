@@ -41,7 +41,7 @@ def train_loop(run: Any, system: Any, start_iteration: int) -> dict[str, Any]:
                 lost["in_a_row"] += 1
                 if lost["in_a_row"] > MAX_LEARNER_RECOVERIES:
                     raise
-                state, at = run.restore_learner_state()  # the newest checkpoint (None, 0: none yet)
+                state, at = run.restore_learner_state()  # the newest checkpoint, else the initial weights
                 version = system.recover_learner(state)
                 lost["updates"] += it - at
                 gone = f"the updates of iterations {at + 1}-{it} are lost" if it > at else "no update is lost"

@@ -137,11 +137,11 @@ class Run:
             folder, st["policy"], self.cfg.policy, self.cfg.env, self.embodiment, meta, extra,
             base=None if st["complete"] else base))
 
-    def restore_learner_state(self) -> tuple[dict[str, Any] | None, int]:
+    def restore_learner_state(self) -> tuple[dict[str, Any], int]:
         """For a restarted learner: (the newest complete checkpoint's training state, its iteration), or
-        (None, 0) before the first checkpoint (the learner's constructor holds the initial weights)."""
+        ({"policy": the run's initial weights}, 0) before the first checkpoint."""
         if not checkpoint_candidates(self.dir):
-            return None, 0
+            return {"policy": initial_policy_state(self)}, 0
         _, state, iteration = self.load_checkpoint()
         return state, iteration
 
