@@ -48,7 +48,7 @@ def cmd_demos(args: argparse.Namespace) -> None:
     cfg = _load(args)
     report = expert_demos(cfg.env, args.out, args.episodes, workers=args.workers)
     print(json.dumps(report, indent=2))
-    print(f"demos: wrote {sum(r['kept'] for r in report.values())} episodes to {args.out} (LeRobotDataset layout)")
+    print(f"demos: wrote {sum(r['kept'] for r in report.values())} episodes to {args.out} (LeRobotDataset v3.0)")
 
 
 def cmd_sft(args: argparse.Namespace) -> None:
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train": (cmd_train, "RL post-training (PPO / GRPO) on Ray: SFT start -> rollouts -> updates"),
         "sft": (cmd_sft, "supervised flow-matching training from demos; writes a checkpoint"),
         "eval": (cmd_eval, "evaluate a checkpoint (deterministic ODE sampling unless --sampler rollout)"),
-        "demos": (cmd_demos, "write scripted-expert demonstrations (LeRobotDataset layout)"),
+        "demos": (cmd_demos, "write scripted-expert demonstrations (LeRobotDataset v3.0)"),
         "report": (cmd_report, "plot a run directory: report.png + self-contained report.html"),
         "serve": (cmd_serve, "serve a checkpoint with Ray Serve: HTTP JSON /act, websocket /ws"),
         "import": (cmd_import, "a local pretrained pi0 / pi0.5 folder -> an rlsys checkpoint (reports missing "
