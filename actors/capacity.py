@@ -15,6 +15,7 @@ plan's requests with what the cluster's nodes have and what its autoscaler may a
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from typing import Any
@@ -45,7 +46,18 @@ def plan_bundles(cfg: TrainConfig) -> list[tuple[str, Bundle]]:
 
 
 def _fmt(res: Bundle) -> str:
-    return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(res.items())) + "}"
+    noise = ("memory", "object_store_memory")  # every node has them; the plan never asks for them
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(res.items())
+                           if k not in noise and not k.startswith(("node:", "accelerator_type:"))) + "}"
+
+
+def _roles(bundles: list[tuple[str, Bundle]]) -> str:
+    """``learner {CPU: 1}, 4 x env worker {CPU: 1, sim: 1}``: the plan's requests, grouped."""
+    groups: dict[tuple[str, str], int] = {}
+    for role, b in bundles:
+        key = (role.rstrip("0123456789").strip(), _fmt(b))
+        groups[key] = groups.get(key, 0) + 1
+    return ", ".join(f"{n} x {r} {b}" if n > 1 else f"{r} {b}" for (r, b), n in groups.items())
 
 
 def pack(bundles: list[tuple[str, Bundle]], nodes: list[Bundle]) -> str | None:
@@ -70,7 +82,12 @@ def verdict(bundles: list[tuple[str, Bundle]], nodes: list[Bundle],
     if role is None:
         return "go", ""
     need = dict(bundles)[role]
+    total: Bundle = {}
+    for _, b in bundles:
+        for k, v in b.items():
+            total[k] = total.get(k, 0.0) + v
     have = "; ".join(_fmt(n) for n in nodes) or "no nodes"
+    role = f"the run needs {_fmt(total)} in all ({_roles(bundles)}): {role}"
     if node_types:  # could the nodes there plus the most the autoscaler may launch hold it?
         grown = list(nodes) + [dict(res) for res, count in node_types
                                for _ in range(len(bundles) if count < 0 else min(count, len(bundles)))]
@@ -94,18 +111,30 @@ def cluster_nodes() -> list[Bundle]:
 
 
 def autoscaler_node_types() -> list[tuple[Bundle, int]] | None:
-    """The node types an autoscaler may launch, from the cluster config it publishes ([] if that config
-    allows no more nodes); None where the cluster publishes none (it may still have an autoscaler)."""
+    """The node types an autoscaler may launch: from the cluster config an autoscaler publishes ([] if
+    it allows no more nodes), or [] for a fixed cluster (``ray start`` without an autoscaling config:
+    Ray's monitor then runs a read-only provider whose node types are the nodes themselves,
+    ``node_<id>``). None where the cluster says neither."""
     try:
         from ray._private.state import state
 
         config = state.get_cluster_config()
     except Exception:  # a Ray without this call: unknown
+        config = None
+    if config is not None:
+        return [({k: float(v) for k, v in g.resources.items()}, int(g.max_count))
+                for g in config.node_group_configs if g.max_count != 0]
+    try:
+        from ray._private import ray_constants
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        status = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+        mapping = json.loads(status or b"{}").get("autoscaler_report", {}).get("node_type_mapping") or {}
+    except Exception:  # no status yet, or another format: unknown
         return None
-    if config is None:
-        return None
-    return [({k: float(v) for k, v in g.resources.items()}, int(g.max_count)) for g in config.node_group_configs
-            if g.max_count != 0]
+    if mapping and all(kind == f"node_{node}" for node, kind in mapping.items()):
+        return []
+    return None
 
 
 def hint(cfg: TrainConfig) -> str:

@@ -31,8 +31,10 @@ def test_pack_places_each_bundle_on_one_node():
 @pytest.mark.parametrize("nodes,types,decision,words", [
     ([{"CPU": 8.0, "sim": 8.0}], None, "go", ""),
     # the README recipe on a 2-core machine: `ray start --head --resources='{"sim": 8}'`
-    ([{"CPU": 2.0, "sim": 8.0}], [], "fail", "env worker 2 needs {CPU: 1, sim: 1}; the cluster's nodes have "
-                                             "{CPU: 2, sim: 8}, and no autoscaler can add more"),
+    ([{"CPU": 2.0, "sim": 8.0, "memory": 1e9}], [], "fail",
+     "the run needs {CPU: 5, sim: 3} in all (learner {CPU: 1}, inference worker {CPU: 1}, 3 x env worker {CPU: 1, "
+     "sim: 1}): env worker 2 needs {CPU: 1, sim: 1}; the cluster's nodes have {CPU: 2, sim: 8}, and no autoscaler "
+     "can add more"),
     ([{"CPU": 2.0, "sim": 8.0}], None, "wait", "does not say whether an autoscaler may add more"),
     ([{"CPU": 1.0}], [({"CPU": 2.0, "sim": 2.0}, 2), ({"CPU": 2.0, "GPU": 1.0}, 1)], "wait",
      "the autoscaler may add 2 x {CPU: 2, sim: 2}, 1 x {CPU: 2, GPU: 1}"),

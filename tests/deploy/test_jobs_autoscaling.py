@@ -97,8 +97,9 @@ def test_a_run_the_cluster_cannot_place_fails_before_anything_starts(head, ckpt,
                          env={**ENV, "RAY_ADDRESS": "127.0.0.1:26379"}, cwd=tmp_path, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-3000:]
-    assert "placement: this Ray cluster cannot place the run: env worker" in out.stderr, out.stderr[-3000:]
-    assert "needs {CPU: 1, sim: 1}" in out.stderr and "CPU: 4" in out.stderr and "sim: 4" in out.stderr
+    assert ("placement: this Ray cluster cannot place the run: the run needs {CPU: 6, sim: 4} in all (learner "
+            "{CPU: 1}, inference worker {CPU: 1}, 4 x env worker {CPU: 1, sim: 1})") in out.stderr, out.stderr[-3000:]
+    assert "the cluster's nodes have {CPU: 4, sim: 4}, and no autoscaler can add more" in out.stderr
     assert time.time() - t0 < 120 and not (tmp_path / "runs").exists()
 
 
