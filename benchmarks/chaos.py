@@ -24,7 +24,7 @@ break either (must be 0). The run must finish all its iterations.
 
 Writes ``benchmarks/results/chaos.json`` and ``chaos.png`` (iteration timeline with the faults):
 
-    python benchmarks/chaos.py [--iterations 24] [--every 2] [--seed 0] [--minutes 40]
+    python benchmarks/chaos.py [--iterations 30] [--every 2] [--seed 0] [--minutes 40]
 """
 
 from __future__ import annotations
@@ -77,9 +77,9 @@ def targets(driver_pid: int, kind: str) -> list:
     by = {"env_worker": "ray::EnvWorker", "inference": "ray::InferenceActor", "learner": "ray::LearnerActor"}
     if kind in by:
         return [p for p in procs if title(p).startswith(by[kind])]
-    if kind.startswith("simulator"):  # the multiprocessing children of the env workers
+    if kind.startswith("simulator"):  # the env workers' spawned simulator processes (not their resource trackers)
         workers = [p for p in procs if title(p).startswith("ray::EnvWorker")]
-        return [c for w in workers for c in descendants(w.pid) if "multiprocessing" in title(c)]
+        return [c for w in workers for c in descendants(w.pid) if "spawn_main" in title(c)]
     return []
 
 
@@ -119,14 +119,15 @@ def inject(kind: str, driver: subprocess.Popen, rng: np.random.Generator) -> str
     if not procs:
         return ""
     p = procs[int(rng.integers(len(procs)))]
+    name = "a simulator process" if kind.startswith("simulator") else title(p).split(" ")[0]
     sig = {"simulator_segfault": signal.SIGSEGV, "simulator_hang": signal.SIGSTOP}.get(kind, signal.SIGKILL)
     os.kill(p.pid, sig)
-    return f"{signal.Signals(sig).name} to {title(p).split(' ')[0] or 'a simulator'} (pid {p.pid})"
+    return f"{signal.Signals(sig).name} to {name} (pid {p.pid})"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--iterations", type=int, default=24)
+    ap.add_argument("--iterations", type=int, default=30)
     ap.add_argument("--every", type=int, default=2, help="logged iterations between faults")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--minutes", type=float, default=40.0, help="give up after this long")
@@ -150,28 +151,30 @@ def main() -> None:
         while time.time() < deadline:
             run_dir, rows = read_rows(work / "runs")
             done = rows[-1]["iteration"] if rows else 0
+            for ev in events:  # recovery: the first iteration logged after the fault
+                if ev.get("recovered_iteration") is None and done > ev["at_iteration"]:
+                    ev.update(recovered_iteration=done, recover_s=time.time() - ev["t"])
             if done >= a.iterations:
                 break
             killed = events and events[-1]["kind"] == "driver" and not events[-1].get("resumed")
             if driver.poll() is not None and not killed:
                 raise RuntimeError(f"the driver exited ({driver.returncode}) at iteration {done}; see {log}")
-            for ev in events:  # recovery: the first iteration logged after the fault
-                if ev.get("recovered_iteration") is None and done > ev["at_iteration"]:
-                    ev.update(recovered_iteration=done, recover_s=time.time() - ev["t"])
             if killed and driver.poll() is not None:
                 time.sleep(2)
                 driver = start_driver(["--resume", str(run_dir)], log)  # the user's next command
                 events[-1]["resumed"] = True
             due = pending and done >= a.every * (len(schedule) - len(pending) + 1)
             if due and not any(ev.get("recovered_iteration") is None for ev in events):
-                time.sleep(float(rng.uniform(0.5, 3.0)))  # somewhere inside the next iteration
+                time.sleep(float(rng.uniform(0.2, 1.5)))  # somewhere inside the next iteration
+                _, rows = read_rows(work / "runs")
+                at = rows[-1]["iteration"] if rows else 0  # the iterations logged when it lands
                 kind = pending[0]
                 what = inject(kind, driver, rng)
                 if what:
                     pending.pop(0)
-                    events.append({"kind": kind, "what": what, "at_iteration": done, "t": time.time(),
+                    events.append({"kind": kind, "what": what, "at_iteration": at, "t": time.time(),
                                    "recovered_iteration": None})
-                    print(f"chaos: iteration {done}: {kind}: {what}", flush=True)
+                    print(f"chaos: after iteration {at}: {kind}: {what}", flush=True)
             time.sleep(0.2)
     finally:
         if driver.poll() is None:

@@ -44,7 +44,7 @@ def measure(driver_pid: int) -> dict[str, list[tuple[float, int]]]:
         role = next((r for r, prefix in ROLES if t.startswith(prefix)), None)
         if p.pid == driver_pid:
             role = "driver"
-        elif role is None and "multiprocessing" in t:
+        elif role is None and "spawn_main" in t:
             try:
                 role = "simulator" if p.parent() and p.parent().pid in workers else None
             except psutil.Error:

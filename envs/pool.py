@@ -314,11 +314,13 @@ class EnvPool:
         ]
         return res.obs, res.rewards[:, 0], res.terminated, res.truncated, infos
 
-    def _receive(self, i: int) -> tuple[ChunkStep, Any]:
-        """Env i's chunk result; a simulator that died or hung is replaced (``restart``) and its chunk
-        comes back ``bad`` (its episode is dropped downstream), with the new episode's first
-        observation as the reset."""
+    def _receive(self, i: int, lost: EnvCrashed | None = None) -> tuple[ChunkStep, Any]:
+        """Env i's chunk result; a simulator that died or hung (``lost``: found dead when the chunk was
+        sent) is replaced (``restart``) and its chunk comes back ``bad`` (its episode is dropped
+        downstream), with the new episode's first observation as the reset."""
         try:
+            if lost is not None:
+                raise lost
             return self._envs[i].recv()
         except EnvCrashed as e:
             if self.restarts == 0:
@@ -357,12 +359,16 @@ class EnvPool:
         episode_ids = self.episode_ids()
         self._chunk_len = h
         active = [lengths is None or int(lengths[i]) > 0 for i in range(n)]
+        lost: dict[int, EnvCrashed] = {}
         for i, env in enumerate(self._envs):
             if active[i]:
                 length = int(lengths[i]) if lengths is not None else h
                 nxt = self.episode_seed(i, int(self._episode[i]) + 1) if autoreset else None
-                env.send("chunk", (actions[i], length, nxt))
-        out = [self._receive(i) if active[i] else (self._idle(i, h), None) for i in range(n)]
+                try:
+                    env.send("chunk", (actions[i], length, nxt))
+                except EnvCrashed as e:  # died since the last chunk
+                    lost[i] = e
+        out = [self._receive(i, lost.get(i)) if active[i] else (self._idle(i, h), None) for i in range(n)]
         obs, final = [], []
         bad = np.zeros(n, bool)
         for i, (res, reset) in enumerate(out):

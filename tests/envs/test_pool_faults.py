@@ -12,8 +12,9 @@ from rlsys.config import EnvConfig
 from rlsys.envs.pool import EnvPool
 
 
-@pytest.mark.parametrize("fault", ["kill", "segfault", "hang"])
+@pytest.mark.parametrize("fault", ["kill", "segfault", "hang", "dead_before_send"])
 def test_a_dead_or_hung_simulator_is_replaced_and_its_episode_dropped(fault, capsys):
+    """(dead_before_send: the process is gone before the next chunk is sent, so the send fails)"""
     cfg = EnvConfig(name="tabletop", tasks=("lift",), image_size=32, num_envs=2, subprocess=True,
                     step_timeout_s=3.0)
     with EnvPool(cfg, seed=0) as pool:
@@ -23,6 +24,9 @@ def test_a_dead_or_hung_simulator_is_replaced_and_its_episode_dropped(fault, cap
         pid = pool._envs[1].proc.pid
         if fault == "kill":
             os.kill(pid, signal.SIGKILL)
+        elif fault == "dead_before_send":
+            os.kill(pid, signal.SIGKILL)
+            pool._envs[1].proc.join(timeout=10)  # reaped: its pipe is closed before the send
         elif fault == "segfault":  # the process dies by itself, as a crashing simulator does
             os.kill(pid, signal.SIGSEGV)
         else:
