@@ -16,7 +16,9 @@ Routes (JSON):
 
 Requests from many clients are batched (``@serve.batch``). Bodies over ``max_body_bytes`` get 413 (read to the
 end and dropped first, up to 4x the limit, so a client still sending sees the answer, not a broken pipe);
-malformed requests get 400/422 with a message naming the field. Sampling is deterministic (ODE).
+malformed requests get 400/422 with a message naming the field. Sampling is deterministic: the ODE from
+the same starting noise for every request, so an observation always gets the same actions, whatever
+it is batched with.
 """
 
 
@@ -96,7 +98,7 @@ class PolicyServer:
         self.policy, env_cfg, emb, meta = load_policy(checkpoint)
         self.policy.eval()
         self.builder = ObservationBuilder(self.policy.cfg, emb)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
         self.max_body = max_body_bytes
         self.version = int(meta.get("version", 0))
         self.spec = {"cameras": list(env_cfg.cameras), "image_size": env_cfg.image_size,
@@ -109,8 +111,14 @@ class PolicyServer:
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def infer(self, items: list[tuple[np.ndarray, np.ndarray, str]]) -> list[list[list[float]]]:
         obs = self.builder(np.stack([i[0] for i in items]), np.stack([i[1] for i in items]), [i[2] for i in items])
-        chunk = self.policy.sample(obs, ODE(), self.generator, self.version)
-        a = chunk.actions[:, :, : self.spec["action_dim"]]
+        sampler = ODE()
+        with torch.no_grad():
+            inputs = self.policy.denoise_inputs(obs, sampler)
+            # every row starts from the server's one seeded noise: answers do not depend on the batch
+            x0 = self.policy.draw_noise(1, sampler, torch.Generator().manual_seed(self.seed))[1]
+            inputs["x0"] = x0.expand(len(items), -1, -1).to(inputs["x0"].device, inputs["x0"].dtype).contiguous()
+            actions = self.policy.denoise(inputs, sampler)["actions"].float().cpu().numpy()
+        a = actions[:, :, : self.spec["action_dim"]]
         return [a[i].tolist() for i in range(len(items))]
 
     async def _act(self, body: Any) -> dict[str, Any]:

@@ -58,7 +58,24 @@ def test_spec_and_act_over_http(server):
     with urllib.request.urlopen(urllib.request.Request(server + "/act", data=body), timeout=30) as r:
         out = json.loads(r.read())
     assert np.asarray(out["actions"]).shape == (5, 7) and out["version"] == 3
-    assert b.shape == a.shape
+    np.testing.assert_array_equal(a, b)  # the same observation, the same actions
+
+
+def test_the_same_observation_always_gets_the_same_actions(server):
+    """Whatever else is in its batch: 16 concurrent requests of two observations, interleaved."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rlsys.deploy.client import PolicyClient
+
+    client = PolicyClient(server)
+    images, proprio = _obs()
+    other = (255 - images, -proprio)
+    alone = client.act(images, proprio, "pick up the red cube")
+    with ThreadPoolExecutor(8) as pool:
+        outs = list(pool.map(lambda i: client.act(*((images, proprio) if i % 2 else other), "pick up the red cube"),
+                             range(16)))
+    assert all(np.array_equal(o, alone) for o in outs[1::2])
+    assert all(np.array_equal(o, outs[0]) for o in outs[0::2])
 
 
 @pytest.mark.parametrize("body,status,match", [
