@@ -246,10 +246,18 @@ def soak(url: str, seconds: float, http: int, ws: int, openpi: int, fuzzers: int
                 fail(f"{key}: answered {status}")
 
     rss0 = replica_rss_mb()
+    rss_trace: list[tuple[float, float]] = []
+
+    def sample_rss() -> None:  # the replicas' memory every 5 s: warm-up, then flat (or a leak)
+        while time.time() < deadline:
+            rss_trace.append((round(time.time() - t0, 1), round(replica_rss_mb(), 1)))
+            time.sleep(5.0)
+
     threads = ([threading.Thread(target=good_http) for _ in range(http)]
                + [threading.Thread(target=good_ws) for _ in range(ws)]
                + [threading.Thread(target=good_openpi) for _ in range(openpi)]
-               + [threading.Thread(target=fuzzer, args=(k,)) for k in range(fuzzers)])
+               + [threading.Thread(target=fuzzer, args=(k,)) for k in range(fuzzers)]
+               + [threading.Thread(target=sample_rss)])
     t0 = time.time()
     for t in threads:
         t.start()
@@ -262,7 +270,10 @@ def soak(url: str, seconds: float, http: int, ws: int, openpi: int, fuzzers: int
     return {"seconds": wall, "clients": {"http": http, "ws": ws, "openpi": openpi, "fuzzers": fuzzers},
             "good": pct, "answers_changed": changed, "fuzz_statuses": statuses,
             "fuzz_requests": sum(statuses.values()), "failures": len(failures), "failure_examples": failures[:10],
-            "replica_rss_mb": {"before": rss0, "after": replica_rss_mb()}, "server_alive_at_end": alive,
+            "replica_rss_mb": {"before": rss0, "after": replica_rss_mb(),
+                               "after_warmup": next((m for t, m in rss_trace if t >= min(20.0, seconds / 3)), None),
+                               "trace": rss_trace},
+            "server_alive_at_end": alive,
             "latencies_ms": {r: (np.array(v) * 1000).round(2).tolist() for r, v in lat.items()}}
 
 
@@ -284,8 +295,8 @@ def plot_soak(result: dict, path: Path) -> None:
     b.barh(names, [result["fuzz_statuses"][n] for n in names], color="tab:red")
     b.set_xlabel("fuzz requests")
     rss = result["replica_rss_mb"]
-    b.set_title(f"fuzz answers by status; failures {result['failures']}; replica RSS "
-                f"{rss['before']:.0f} -> {rss['after']:.0f} MB", fontsize=9)
+    b.set_title(f"fuzz answers by status; failures {result['failures']}; replica RSS {rss['before']:.0f} MB idle, "
+                f"{rss['after_warmup'] or 0:.0f} after warm-up, {rss['after']:.0f} at the end", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
