@@ -90,8 +90,10 @@ def main() -> None:
         time.sleep(0.5)
     code = driver.wait()
     _, rows = read_rows(work / "runs")
-    start = next((s for s in samples if s["iteration"] >= a.warmup), samples[0] if samples else None)
-    end = samples[-1] if samples else None
+    # the last iteration evaluates in the driver and shuts the actors down: compare up to the one before
+    steady = [s for s in samples if s["iteration"] < a.iterations] or samples
+    start = next((s for s in steady if s["iteration"] >= a.warmup), steady[0] if steady else None)
+    end = steady[-1] if steady else None
     growth = {}
     if start and end:
         for role in start["roles"]:
@@ -107,7 +109,8 @@ def main() -> None:
     last_row = rows[-1] if rows else {}
     result = {"iterations": a.iterations, "iterations_logged": len(rows), "exit_code": code,
               "wall_s": time.time() - t0, "recycle_every": a.recycle_every, "budget_mb": a.budget_mb,
-              "warmup_iteration": start["iteration"] if start else None, "growth": growth,
+              "warmup_iteration": start["iteration"] if start else None,
+              "end_iteration": end["iteration"] if end else None, "growth": growth,
               "simulators_recycled": last_row.get("rollout/sim_recycled"), "samples": samples}
     OUT.mkdir(exist_ok=True)
     (OUT / f"{a.name}.json").write_text(json.dumps(result, indent=1))
