@@ -537,8 +537,7 @@ class RaySystem:
         """``ray.get`` of a learner call; LearnerLost where the learner process died."""
         try:
             return ray.get(ref)
-        except (RayActorError, RayTaskError, ActorUnavailableError, ray.exceptions.OwnerDiedError,
-                ray.exceptions.ObjectLostError) as e:
+        except (RayTaskError, *LEARNER_GONE) as e:
             if _gone(e):
                 raise LearnerLost(f"the learner actor died ({type(e).__name__})") from e
             raise

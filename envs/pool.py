@@ -314,24 +314,25 @@ class EnvPool:
         ]
         return res.obs, res.rewards[:, 0], res.terminated, res.truncated, infos
 
-    def _receive(self, i: int, lost: EnvCrashed | None = None) -> tuple[ChunkStep, Any]:
-        """Env i's chunk result; a simulator that died or hung (``lost``: found dead when the chunk was
-        sent) is replaced (``restart``) and its chunk comes back ``bad`` (its episode is dropped
-        downstream), with the new episode's first observation as the reset."""
+    def _receive(self, i: int) -> tuple[ChunkStep, Any]:
+        """Env i's chunk result; a simulator that died or hung is replaced (``_replace_crashed``)."""
         try:
-            if lost is not None:
-                raise lost
             return self._envs[i].recv()
         except EnvCrashed as e:
-            if self.restarts == 0:
-                print(f"rlsys: env {i}: {e}; restarted (its episode is dropped; counted as rollout/sim_restarts "
-                      "and rollout/bad_episodes)", flush=True)
-            h = self._chunk_len
-            first = self.restart(i)
-            self._episode[i] -= 1  # the caller's reset bookkeeping counts the new episode once
-            lost = ChunkStep(self._last_obs[i], np.zeros(h, np.float32), np.zeros(h, bool), False, True, False, {},
-                             bad=True)
-            return lost, (first, {"instruction": self._instructions[i], "task": self._tasks[i]})
+            return self._replace_crashed(i, e)
+
+    def _replace_crashed(self, i: int, e: EnvCrashed) -> tuple[ChunkStep, Any]:
+        """Env i's simulator died or hung: it is replaced (``restart``) and its chunk comes back ``bad``
+        (its episode is dropped downstream), with the new episode's first observation as the reset."""
+        if self.restarts == 0:
+            print(f"rlsys: env {i}: {e}; restarted (its episode is dropped; counted as rollout/sim_restarts "
+                  "and rollout/bad_episodes)", flush=True)
+        h = self._chunk_len
+        first = self.restart(i)
+        self._episode[i] -= 1  # the caller's reset bookkeeping counts the new episode once
+        lost = ChunkStep(self._last_obs[i], np.zeros(h, np.float32), np.zeros(h, bool), False, True, False, {},
+                         bad=True)
+        return lost, (first, {"instruction": self._instructions[i], "task": self._tasks[i]})
 
     def _maybe_recycle(self, i: int, reset: Any) -> Any:
         """``env.recycle_every``: past that many episodes, env i's process is replaced and the new one
@@ -368,7 +369,8 @@ class EnvPool:
                     env.send("chunk", (actions[i], length, nxt))
                 except EnvCrashed as e:  # died since the last chunk
                     lost[i] = e
-        out = [self._receive(i, lost.get(i)) if active[i] else (self._idle(i, h), None) for i in range(n)]
+        out = [(self._replace_crashed(i, lost[i]) if i in lost else self._receive(i)) if active[i]
+               else (self._idle(i, h), None) for i in range(n)]
         obs, final = [], []
         bad = np.zeros(n, bool)
         for i, (res, reset) in enumerate(out):

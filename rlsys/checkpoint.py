@@ -319,11 +319,16 @@ def checkpoint_candidates(run_dir: Path) -> list[Path]:
 def save_training_checkpoint(path: str | os.PathLike, policy: Any, env_cfg: EnvConfig, embodiment: Embodiment,
                              trainer: dict[str, Any], optimizer: dict[str, np.ndarray],
                              meta: dict[str, Any] | None = None, files: dict[str, bytes] | None = None) -> Path:
-    """A policy checkpoint plus what continuing needs: ``trainer`` (JSON: step or iteration, versions,
-    RNG states, optimiser scalars) and ``optimizer`` (its tensors); ``files``: more files (name -> bytes)."""
-    extra = {"optimizer.safetensors": save_numpy(optimizer), "trainer.json": json.dumps(trainer).encode(),
-             **(files or {})}
-    return save_policy(path, policy, env_cfg, embodiment, meta=meta, extra=extra)
+    """A policy checkpoint plus what continuing needs (``training_files``)."""
+    return save_policy(path, policy, env_cfg, embodiment, meta=meta, extra=training_files(trainer, optimizer, files))
+
+
+def training_files(trainer: dict[str, Any], optimizer: dict[str, np.ndarray],
+                   files: dict[str, bytes] | None = None) -> dict[str, bytes]:
+    """What a training checkpoint adds to a policy checkpoint: ``trainer`` (JSON: step or iteration,
+    versions, RNG states, optimiser scalars), ``optimizer`` (its tensors) and ``files`` (name -> bytes)."""
+    return {"optimizer.safetensors": save_numpy(optimizer), "trainer.json": json.dumps(trainer).encode(),
+            **(files or {})}
 
 
 def load_training_checkpoint(path: str | os.PathLike, expect: PolicyConfig | None = None, device: str = "cpu"

@@ -34,6 +34,7 @@ from rlsys.checkpoint import (
     read_imitation,
     save_rotating,
     save_state,
+    training_files,
 )
 from rlsys.config import TrainConfig, to_dict
 from rlsys.configtools import from_dict
@@ -130,9 +131,8 @@ class Run:
         trainer = {"iteration": iteration, "version": st["version"], "learner_iteration": st["iteration"],
                    "optimizer": st["optimizer_scalars"], "rng": st["rng"], "imitation": st["imitation_scalars"]}
         meta = {"stage": "rl", "iteration": iteration, "version": st["version"]}
-        extra = {"optimizer.safetensors": save_numpy(st["optimizer"]), "trainer.json": json.dumps(trainer).encode()}
-        if st["imitation"] is not None:  # the imitation memory (rft, ppo_rft)
-            extra[IMITATION] = save_numpy(st["imitation"])
+        memory = {} if st["imitation"] is None else {IMITATION: save_numpy(st["imitation"])}  # rft, ppo_rft
+        extra = training_files(trainer, st["optimizer"], memory)
         return save_rotating(self.dir, iteration, self.cfg.checkpoint_keep, lambda folder: save_state(
             folder, st["policy"], self.cfg.policy, self.cfg.env, self.embodiment, meta, extra,
             base=None if st["complete"] else base))
