@@ -66,7 +66,12 @@ class WandbTracker:
         self.run.log(scalars, step=step)
 
     def close(self) -> None:
+        import wandb
+
         self.run.finish()
+        # finish() can return before W&B's service has flushed the run's record file to disk (seen
+        # on a loaded machine: only the file header); teardown waits for the service to close it.
+        wandb.teardown()
 
 
 class MLflowTracker:
