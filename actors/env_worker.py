@@ -23,6 +23,21 @@ from rlsys.types import ActionChunk, Observation, Segment
 Submit = Callable[[Observation], Any]
 Wait = Callable[[Any], ActionChunk]
 
+_MASK63 = np.uint64(2**63 - 1)
+
+
+def noise_keys(seed: int, episode_ids: np.ndarray, chunk_index: np.ndarray) -> np.ndarray:
+    """[N] int64 seeds for the sampler noise of N observations: a splitmix64-style hash of (run seed,
+    episode id, chunk index in the episode). Distinct episodes and chunks get unrelated keys."""
+    with np.errstate(over="ignore"):
+        x = np.uint64(seed % 2**64) * np.uint64(0x9E3779B97F4A7C15)
+        for part in (episode_ids, chunk_index):
+            x = (x ^ np.asarray(part).astype(np.uint64)) * np.uint64(0xBF58476D1CE4E5B9)
+            x ^= x >> np.uint64(31)
+            x = x * np.uint64(0x94D049BB133111EB)
+            x ^= x >> np.uint64(29)
+    return (x & _MASK63).astype(np.int64)
+
 
 class EnvWorkerCore:
     def __init__(self, cfg: TrainConfig, worker_index: int, episodic: bool = False) -> None:
@@ -43,6 +58,7 @@ class EnvWorkerCore:
         self.embodiment = self.pools[0].embodiment
         self.builder = ObservationBuilder(cfg.policy, self.embodiment)
         self._obs: list[dict[str, np.ndarray] | None] = [None] * groups
+        self._chunk_index = [np.zeros(per, np.int64) for _ in range(groups)]  # chunks into each env's episode
         self.env_steps = 0
         self.episodes_done = 0
         self.successes = 0
@@ -50,15 +66,26 @@ class EnvWorkerCore:
     def _observation(self, g: int) -> Observation:
         obs = self._obs[g]
         assert obs is not None
-        return self.builder(obs["images"], obs["proprio"], self.pools[g].instructions)
+        pool = self.pools[g]
+        keys = noise_keys(self.cfg.seed, pool.episode_ids(), self._chunk_index[g])
+        return dataclasses.replace(self.builder(obs["images"], obs["proprio"], pool.instructions), noise_key=keys)
 
-    def rollout(self, submit: Submit, wait: Wait, values: Callable[[Observation], np.ndarray]) -> Segment:
-        """Collect one segment: T chunk-steps (PPO), or one full episode per env (episodic/GRPO)."""
+    def _advance(self, g: int, before: np.ndarray) -> None:
+        """After a chunk: each env's chunk index goes on, or starts again where a new episode began."""
+        self._chunk_index[g] = np.where(self.pools[g].episode_ids() == before, self._chunk_index[g] + 1, 0)
+
+    def rollout(self, submit: Submit, wait: Wait, values: Callable[[Observation], np.ndarray],
+                iteration: int | None = None) -> Segment:
+        """Collect one segment: T chunk-steps (PPO), or one full episode per env (episodic/GRPO).
+
+        Episodic: every env starts its episode number ``iteration`` (its seed), so a seeded run's
+        iteration k sees the same start states and the same sampler noise however it got there."""
         h = self.cfg.policy.exec_horizon  # actions run per chunk; the rest are masked out of the log-probs
         groups = len(self.pools)
         if self.episodic or any(o is None for o in self._obs):
             for g, pool in enumerate(self.pools):
-                self._obs[g] = pool.reset()[0]
+                self._obs[g] = pool.reset(episode=iteration if self.episodic else None)[0]
+                self._chunk_index[g][:] = 0
         max_chunks = -(-self.pools[0].max_episode_steps // h) + 1
         t_len = max_chunks if self.episodic else self.cfg.rollout.chunks_per_segment
         done = [np.zeros(p.num_envs, bool) for p in self.pools]
@@ -73,6 +100,7 @@ class EnvWorkerCore:
                                          lengths=np.where(active, h, 0), autoreset=not self.episodic)
                 rec[g].append((obs, chunk, res, active))
                 self._obs[g] = res.obs
+                self._advance(g, res.episode_ids)
                 if self.episodic:
                     done[g] |= res.terminated | res.truncated
                 last = t == t_len - 1 or (self.episodic and all(d.all() for d in done))

@@ -152,9 +152,10 @@ class EnvWorker:
                   "re-send through Ray actor calls (counted as rollout/transport_fallbacks)", flush=True)
         self.transport_fallbacks += 1
 
-    def rollout(self, policy_actors: list[Any]) -> Segment:
+    def rollout(self, policy_actors: list[Any], iteration: int | None = None) -> Segment:
         """Requests go out asynchronously (so env groups overlap with inference); a request whose
-        inference worker died is re-sent to the next live one (through Ray)."""
+        inference worker died is re-sent to the next live one (through Ray). ``iteration``: the
+        episode number episodic rollouts start (``EnvWorkerCore.rollout``)."""
         order = [policy_actors[(self.index + i) % len(policy_actors)] for i in range(len(policy_actors))]
         # zmq channel to the first worker; after one failure the rest of the segment goes through Ray
         live = {"zmq": self._zmq_client(order[0]) if self.core.cfg.rollout.transport == "zmq" else None}
@@ -184,7 +185,7 @@ class EnvWorker:
                 live["zmq"] = None
                 return call("infer", obs)
 
-        return self.core.rollout(submit, wait, lambda obs: call("values", obs))
+        return self.core.rollout(submit, wait, lambda obs: call("values", obs), iteration)
 
     def _zmq_client(self, actor: Any) -> ZmqClient | None:
         try:
@@ -598,8 +599,9 @@ class RaySystem:
         self.max_version = version
         return version
 
-    def collect(self) -> list[Segment]:
-        futures = [w.rollout.remote(self.infer) for w in self.env_workers]
+    def collect(self, iteration: int | None = None) -> list[Segment]:
+        """One segment per env worker, in worker order (``iteration``: for episodic rollouts)."""
+        futures = [w.rollout.remote(self.infer, iteration) for w in self.env_workers]
         segments: list[Segment] = []
         for fut in futures:
             try:

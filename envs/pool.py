@@ -292,8 +292,14 @@ class EnvPool:
 
     # ------------------------------------------------------------------ vector API
     def reset(
-        self, seeds: list[int] | None = None, options: list[dict[str, Any] | None] | None = None
+        self, seeds: list[int] | None = None, options: list[dict[str, Any] | None] | None = None,
+        episode: int | None = None,
     ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+        """``episode``: every env starts its episode number ``episode`` (its seed, its id), whatever ran
+        before: episodic rollouts pass the iteration, so iteration k starts from the same states in a
+        resumed run as in an uninterrupted one."""
+        if episode is not None:
+            self._episode[:] = episode
         for i, env in enumerate(self._envs):
             seed = seeds[i] if seeds is not None else self.episode_seed(i, int(self._episode[i]))
             env.send("reset", (seed, options[i] if options is not None else None))

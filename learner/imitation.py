@@ -71,7 +71,7 @@ class SuccessMemory:
             if not valid[rows].all():  # a dropped episode (NaN/inf): never imitated
                 self.pending.pop(int(eid), None)
                 continue
-            part = _Part(seg.obs.index(rows), np.array(seg.chunk.actions[rows]), exec_mask[rows].copy())
+            part = _Part(seg.obs.index(rows).without_keys(), np.array(seg.chunk.actions[rows]), exec_mask[rows].copy())
             _, parts = self.pending.pop(int(eid), (iteration, []))
             parts.append(part)
             if not ended[rows].any():

@@ -71,7 +71,7 @@ def _iteration(run: Any, system: Any, it: int, start: float, ahead: tuple[list[A
     version, broadcast_s = system.sync_weights()  # 1 learner -> ray.put once -> every worker
     t1 = time.perf_counter()
     if ahead is None:
-        segments = system.collect()  # 2 env workers <-> inference workers, chunk by chunk
+        segments = system.collect(it)  # 2 env workers <-> inference workers, chunk by chunk
         collect_s = time.perf_counter() - t1
     else:  # collected during the last update, under the weights one version behind
         segments, collect_s = ahead
@@ -82,7 +82,7 @@ def _iteration(run: Any, system: Any, it: int, start: float, ahead: tuple[list[A
     overlap_s = None
     if cfg.rollout.overlap and it + 1 < cfg.iterations and not _out_of_time(cfg, start):
         tc = time.perf_counter()
-        ahead = (system.collect(), time.perf_counter() - tc)  # meanwhile, under weights `version`
+        ahead = (system.collect(it + 1), time.perf_counter() - tc)  # meanwhile, under weights `version`
     learner = system.finish_update(update)
     t3 = time.perf_counter()
     if ahead is not None:

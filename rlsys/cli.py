@@ -82,10 +82,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    cfg = _load(args)
     from rlsys.train import train
 
-    train(cfg, resume=args.resume)
+    if args.resume:  # the run's saved config; --set may change only how long and how often (RESUME_SETTABLE)
+        train(None, resume=args.resume, resume_overrides=args.overrides)
+        return
+    train(_load(args))
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -164,7 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, p in ps.items():
         p.set_defaults(func=commands[name][0])
     _config_args(ps["train"], "tabletop_quickstart")
-    ps["train"].add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    ps["train"].add_argument("--resume", metavar="RUN_DIR",
+                             help="continue a run from its last checkpoint with its saved config (--set may "
+                                  "change iterations, max_minutes, eval_every, eval_episodes, checkpoint_every, "
+                                  "checkpoint_keep: e.g. --set iterations=200 to train a finished run longer)")
     _config_args(ps["sft"], "tabletop_sft")
     ps["sft"].add_argument("--demos", help="demo folder (default: sft.demos, else generate expert demos)")
     ps["sft"].add_argument("--out", help="checkpoint folder to write (checkpoints on the way: OUT.partial)")

@@ -36,8 +36,8 @@ from rlsys.checkpoint import (
     save_state,
     training_files,
 )
-from rlsys.config import TrainConfig, to_dict
-from rlsys.configtools import from_dict
+from rlsys.config import ConfigError, TrainConfig, to_dict
+from rlsys.configtools import from_dict, merge, parse_override
 from rlsys.envs.api import Embodiment
 from rlsys.evaluation import evaluate, write_result
 from rlsys.learner.loop import train_loop
@@ -47,6 +47,34 @@ from rlsys.registry import ALGORITHMS
 from rlsys.report import make_report
 from rlsys.sft import SFTData, check_demos, load_sft_demos, run_sft, sft_plan
 from rlsys.weights import load_numpy_state, state_to_numpy
+
+
+# what `rlsys train --resume RUN_DIR --set KEY=VALUE` may change: how long the run goes on and how often
+# it evaluates and checkpoints, never what it trains or how (that would not be the same run)
+RESUME_SETTABLE = ("iterations", "max_minutes", "eval_every", "eval_episodes", "checkpoint_every", "checkpoint_keep")
+
+
+def resume_config(run_dir: Path, overrides: tuple[str, ...] | list[str] = ()) -> TrainConfig:
+    """The saved config of ``run_dir`` with ``overrides`` applied (and written back, atomically).
+    Fails before anything starts on a folder that is not a run or an override of another key."""
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"{run_dir}: not a run directory (no config.yaml)")
+    data = yaml.safe_load(path.read_text())
+    for text in overrides:
+        over = parse_override(text)
+        key = text.split("=", 1)[0].strip()
+        if key not in RESUME_SETTABLE:
+            raise ConfigError(f"--set {key}: a resumed run keeps its saved config; on --resume only "
+                              f"{', '.join(RESUME_SETTABLE)} may change")
+        data = merge(data, over)
+    cfg = from_dict(TrainConfig, data)
+    if overrides:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        tmp.replace(path)
+        print(f"train: {run_dir}: config.yaml updated ({', '.join(overrides)})", flush=True)
+    return cfg
 
 
 class Run:
@@ -69,11 +97,11 @@ class Run:
         return cls(cfg, run_dir)
 
     @classmethod
-    def resume(cls, run_dir: str | Path) -> Run:
+    def resume(cls, run_dir: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> Run:
+        """The run in ``run_dir`` with its saved config; ``overrides`` may change only
+        ``RESUME_SETTABLE`` (run longer, evaluate or checkpoint at another rate)."""
         run_dir = Path(run_dir)
-        if not (run_dir / "config.yaml").exists():
-            raise FileNotFoundError(f"{run_dir}: not a run directory (no config.yaml)")
-        cfg = from_dict(TrainConfig, yaml.safe_load((run_dir / "config.yaml").read_text()))
+        cfg = resume_config(run_dir, overrides)
         return cls(cfg, run_dir)
 
     # ---------------------------------------------------------------- metrics
@@ -263,16 +291,19 @@ def _read_eval(path: Path) -> dict[str, Any] | None:
     return {"success": res["mean_success"], "episodes": episodes, "file": str(path)}
 
 
-def train(cfg: TrainConfig, resume: str | None = None) -> dict[str, Any]:
+def train(cfg: TrainConfig | None, resume: str | None = None, resume_overrides: tuple[str, ...] | list[str] = ()
+          ) -> dict[str, Any]:
     """``rlsys train``: the plan, the SFT start (unless given), the RL loop, the summary. The config was
     checked when it was built; a placement the machine cannot hold fails in start_ray, before a run
-    directory, the SFT or any actor."""
+    directory, the SFT or any actor. ``resume``: a run directory to continue (``cfg`` is then unused;
+    ``resume_overrides``: see ``RESUME_SETTABLE``)."""
     t0 = time.time()
     if resume:
-        run = Run.resume(resume)
+        run = Run.resume(resume, resume_overrides)
         start_ray(run.cfg)
         resumed_rl = bool(checkpoint_candidates(run.dir))
     else:
+        assert cfg is not None
         if uses_demo_frames(cfg) and (cfg.sft.demos or cfg.init_checkpoint):
             imitation_demo_dir(cfg, Path(cfg.run_dir))  # a missing demo folder fails before any run directory
         if cfg.sft.demos and (uses_demo_frames(cfg) or not cfg.init_checkpoint):

@@ -63,6 +63,9 @@ class Observation:
     tokens:      [B, L] int64, embodiment prompt + instruction (see rlsys.prompt)
     token_mask:  [B, L] bool, True for real tokens
     action_dim:  [B] int64, number of real action channels of each sample's embodiment
+    noise_key:   [B] int64 or None, the seed of each row's sampler noise (rollout sets it from the run
+                 seed, the episode and the chunk's place in it, so a row's noise does not depend on
+                 which batch it lands in); None: the inference worker's own generator draws it
     """
 
     images: np.ndarray
@@ -70,6 +73,7 @@ class Observation:
     tokens: np.ndarray
     token_mask: np.ndarray
     action_dim: np.ndarray
+    noise_key: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         _check("Observation", "images", self.images, np.uint8, 5)
@@ -79,6 +83,8 @@ class Observation:
         _check("Observation", "tokens", self.tokens, np.int64, 2)
         _check("Observation", "token_mask", self.token_mask, np.bool_, 2)
         _check("Observation", "action_dim", self.action_dim, np.int64, 1)
+        if self.noise_key is not None:
+            _check("Observation", "noise_key", self.noise_key, np.int64, 1)
         _check_lead("Observation", self.arrays(), 1)
         if self.tokens.shape != self.token_mask.shape:
             raise ContractError(
@@ -90,14 +96,21 @@ class Observation:
         return int(self.images.shape[0])
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """The array fields (``noise_key`` only where set)."""
+        return {f.name: v for f in fields(self) if (v := getattr(self, f.name)) is not None}
 
     def index(self, idx: Any) -> Observation:
         """Sub-batch by an index array / slice along B."""
         return Observation(**{k: v[idx] for k, v in self.arrays().items()})
 
+    def without_keys(self) -> Observation:
+        return dataclasses.replace(self, noise_key=None) if self.noise_key is not None else self
+
     @staticmethod
     def concat(obs: list[Observation]) -> Observation:
+        """Rows of ``obs`` in order; ``noise_key`` is kept only where every part has one."""
+        if any(o.noise_key is None for o in obs):
+            obs = [o.without_keys() for o in obs]
         return Observation(**{k: np.concatenate([o.arrays()[k] for o in obs]) for k in obs[0].arrays()})
 
 

@@ -212,11 +212,21 @@ class FlowPolicy(nn.Module):
         return self.value_head(pooled).squeeze(-1)
 
     # ------------------------------------------------------------------ rollout
-    def draw_noise(self, batch: int, sampler: Sampler, generator: torch.Generator | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def draw_noise(self, batch: int, sampler: Sampler, generator: torch.Generator | None = None,
+                   keys: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(step_mask [B, S], x0 [B, H, K], noise [S, B, H, K]) on the CPU, in the generator's order
-        (step mask, initial noise, then one draw per step), whatever device the policy is on."""
+        (step mask, initial noise, then one draw per step), whatever device the policy is on.
+        ``keys`` [B]: row i is drawn by its own generator seeded with ``keys[i]`` instead, so it is
+        the same whichever rows share its batch."""
         h, k, s = self.cfg.action_horizon, self.cfg.action_channels, self.cfg.denoise_steps
+        if keys is not None:  # per row: its step mask, then its initial noise and step noises in one draw
+            g, masks, draws = torch.Generator(), [], []
+            for key in keys.tolist():
+                g.manual_seed(key)
+                masks.append(sampler.step_mask(1, s, g))
+                draws.append(torch.randn(s + 1, 1, h, k, generator=g))
+            z = torch.cat(draws, 1)
+            return torch.cat(masks), z[0], z[1:]
         step_mask = sampler.step_mask(batch, s, generator)
         x0 = torch.randn(batch, h, k, generator=generator)
         noise = torch.stack([torch.randn(batch, h, k, generator=generator) for _ in range(s)])
@@ -251,7 +261,7 @@ class FlowPolicy(nn.Module):
                        ) -> dict[str, torch.Tensor]:
         """``denoise``'s inputs for ``obs`` on the policy's device (checks the observation first)."""
         t = self._tensors(obs)
-        step_mask, x0, noise = self.draw_noise(obs.batch_size, sampler, generator)
+        step_mask, x0, noise = self.draw_noise(obs.batch_size, sampler, generator, obs.noise_key)
         dev = self.device
         return {**t, "grid": flow.time_grid(self.cfg.denoise_steps).to(dev), "step_mask": step_mask.to(dev),
                 "x0": x0.to(dev), "noise": noise.to(dev)}

@@ -179,11 +179,11 @@ def test_imitation_steps_run_past_target_kl_on_the_demo_base(rollout):
     cfg, (s1, _), state = rollout
     seg = relabel(s1, [[1, 2], [1, 2], [1, 2]])  # no episode ends: nothing enters the FIFO
     base = demo_base(s1)
-    lr = make_learner(cfg, state, base, algo={"name": "ppo_rft", "target_kl": 1e-9}, imitation={"steps": 6})
+    lr = make_learner(cfg, state, base, algo={"name": "ppo_rft", "target_kl": 1e-9}, imitation={"steps": 20})
     before = fm_loss(lr.policy, *base)
     m = lr.update([seg])
     assert m["epochs_run"] < cfg.algo.epochs  # target_kl stopped PPO's steps...
-    assert m["sil_steps_run"] == 6 and m["sil_memory_chunks"] == 0  # ...not these
+    assert m["sil_steps_run"] == 20 and m["sil_memory_chunks"] == 0  # ...not these
     assert 0 < m["sil_seconds"] < m["update_seconds"]
     assert fm_loss(lr.policy, *base) < 0.9 * before
 
