@@ -33,6 +33,7 @@ from rlsys.actors.env_worker import EnvWorkerCore
 from rlsys.actors.inference import InferenceEngine
 from rlsys.actors.transport import TransportError, ZmqClient, ZmqServer
 from rlsys.config import ConfigError, TrainConfig
+from rlsys.evaluation import evaluate
 from rlsys.learner.learner import Learner
 from rlsys.policy.flow_policy import FlowPolicy
 from rlsys.types import ActionChunk, LearnerLost, Observation, Segment
@@ -315,6 +316,21 @@ class _InferenceRole:
         async with self._lock:
             return await self.torch_thread.call(self.engine.values, obs)
 
+    async def evaluate(self, env_cfg: Any, embodiment: Any, kwargs: dict[str, Any]
+                       ) -> tuple[dict[str, Any], dict[str, list[np.ndarray]]]:
+        """The periodic evaluation (``rlsys.evaluation.evaluate``, ODE) on this worker's weights and
+        device, with its simulators started here: the driver never builds the policy (a VLA's would
+        not fit there). -> (the result with the weights' version, each task's first-episode frames)."""
+        videos: dict[str, list[np.ndarray]] = {}
+
+        def run() -> dict[str, Any]:
+            res = evaluate(self.engine.policy, env_cfg, embodiment, videos=videos, **kwargs)
+            return {**res, "version": self.engine.version}
+
+        async with self._lock:
+            res = await self.torch_thread.call(run)
+        return res, videos
+
     async def infer_stats(self) -> dict[str, Any]:
         b, lat, peak = self.batch_sizes, self.latencies, self.queue_peak
         self.batch_sizes, self.latencies, self.queue_peak = [], [], 0
@@ -552,12 +568,12 @@ class RaySystem:
         elif now != self.incarnation:
             raise LearnerLost("the learner actor was restarted")
 
-    def published(self) -> tuple[int, dict[str, np.ndarray]]:
-        """(version, the learner's full current state): what the periodic evaluation runs."""
-        version, (trained, rest) = self._learner(self.learner.publish.remote())
-        weights = {**self._learner(rest), **self._learner(trained)}
-        self.check_learner()
-        return version, weights
+    def evaluate(self, env_cfg: Any, embodiment: Any, **kwargs: Any) -> tuple[dict[str, Any], dict[str, list]]:
+        """The periodic evaluation of the learner's current weights, run by the first inference worker
+        (the collocated actor) after it got them: ``InferenceRole.evaluate``."""
+        self.sync_weights()
+        ref = self.infer[0].evaluate.remote(env_cfg, embodiment, kwargs)
+        return self._learner(ref) if self.infer[0] is self.learner else ray.get(ref)
 
     def training_state(self, trained_only: bool = False) -> dict[str, Any]:
         """What a checkpoint holds; never a restarted learner's initial state."""

@@ -10,6 +10,8 @@ iterations, at a seeded moment inside the next iteration:
 - ``simulator_segfault``: a simulator subprocess dies of SIGSEGV, as a crashing simulator does;
 - ``simulator_hang``: a simulator subprocess is stopped (SIGSTOP) and never answers
   (``env.step_timeout_s`` is 10 s here);
+- ``nan_inf``: a simulator's next step returns a NaN observation and an inf reward (SIGUSR1 to a
+  simulator subprocess; the run is started with ``RLSYS_FAULT_INJECTION=1``, which arms that hook);
 - ``inference``: ``kill -9`` of the inference worker (``ray::InferenceActor``);
 - ``learner``: ``kill -9`` of the learner (``ray::LearnerActor``);
 - ``driver``: SIGKILL of the driver's whole process group (Ray included), then
@@ -19,8 +21,9 @@ Per fault kind: injected, survived (the run logged another iteration after it), 
 iteration, and what it cost from the run's own counters (segments discarded, episodes dropped,
 simulators restarted, learner updates lost). Samples from wrong weights reaching the learner are
 checked on every iteration: the first minibatch's PPO ratio must be 1 (``learner/first_minibatch_ratio_dev``
-<= 1e-3) and no sample may be rejected as stale; ``corrupt_iterations`` counts iterations that
-break either (must be 0). The run must finish all its iterations.
+<= 1e-3), no sample may be rejected as stale, and the learner's losses must be finite (a NaN that
+got through would show there); ``corrupt_iterations`` counts iterations that break any (must be
+0). The run must finish all its iterations.
 
 Writes ``benchmarks/results/chaos.json`` and ``chaos.png`` (iteration timeline with the faults):
 
@@ -41,8 +44,11 @@ from pathlib import Path
 
 import numpy as np
 
+from rlsys.envs.pool import FAULT_INJECTION_ENV
+
 OUT = Path(__file__).parent / "results"
-KINDS = ("env_worker", "simulator", "simulator_segfault", "simulator_hang", "inference", "learner", "driver")
+KINDS = ("env_worker", "simulator", "simulator_segfault", "simulator_hang", "nan_inf", "inference", "learner",
+         "driver")
 SETTINGS = [
     "env.tasks=[lift]", "env.cameras=[agentview]", "env.image_size=32", "env.num_envs=2",
     "env.subprocess=true", "env.step_timeout_s=10", "policy.num_cameras=1", "policy.image_size=32",
@@ -77,7 +83,8 @@ def targets(driver_pid: int, kind: str) -> list:
     by = {"env_worker": "ray::EnvWorker", "inference": "ray::InferenceActor", "learner": "ray::LearnerActor"}
     if kind in by:
         return [p for p in procs if title(p).startswith(by[kind])]
-    if kind.startswith("simulator"):  # the env workers' spawned simulator processes (not their resource trackers)
+    if kind.startswith("simulator") or kind == "nan_inf":
+        # the env workers' simulator processes (not their resource trackers)
         workers = [p for p in procs if title(p).startswith("ray::EnvWorker")]
         return [c for w in workers for c in descendants(w.pid) if "spawn_main" in title(c)]
     return []
@@ -91,7 +98,7 @@ def read_rows(run_root: Path) -> tuple[Path | None, list[dict]]:
 
 
 def start_driver(args: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", FAULT_INJECTION_ENV: "1"}
     env.pop("RAY_ADDRESS", None)
     return subprocess.Popen([sys.executable, "-m", "rlsys", "train", *args], env=env, stdout=open(log, "ab"),
                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -119,8 +126,9 @@ def inject(kind: str, driver: subprocess.Popen, rng: np.random.Generator) -> str
     if not procs:
         return ""
     p = procs[int(rng.integers(len(procs)))]
-    name = "a simulator process" if kind.startswith("simulator") else title(p).split(" ")[0]
-    sig = {"simulator_segfault": signal.SIGSEGV, "simulator_hang": signal.SIGSTOP}.get(kind, signal.SIGKILL)
+    name = "a simulator process" if kind.startswith("simulator") or kind == "nan_inf" else title(p).split(" ")[0]
+    sig = {"simulator_segfault": signal.SIGSEGV, "simulator_hang": signal.SIGSTOP,
+           "nan_inf": signal.SIGUSR1}.get(kind, signal.SIGKILL)
     os.kill(p.pid, sig)
     return f"{signal.Signals(sig).name} to {name} (pid {p.pid})"
 
@@ -206,8 +214,10 @@ def summarise(a, schedule, events, rows, wall_s, run_dir, log) -> dict:
             k["recover_s"].append(round(ev["recover_s"], 1))
         for c in COUNTERS:
             k[c] += cost[c]
+    losses = ("learner/policy_loss", "learner/value_loss", "learner/approx_kl")
     corrupt = [r["iteration"] for r in by_iter.values()
-               if r.get("learner/first_minibatch_ratio_dev", 0.0) > 1e-3 or r.get("learner/stale_rejected", 0) > 0]
+               if r.get("learner/first_minibatch_ratio_dev", 0.0) > 1e-3 or r.get("learner/stale_rejected", 0) > 0
+               or not all(np.isfinite(r.get(k, 0.0)) for k in losses)]
     return {"iterations_planned": a.iterations, "iterations_logged": sorted(by_iter),
             "finished": sorted(by_iter) == list(range(1, a.iterations + 1)), "wall_s": wall_s,
             "schedule": schedule, "faults": kinds, "events": [{k: v for k, v in e.items() if k != "t"} for e in events],

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import os
+import signal
 import traceback
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +66,25 @@ def make_single_env(cfg: EnvConfig) -> Any:
     return factory(**kwargs)
 
 
+# Fault injection for benchmarks/chaos.py: a simulator subprocess started with RLSYS_FAULT_INJECTION=1
+# in its environment turns SIGUSR1 into one poisoned step (a NaN observation, an inf reward), as a
+# diverging simulator would produce. Off (no handler) otherwise.
+FAULT_INJECTION_ENV = "RLSYS_FAULT_INJECTION"
+_poison = {"armed": False}
+
+
+class _PoisonedStep:
+    """``env`` whose next ``step`` returns a NaN proprio observation and an inf reward."""
+
+    def __init__(self, env: Any) -> None:
+        self.env = env
+
+    def step(self, action: np.ndarray) -> Any:
+        obs, _, terminated, truncated, info = self.env.step(action)
+        obs = {**obs, "proprio": np.full_like(obs["proprio"], np.nan)}
+        return obs, float("inf"), terminated, truncated, info
+
+
 class _Server:
     """Runs commands against one env; used in-process and inside the subprocess loop."""
 
@@ -82,7 +103,11 @@ class _Server:
             return env.step(payload)
         if cmd == "chunk":
             actions, length, next_seed = payload
-            res = execute_chunk(env, actions, length)
+            if _poison["armed"]:  # fault injection (FAULT_INJECTION_ENV)
+                _poison["armed"] = False
+                res = execute_chunk(_PoisonedStep(env), actions, length)
+            else:
+                res = execute_chunk(env, actions, length)
             reset = env.reset(seed=next_seed) if res.done and next_seed is not None else None
             return res, reset
         if cmd == "privileged":
@@ -94,6 +119,8 @@ class _Server:
 
 
 def _subprocess_main(conn: Any, cfg: EnvConfig) -> None:
+    if os.environ.get(FAULT_INJECTION_ENV) == "1":
+        signal.signal(signal.SIGUSR1, lambda *_: _poison.update(armed=True))
     try:
         server = _Server(cfg)
         conn.send(("ok", None))

@@ -74,8 +74,11 @@ def run_episodes(policy: Any, pool: Any, builder: ObservationBuilder, task: str,
 def evaluate(policy: Any, env_cfg: EnvConfig, embodiment: Any, episodes_per_task: int,
              tasks: tuple[str, ...] | None = None, num_envs: int = 8, sampler: Sampler | None = None,
              seed: int = 0, video_dir: str | Path | None = None, progress: Any = None,
-             init_state_offset: int = 0, init_states: Sequence[int] = ()) -> dict[str, Any]:
-    """Success rate per task (ODE sampling by default), episodes run ``num_envs`` at a time."""
+             init_state_offset: int = 0, init_states: Sequence[int] = (),
+             videos: dict[str, list[np.ndarray]] | None = None) -> dict[str, Any]:
+    """Success rate per task (ODE sampling by default), episodes run ``num_envs`` at a time.
+    Each task's first episode is filmed into ``video_dir/TASK.gif``, or into ``videos[TASK]`` (frames,
+    for a caller in another process to save)."""
 
     sampler = sampler or ODE()
     builder = ObservationBuilder(policy.cfg, embodiment)
@@ -88,7 +91,7 @@ def evaluate(policy: Any, env_cfg: EnvConfig, embodiment: Any, episodes_per_task
     with EnvPool(cfg) as pool:
         all_tasks = tuple(tasks) if tasks else pool.task_names
         for j, task in enumerate(all_tasks):
-            wins, frames = [], [] if video_dir else None
+            wins, frames = [], [] if video_dir or videos is not None else None
             for start in range(0, episodes_per_task, n):
                 seeds = [EVAL_SEED_BASE + 10_000 * j + start + i for i in range(n)]
                 inits = episode_init_states(init_state_offset, init_states, start, n)
@@ -100,6 +103,8 @@ def evaluate(policy: Any, env_cfg: EnvConfig, embodiment: Any, episodes_per_task
             results[task] = {"success": float(np.mean(wins)), "episodes": len(wins)}
             if video_dir and frames:
                 save_video(Path(video_dir) / f"{task}.gif", frames)
+            if videos is not None and frames:
+                videos[task] = frames
     policy.train(was_training)
     mean = float(np.mean([r["success"] for r in results.values()]))
     return {"env": env_cfg.name, "tasks": results, "mean_success": mean, "sampler": sampler_name(sampler),

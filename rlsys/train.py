@@ -39,15 +39,13 @@ from rlsys.checkpoint import (
 from rlsys.config import ConfigError, TrainConfig, to_dict
 from rlsys.configtools import from_dict, merge, parse_override
 from rlsys.envs.api import Embodiment
-from rlsys.evaluation import evaluate, write_result
+from rlsys.evaluation import save_video, write_result
 from rlsys.learner.loop import train_loop
-from rlsys.policy.flow_policy import FlowPolicy
 from rlsys.prompt import ObservationBuilder
 from rlsys.registry import ALGORITHMS
 from rlsys.report import make_report
 from rlsys.sft import SFTData, check_demos, load_sft_demos, run_sft, sft_plan
-from rlsys.weights import load_numpy_state, state_to_numpy
-
+from rlsys.weights import state_to_numpy
 
 # what `rlsys train --resume RUN_DIR --set KEY=VALUE` may change: how long the run goes on and how often
 # it evaluates and checkpoints, never what it trains or how (that would not be the same run)
@@ -132,15 +130,14 @@ class Run:
 
     # ---------------------------------------------------------------- eval + checkpoints
     def evaluate(self, system: Any, iteration: int) -> float:
-        version, weights = system.published()
-        policy = FlowPolicy(self.cfg.policy)
-        load_numpy_state(policy, weights)
         out = self.dir / "eval" / f"iter_{iteration:06d}"
-        res = evaluate(policy, self.cfg.env, self.embodiment, self.cfg.eval_episodes, seed=self.cfg.seed,
-                       num_envs=self.cfg.eval_num_envs,
-                       video_dir=out / "videos", init_state_offset=self.cfg.eval_init_state_offset,
-                       init_states=self.cfg.eval_init_states)
-        res.update({"iteration": iteration, "version": version, "wall_s": time.time() - self._t0})
+        res, videos = system.evaluate(self.cfg.env, self.embodiment, episodes_per_task=self.cfg.eval_episodes,
+                                      seed=self.cfg.seed, num_envs=self.cfg.eval_num_envs,
+                                      init_state_offset=self.cfg.eval_init_state_offset,
+                                      init_states=self.cfg.eval_init_states)
+        for task, frames in videos.items():
+            save_video(out / "videos" / f"{task}.gif", frames)
+        res.update({"iteration": iteration, "wall_s": time.time() - self._t0})
         write_result(out, res, f"iteration {iteration}")
         return float(res["mean_success"])
 

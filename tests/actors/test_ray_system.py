@@ -45,7 +45,11 @@ def test_short_run_per_placement_preset(ray_local, init_ckpt, tmp_path, mode, ex
     assert [r["learner/torch_threads"] for r in rows] == [cfg.placement.learner_threads] * 2 == [2, 2]
     assert "eval/success_rate" in rows[1]
     assert (run_dir / "checkpoint" / "model.safetensors").exists()
-    assert (run_dir / "eval" / "iter_000002" / "eval.json").exists()
+    # the evaluation ran on the inference worker (the collocated actor) with the updated weights, and
+    # the driver wrote its table and video
+    ev = json.loads((run_dir / "eval" / "iter_000002" / "eval.json").read_text())
+    assert ev["version"] == 2 and ev["iteration"] == 2 and ev["tasks"]["lift"]["episodes"] == 1
+    assert (run_dir / "eval" / "iter_000002" / "videos" / "lift.gif").stat().st_size > 1000
     # the run ends with its summary and report, written automatically
     summary = out["summary"]
     assert summary["before"] is None and summary["after"]["episodes"] == 1  # an init checkpoint: no SFT eval here

@@ -65,3 +65,28 @@ def test_recycle_every_needs_subprocess_envs():
 
     with pytest.raises(ConfigError, match="recycle_every: got 5; allowed: 0 unless env.subprocess=true"):
         EnvConfig(name="tabletop", recycle_every=5)
+
+
+def test_injected_nan_and_inf_drop_the_episode_and_the_simulator_goes_on(monkeypatch):
+    """The chaos run's NaN/inf fault: with RLSYS_FAULT_INJECTION=1, SIGUSR1 makes a simulator's next step
+    return a NaN observation and an inf reward. The pool drops that episode (``bad``, counted), resets the
+    env and passes nothing non-finite on; the process is not replaced. Without the variable SIGUSR1 has
+    no handler there (it would end the process), so the hook is off by default."""
+    from rlsys.envs.pool import FAULT_INJECTION_ENV
+
+    monkeypatch.setenv(FAULT_INJECTION_ENV, "1")
+    cfg = EnvConfig(name="tabletop", tasks=("lift",), image_size=32, num_envs=2, subprocess=True)
+    with EnvPool(cfg, seed=0) as pool:
+        pool.reset()
+        zeros = np.zeros((2, 4, pool.embodiment.action_dim), np.float32)
+        ids = pool.execute_chunk(zeros).episode_ids
+        pid = pool._envs[0].proc.pid
+        os.kill(pid, signal.SIGUSR1)
+        res = pool.execute_chunk(zeros)
+        assert res.bad.tolist() == [True, False] and res.truncated[0] and not res.terminated[0]
+        assert res.exec_mask[0].tolist() == [True, False, False, False]  # the chunk stopped at the bad step
+        assert all(np.isfinite(v).all() for v in res.obs.values() if v.dtype.kind == "f")
+        assert np.isfinite(res.rewards).all() and np.isfinite(res.final_obs["proprio"]).all()
+        assert pool.bad_episodes == 1 and pool.restarts == 0 and pool._envs[0].proc.pid == pid
+        nxt = pool.execute_chunk(zeros)  # a new episode on the same process
+        assert not nxt.bad.any() and nxt.episode_ids[0] != ids[0] and nxt.episode_ids[1] == ids[1]
