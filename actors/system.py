@@ -538,6 +538,7 @@ class RaySystem:
             cfg, [self._init_ref], seed=cfg.seed, demo_frames=self._demo_ref)
         self.learner_restarts = 0
         self.max_version = 0  # the highest weight version handed out
+        self.broadcast_version: int | None = None  # the version the inference workers were last sent
         self.incarnation: str | None = None  # the learner start whose state the driver knows (first call)
         if collocated:
             self.infer = [self.learner]
@@ -586,8 +587,11 @@ class RaySystem:
         t0 = time.perf_counter()
         self.check_learner()
         version, (trained, rest) = self._learner(self.learner.publish.remote())
-        if self.infer[0] is not self.learner:
+        # a version the workers hold already (sent for the evaluation after the last update) is not sent
+        # again; a restarted worker pulls the learner's weights itself
+        if self.infer[0] is not self.learner and version != self.broadcast_version:
             self._learner([w.set_weights.remote(trained, version, [rest]) for w in self.infer])
+            self.broadcast_version = version
         self.max_version = max(self.max_version, version)
         return version, time.perf_counter() - t0
 

@@ -54,7 +54,10 @@ def system_numbers(cfg, state, repeats: int) -> dict:
             full.append(sum(int(s.exec_mask.sum()) for s in segs) / (time.perf_counter() - t0))
         raw = ray.get([w.null_rollout.remote(cfg.rollout.chunks_per_segment) for w in system.env_workers])
         raw_rate = sum(s for s, _ in raw) / max(t for _, t in raw)
-        broadcast = [system.sync_weights()[1] for _ in range(3)]
+        broadcast = []
+        for _ in range(3):
+            system.broadcast_version = None  # send the version the workers hold again: the broadcast is timed
+            broadcast.append(system.sync_weights()[1])
         # The same segments each time: rollout.max_staleness keeps them. On the CPU the first updates run
         # slower (4.2, 2.5, 1.4 s, then ~1.0-1.2 s for 256
         # samples on 2 cores): WARMUP_UPDATES of them are left out, the median of TIMED_UPDATES is kept.

@@ -36,6 +36,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from rlsys.fileio import replace_text, replace_write
+
 V30 = "v3.0"
 READABLE_VERSIONS = ("v2.0", "v2.1", "v3.0")
 CHUNK_SIZE = 1000  # files per chunk folder
@@ -47,16 +49,8 @@ INDEX_FEATURES = {name: {"dtype": dtype, "shape": [1], "names": None} for name, 
 CAMERA_DTYPES = ("image", "video")
 
 
-def _replace_write(path: Path, write: Any) -> None:
-    """``write(tmp_path)`` then rename over ``path``: readers see the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _write_json(path: Path, obj: Any) -> None:
-    _replace_write(path, lambda p: p.write_text(json.dumps(obj, indent=2)))
+    replace_text(path, json.dumps(obj, indent=2))
 
 
 QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)  # LeRobot's q01 ... q99 (pi0.5 normalises with q01 / q99)
@@ -148,7 +142,7 @@ class LeRobotWriter:
             else:
                 table = table.append_column(name, values)
         chunk, file = divmod(ep, CHUNK_SIZE)
-        _replace_write(self.root / DATA_PATH.format(chunk_index=chunk, file_index=file),
+        replace_write(self.root / DATA_PATH.format(chunk_index=chunk, file_index=file),
                        lambda p: pq.write_table(table, p))
         self.episodes.append({"episode_index": ep, "tasks": [task], "length": t, "data/chunk_index": chunk,
                               "data/file_index": file, "dataset_from_index": self.frames,
@@ -167,11 +161,11 @@ class LeRobotWriter:
             rows.append({**row, "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0, **flat})
         names = list(dict.fromkeys(k for r in rows for k in r))  # rows may differ in their extras
         episodes = pa.table({k: [r.get(k) for r in rows] for k in names})
-        _replace_write(self.root / EPISODES_PATH.format(chunk_index=0, file_index=0),
+        replace_write(self.root / EPISODES_PATH.format(chunk_index=0, file_index=0),
                        lambda p: pq.write_table(episodes, p))
         tasks = pd.DataFrame({"task_index": list(self.tasks.values())},
                              index=pd.Index(list(self.tasks), name="task"))
-        _replace_write(meta / "tasks.parquet", lambda p: tasks.to_parquet(p))
+        replace_write(meta / "tasks.parquet", lambda p: tasks.to_parquet(p))
         _write_json(meta / "stats.json", merge_stats(self.stats))
         n = len(self.episodes)
         _write_json(meta / "info.json", {

@@ -59,7 +59,7 @@ SIL_STEPS_RUN = "learner/sil_steps_run"  # imitation-only steps after any PPO ep
 # grpo: fraction of groups whose rollouts disagree (not all failed, not all succeeded): the groups
 # that carry a learning signal; the rest are dropped by grpo.filter_groups or have zero advantage
 GROUPS_INFORMATIVE = "learner/groups_informative"
-BROADCAST_S = "time/broadcast_s"
+BROADCAST_S = "time/broadcast_s"  # ~0 where the workers already had the version (sent for an evaluation)
 COLLECT_S = "time/collect_s"  # collecting the segments this iteration trains on
 # the driver's wait for the update: with rollout.overlap it also covers collecting the next segments
 UPDATE_S = "time/update_s"

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rlsys.fileio import replace_text
+
 # the package each built-in tracker imports (config-time check: a named tracker must be installed)
 PACKAGES = {"wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow-skinny")}
 
@@ -31,9 +33,7 @@ def store_id(run_dir: Path, name: str, run_id: str) -> None:
     path = _ids_path(run_dir)
     ids = json.loads(path.read_text()) if path.is_file() else {}
     ids[name] = run_id
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(ids, indent=2))
-    tmp.replace(path)
+    replace_text(path, json.dumps(ids, indent=2))
 
 
 def flat_params(cfg: dict[str, Any], prefix: str = "") -> dict[str, str]:

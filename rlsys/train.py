@@ -40,6 +40,7 @@ from rlsys.config import ConfigError, TrainConfig, to_dict
 from rlsys.configtools import from_dict, merge, parse_override
 from rlsys.envs.api import Embodiment
 from rlsys.evaluation import save_video, write_result
+from rlsys.fileio import replace_text
 from rlsys.learner.loop import train_loop
 from rlsys.prompt import ObservationBuilder
 from rlsys.registry import ALGORITHMS
@@ -50,6 +51,10 @@ from rlsys.weights import state_to_numpy
 # what `rlsys train --resume RUN_DIR --set KEY=VALUE` may change: how long the run goes on and how often
 # it evaluates and checkpoints, never what it trains or how (that would not be the same run)
 RESUME_SETTABLE = ("iterations", "max_minutes", "eval_every", "eval_episodes", "checkpoint_every", "checkpoint_keep")
+
+
+def write_config(path: Path, cfg: TrainConfig) -> None:
+    replace_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def resume_config(run_dir: Path, overrides: tuple[str, ...] | list[str] = ()) -> TrainConfig:
@@ -68,9 +73,7 @@ def resume_config(run_dir: Path, overrides: tuple[str, ...] | list[str] = ()) ->
         data = merge(data, over)
     cfg = from_dict(TrainConfig, data)
     if overrides:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        tmp.replace(path)
+        write_config(path, cfg)
         print(f"train: {run_dir}: config.yaml updated ({', '.join(overrides)})", flush=True)
     return cfg
 
@@ -91,7 +94,7 @@ class Run:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run_dir = Path(cfg.run_dir) / f"{cfg.env.name}-{cfg.algo.name}-{stamp}"
         run_dir.mkdir(parents=True, exist_ok=False)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        write_config(run_dir / "config.yaml", cfg)
         return cls(cfg, run_dir)
 
     @classmethod
